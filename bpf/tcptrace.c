@@ -1,0 +1,567 @@
+//go:build ignore
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* tcptrace: every TCP state transition, attributed to the owning process.
+ *
+ * Attached as tp_btf to sock:inet_sock_set_state (no tracefs needed, and the
+ * tracepoint's own field assignment never runs), plus tcp:tcp_receive_reset
+ * and tcp:tcp_send_reset to tell why a connection closed. See
+ * ../shared/KERNEL.md for what the kernel reports, measured. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "tcptrace.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+#define EPIPE 32
+#define ECONNABORTED 103
+#define ECONNRESET 104
+#define ETIMEDOUT 110
+#define ECONNREFUSED 111
+
+/* bits of sk->__sk_common.skc_flags (enum sock_flags) */
+#define SOCK_DEAD 0
+#define SOCK_DONE 1
+
+#define MAX_SOCKS 131072
+#define MAX_LISTENERS 16384
+#define MAX_TIMEWAIT 65536
+#define MAX_FILTER 64
+
+/* rst bits in struct sockinfo */
+#define RST_RECEIVED 1
+#define RST_SENT 2
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* configuration, set by the loader before load */
+const volatile __u8 filter_family = 0; /* 0: any, else AF_INET or AF_INET6 */
+const volatile __u32 filter_netns = 0;
+const volatile __u32 filter_states = 0; /* bit per state; 0: all */
+const volatile bool filter_pid = false;
+const volatile bool filter_lport = false;
+const volatile bool filter_rport = false;
+const volatile bool filter_comm = false;
+const volatile char comm_want[TASK_COMM_LEN] = {};
+/* resolve a parked FIN_WAIT2 when its local peer's close completes */
+const volatile bool peer_match = true;
+/* wake user space only once this much is pending */
+const volatile __u64 wakeup_bytes = 256 * 1024;
+
+/* what is remembered of a socket between its transitions */
+struct sockinfo {
+	__u64 ts_ns;   /* entry into the current state */
+	__u64 cookie;
+	__u64 held_ts; /* time of a LISTEN -> SYN_RECV held back */
+	__u32 pid;
+	__u8 rst;  /* RST_* seen while open */
+	__u8 held; /* a LISTEN -> SYN_RECV waits for the child's addresses */
+	__u8 pad[2];
+	char comm[TASK_COMM_LEN];
+};
+
+struct listener_key {
+	__u32 netns;
+	__u16 port;
+	__u16 pad;
+};
+
+struct owner {
+	__u64 cookie;
+	__u32 pid;
+	__u32 pad;
+	char comm[TASK_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SOCKS);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct sockinfo);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_LISTENERS);
+	__type(key, struct listener_key);
+	__type(value, struct owner);
+} listeners SEC(".maps");
+
+/* a plain hash, not LRU: when it is full the loss is counted, not silent */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_TIMEWAIT); /* --tw-max */
+	__type(key, struct tuple);
+	__type(value, struct twinfo);
+} timewait SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* room for the event being built: the program cannot nest on a CPU */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILTER);
+	__type(key, __u32);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILTER);
+	__type(key, __u16);
+	__type(value, __u8);
+} lport_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FILTER);
+	__type(key, __u16);
+	__type(value, __u8);
+} rport_filter SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		(*c)++;
+}
+
+static __always_inline bool wanted(const struct event *e)
+{
+	if (filter_family && e->family != filter_family)
+		return false;
+	if (filter_netns && e->netns != filter_netns)
+		return false;
+	if (filter_states && !((filter_states >> (e->oldstate & 31)) & 1) &&
+	    !((filter_states >> (e->newstate & 31)) & 1))
+		return false;
+	if (filter_pid && !bpf_map_lookup_elem(&pid_filter, &e->pid))
+		return false;
+	if (filter_lport && !bpf_map_lookup_elem(&lport_filter, &e->sport))
+		return false;
+	if (filter_rport && !bpf_map_lookup_elem(&rport_filter, &e->dport))
+		return false;
+	if (filter_comm) {
+		for (int i = 0; i < TASK_COMM_LEN; i++) {
+			if (e->comm[i] != comm_want[i])
+				return false;
+			if (!e->comm[i])
+				break;
+		}
+	}
+	return true;
+}
+
+/* filter, then send; wake the reader only when a batch is pending */
+static __always_inline void emit(struct event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (!wanted(e))
+		return;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
+		count(COUNTER_LOST);
+}
+
+static __always_inline bool v4mapped(const __u8 *a)
+{
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return false;
+	return a[10] == 0xff && a[11] == 0xff;
+}
+
+/* addresses, ports and namespace; skc_num is already 0 at CLOSE, so the
+ * local port comes from inet_sport, which keeps it */
+static __always_inline void read_tuple(struct sock *sk, struct tuple *t)
+{
+	__u16 family = sk->__sk_common.skc_family;
+
+	t->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		t->family = AF_INET;
+		__builtin_memcpy(t->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(t->daddr, &sk->__sk_common.skc_daddr, 4);
+		return;
+	}
+	t->family = AF_INET6;
+	BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+	BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr);
+	/* a dual-stack socket talking IPv4 is shown as IPv4 */
+	if (v4mapped(t->daddr) || v4mapped(t->saddr)) {
+		t->family = AF_INET;
+		__builtin_memcpy(t->saddr, &t->saddr[12], 4);
+		__builtin_memcpy(t->daddr, &t->daddr[12], 4);
+		__builtin_memset(&t->saddr[4], 0, 12);
+		__builtin_memset(&t->daddr[4], 0, 12);
+	}
+}
+
+static __always_inline void set_tuple(struct event *e, const struct tuple *t)
+{
+	__builtin_memcpy(e->saddr, t->saddr, 16);
+	__builtin_memcpy(e->daddr, t->daddr, 16);
+	e->sport = t->sport;
+	e->dport = t->dport;
+	e->family = t->family;
+	e->netns = t->netns;
+}
+
+static __always_inline void reverse(const struct tuple *t, struct tuple *r)
+{
+	__builtin_memcpy(r->saddr, t->daddr, 16);
+	__builtin_memcpy(r->daddr, t->saddr, 16);
+	r->sport = t->dport;
+	r->dport = t->sport;
+	r->netns = t->netns;
+	r->family = t->family;
+}
+
+/* an event for a connection held by a timewait mini-socket */
+static __always_inline void tw_event(struct event *e, const struct tuple *t,
+				     const struct twinfo *tw, __u64 now)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	set_tuple(e, t);
+	e->ts_ns = now;
+	e->cookie = tw->cookie;
+	e->cgroup = tw->cgroup;
+	e->pid = tw->pid;
+	__builtin_memcpy(e->comm, tw->comm, TASK_COMM_LEN);
+	e->dwell_ns = now - tw->ts_ns;
+	e->flags = FLAG_DWELL;
+	e->kind = KIND_STATE;
+	e->oldstate = tw->substate;
+}
+
+/* a new connection on the tuple of a followed mini-socket: the kernel
+ * removed the mini-socket to make room for it */
+static __always_inline void check_reuse(const struct tuple *t, __u64 cookie, __u64 now)
+{
+	struct twinfo *tw = bpf_map_lookup_elem(&timewait, t);
+	__u32 zero = 0;
+	struct event *e;
+
+	if (!tw || tw->cookie == cookie)
+		return;
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return;
+	tw_event(e, t, tw, now);
+	e->newstate = TCP_CLOSE;
+	e->cause = CAUSE_REUSED;
+	bpf_map_delete_elem(&timewait, t);
+	emit(e);
+}
+
+/* the peer of a parked FIN_WAIT2 finished its orderly close: it got the ACK
+ * of its FIN from our mini-socket, which therefore took the FIN and moved
+ * to TIME_WAIT */
+static __always_inline void resolve_peer(const struct tuple *t, __u64 now)
+{
+	struct tuple r = {};
+	struct twinfo *tw;
+	__u32 zero = 0;
+	struct event *e;
+
+	reverse(t, &r);
+	tw = bpf_map_lookup_elem(&timewait, &r);
+	if (!tw || tw->substate != TCP_FIN_WAIT2)
+		return;
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return;
+	tw_event(e, &r, tw, now);
+	e->newstate = STATE_TIME_WAIT;
+	e->flags |= FLAG_RESOLVED;
+	tw->substate = STATE_TIME_WAIT;
+	tw->ts_ns = now;
+	emit(e);
+}
+
+/* remember a connection that now lives in a timewait mini-socket */
+static __always_inline bool follow(const struct tuple *t, const struct event *e,
+				   __u8 substate, __u64 since)
+{
+	struct twinfo tw = {
+		.ts_ns = since,
+		.cookie = e->cookie,
+		.cgroup = e->cgroup,
+		.pid = e->pid,
+		.substate = substate,
+	};
+
+	__builtin_memcpy(tw.comm, e->comm, TASK_COMM_LEN);
+	if (bpf_map_update_elem(&timewait, t, &tw, BPF_ANY)) {
+		count(COUNTER_TW_UNTRACKED);
+		return false;
+	}
+	return true;
+}
+
+static __always_inline __u8 close_cause(struct sock *sk, int old, __u8 rst)
+{
+	int err = sk->sk_err;
+
+	if (old == TCP_LISTEN)
+		return CAUSE_CLOSED;
+	if (err == ECONNREFUSED)
+		return CAUSE_REFUSED;
+	if ((rst & RST_RECEIVED) || err == ECONNRESET || err == EPIPE)
+		return CAUSE_RESET_RECEIVED;
+	/* a keepalive or orphan timeout sends its RST before the transition */
+	if (rst & RST_SENT)
+		return CAUSE_RESET_SENT;
+	if (err == ETIMEDOUT)
+		return CAUSE_TIMEOUT;
+	if (err == ECONNABORTED) /* tcp_abort(), e.g. ss -K */
+		return CAUSE_RESET_SENT;
+	if (err)
+		return CAUSE_UNREACHABLE;
+	switch (old) {
+	case TCP_ESTABLISHED:
+	case TCP_CLOSE_WAIT:
+	case TCP_FIN_WAIT1:
+	case TCP_FIN_WAIT2:
+	case TCP_SYN_RECV:
+		/* no orderly path leads from these straight to CLOSE: it is an
+		 * abort (SO_LINGER 0, unread data, disconnect), whose RST the
+		 * kernel sends just after this transition */
+		return CAUSE_RESET_SENT;
+	}
+	return CAUSE_CLOSED;
+}
+
+/* transitions that only a system call on the socket makes, so the current
+ * task owns the socket; all others may run in softirq, in any task */
+static __always_inline bool by_owner(int old, int new)
+{
+	return new == TCP_SYN_SENT || new == TCP_LISTEN ||
+	       (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) ||
+	       (old == TCP_SYN_RECV && new == TCP_FIN_WAIT1) ||
+	       (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK) ||
+	       (old == TCP_LISTEN && new == TCP_CLOSE);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	struct sockinfo fresh = {}, *si;
+	struct listener_key lk = {};
+	struct tuple t = {};
+	__u64 key = (__u64)sk;
+	__u64 now, skflags;
+	struct owner *lo;
+	struct event *e;
+	bool known, handoff;
+	__u8 rst;
+
+	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
+		return 0;
+	e = bpf_map_lookup_elem(&scratch, &(__u32){1});
+	if (!e)
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	si = bpf_map_lookup_elem(&socks, &key);
+	known = si != NULL;
+	if (!si)
+		si = &fresh;
+	rst = si->rst;
+
+	read_tuple(sk, &t);
+	__builtin_memset(e, 0, sizeof(*e));
+	set_tuple(e, &t);
+	e->ts_ns = now;
+	e->kind = KIND_STATE;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->cgroup = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	e->cookie = known ? si->cookie : bpf_get_socket_cookie(sk);
+	if (known && !si->held) {
+		e->dwell_ns = now - si->ts_ns;
+		e->flags = FLAG_DWELL;
+	}
+	skflags = sk->__sk_common.skc_flags;
+	/* the kernel says FIN_WAIT2/CLOSING -> CLOSE when it hands the
+	 * connection to a timewait mini-socket: after the peer's FIN
+	 * (SOCK_DONE), or for an orphan whose FIN was acked (SOCK_DEAD) */
+	handoff = newstate == TCP_CLOSE && !rst && !sk->sk_err &&
+		  ((oldstate == TCP_CLOSING && (skflags & (1 << SOCK_DONE))) ||
+		   (oldstate == TCP_FIN_WAIT2 &&
+		    (skflags & ((1 << SOCK_DONE) | (1 << SOCK_DEAD)))));
+	if (newstate == TCP_CLOSE && !handoff)
+		e->cause = close_cause(sk, oldstate, rst);
+
+	/* who owns the socket: a close that aborts a live (not orphaned)
+	 * socket, or one that never connected, is a system call too */
+	if (by_owner(oldstate, newstate) ||
+	    (newstate == TCP_CLOSE && !rst && !(skflags & (1 << SOCK_DEAD)) &&
+	     (e->cause == CAUSE_RESET_SENT ||
+	      (oldstate == TCP_SYN_SENT && e->cause == CAUSE_CLOSED)))) {
+		si->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(si->comm, sizeof(si->comm));
+	} else if (!si->pid && oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		/* a server's child belongs to its listener's owner until a
+		 * system call on the child says otherwise */
+		lk.netns = t.netns;
+		lk.port = t.sport;
+		lo = bpf_map_lookup_elem(&listeners, &lk);
+		if (lo) {
+			si->pid = lo->pid;
+			__builtin_memcpy(si->comm, lo->comm, TASK_COMM_LEN);
+		}
+	}
+	e->pid = si->pid;
+	__builtin_memcpy(e->comm, si->comm, TASK_COMM_LEN);
+
+	/* listeners, for their children's owner */
+	if (newstate == TCP_LISTEN || oldstate == TCP_LISTEN) {
+		lk.netns = t.netns;
+		lk.port = t.sport;
+	}
+	if (newstate == TCP_LISTEN) {
+		struct owner o = { .cookie = e->cookie, .pid = si->pid };
+
+		__builtin_memcpy(o.comm, si->comm, TASK_COMM_LEN);
+		bpf_map_update_elem(&listeners, &lk, &o, BPF_ANY);
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
+		lo = bpf_map_lookup_elem(&listeners, &lk);
+		if (lo && lo->cookie == e->cookie)
+			bpf_map_delete_elem(&listeners, &lk);
+	}
+
+	/* the child's addresses are set only after LISTEN -> SYN_RECV:
+	 * hold that record back until the child's next transition */
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		si->held = 1;
+		si->held_ts = now;
+		si->ts_ns = now;
+		si->cookie = e->cookie;
+		if (!known)
+			bpf_map_update_elem(&socks, &key, si, BPF_ANY);
+		return 0;
+	}
+	if (si->held) {
+		e->ts_ns = si->held_ts;
+		e->oldstate = TCP_LISTEN;
+		e->newstate = TCP_SYN_RECV;
+		e->cause = CAUSE_NONE;
+		emit(e);
+		si->held = 0;
+		e->ts_ns = now;
+		e->oldstate = oldstate;
+		e->newstate = newstate;
+		e->dwell_ns = now - si->ts_ns;
+		e->flags = FLAG_DWELL;
+		if (newstate == TCP_CLOSE && !handoff)
+			e->cause = close_cause(sk, oldstate, rst);
+	}
+
+	/* a new connection on a followed mini-socket's tuple ends it */
+	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
+		check_reuse(&t, e->cookie, now);
+
+	if (newstate != TCP_CLOSE) {
+		si->ts_ns = now;
+		si->cookie = e->cookie;
+		if (!known)
+			bpf_map_update_elem(&socks, &key, si, BPF_ANY);
+		emit(e);
+		return 0;
+	}
+
+	/* to CLOSE: the socket is gone from here on */
+	bpf_map_delete_elem(&socks, &key);
+
+	if (peer_match && ((oldstate == TCP_LAST_ACK && e->cause == CAUSE_CLOSED) ||
+			   (oldstate == TCP_CLOSING && handoff)))
+		resolve_peer(&t, now);
+
+	if (handoff && (skflags & (1 << SOCK_DONE))) {
+		/* the peer's FIN is in: TIME_WAIT starts now */
+		e->newstate = STATE_TIME_WAIT;
+		if (wanted(e))
+			follow(&t, e, STATE_TIME_WAIT, now);
+		emit(e);
+		return 0;
+	}
+	if (handoff) {
+		/* orphan, our FIN acked, no FIN from the peer yet: the
+		 * mini-socket waits in FIN_WAIT2. Follow it if the transition
+		 * that ends it would be shown. */
+		bool show;
+
+		e->newstate = STATE_TIME_WAIT;
+		show = wanted(e);
+		e->newstate = TCP_CLOSE;
+		show = show || wanted(e);
+		if (!show)
+			return 0;
+		if (!follow(&t, e, TCP_FIN_WAIT2, si->ts_ns)) {
+			/* cannot follow it: say what the kernel said */
+			e->cause = CAUSE_CLOSED;
+			emit(e);
+			return 0;
+		}
+		e->kind = KIND_PARKED;
+		emit(e);
+		return 0;
+	}
+	emit(e);
+	return 0;
+}
+
+/* tcp_reset() fires this before the socket goes to CLOSE */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(handle_receive_reset, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct sockinfo *si = bpf_map_lookup_elem(&socks, &key);
+
+	if (si)
+		si->rst |= RST_RECEIVED;
+	return 0;
+}
+
+/* an active reset from a full socket; when it comes before the socket
+ * goes to CLOSE (timeouts, memory pressure) it explains the close */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(handle_send_reset, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct sockinfo *si;
+
+	if (!sk)
+		return 0;
+	si = bpf_map_lookup_elem(&socks, &key);
+	if (si)
+		si->rst |= RST_SENT;
+	return 0;
+}

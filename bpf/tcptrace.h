@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* The record layout shared by the BPF program and the Go decoder
+ * (events/decode.go). This is the one place it is defined: change it here,
+ * run `make generate`, and update the decoder's offsets. */
+#ifndef __TCPTRACE_H
+#define __TCPTRACE_H
+
+#define TASK_COMM_LEN 16
+
+/* record kinds */
+enum {
+	KIND_STATE = 1,  /* a state transition, to be printed */
+	KIND_PARKED = 2, /* a dead FIN_WAIT2 handed to a timewait mini-socket:
+	                  * not printed, tells user space to follow it */
+};
+
+/* record flags */
+enum {
+	FLAG_DWELL = 1 << 0,    /* dwell_ns is known */
+	FLAG_RESOLVED = 1 << 1, /* TIME_WAIT entry of a parked FIN_WAIT2, found
+	                         * in the kernel; user space may have found it
+	                         * first through sock_diag */
+};
+
+/* why a connection reached CLOSE */
+enum {
+	CAUSE_NONE = 0,
+	CAUSE_CLOSED = 1,         /* orderly end */
+	CAUSE_REFUSED = 2,        /* RST answered our SYN */
+	CAUSE_RESET_RECEIVED = 3, /* the peer reset the connection */
+	CAUSE_RESET_SENT = 4,     /* we aborted it with a RST */
+	CAUSE_TIMEOUT = 5,        /* retransmissions or a FIN_WAIT2 timer ran out */
+	CAUSE_UNREACHABLE = 6,    /* an ICMP error ended the handshake */
+	CAUSE_REUSED = 7,         /* a TIME_WAIT socket taken over by a new connection */
+};
+
+/* a pseudo state the kernel's tracepoint never reports for a full socket */
+#define STATE_TIME_WAIT 6
+
+struct event {
+	__u64 ts_ns;    /* CLOCK_MONOTONIC */
+	__u64 cookie;   /* socket cookie: stable for the socket's life, kept by
+	                 * its timewait mini-socket, shown by `ss -e` as sk: */
+	__u64 dwell_ns; /* time in the old state, if FLAG_DWELL */
+	__u64 cgroup;   /* cgroup v2 id of the socket */
+	__u32 pid;      /* owning process (tgid), 0 when unknown */
+	__u32 netns;    /* network namespace inode */
+	__u8 saddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 sport; /* host byte order */
+	__u16 dport;
+	__u8 family; /* AF_INET or AF_INET6; v4-mapped IPv6 is AF_INET */
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 cause;
+	__u8 kind;
+	__u8 flags;
+	__u8 pad[2];
+	char comm[TASK_COMM_LEN]; /* owning process, empty when unknown */
+	__u32 pad2;
+};
+
+/* the identity of a connection in its network namespace: the key under
+ * which a timewait mini-socket is followed */
+struct tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 netns;
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* a connection handed to a timewait mini-socket */
+struct twinfo {
+	__u64 ts_ns;  /* when it entered its current substate */
+	__u64 cookie;
+	__u64 cgroup;
+	__u32 pid;
+	__u8 substate; /* FIN_WAIT2 or TIME_WAIT */
+	__u8 pad[3];
+	char comm[TASK_COMM_LEN];
+};
+
+/* per-CPU counters read by user space */
+enum {
+	COUNTER_LOST = 0,         /* ring buffer full: record dropped */
+	COUNTER_TW_UNTRACKED = 1, /* timewait follow table full */
+	COUNTER_MAX = 2,
+};
+
+#endif /* __TCPTRACE_H */

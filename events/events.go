@@ -1,0 +1,190 @@
+// Package events holds tcptrace's domain: a TCP state transition with its
+// owner, its addresses and why it closed, decoded from the kernel's record.
+// It does no I/O.
+package events
+
+import (
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// State is a TCP state as numbered by the kernel (include/net/tcp_states.h).
+type State uint8
+
+// The kernel's TCP states.
+const (
+	Established   State = 1
+	SynSent       State = 2
+	SynRecv       State = 3
+	FinWait1      State = 4
+	FinWait2      State = 5
+	TimeWait      State = 6
+	Close         State = 7
+	CloseWait     State = 8
+	LastAck       State = 9
+	Listen        State = 10
+	Closing       State = 11
+	NewSynRecv    State = 12
+	BoundInactive State = 13
+)
+
+var stateNames = [...]string{
+	Established:   "ESTABLISHED",
+	SynSent:       "SYN_SENT",
+	SynRecv:       "SYN_RECV",
+	FinWait1:      "FIN_WAIT1",
+	FinWait2:      "FIN_WAIT2",
+	TimeWait:      "TIME_WAIT",
+	Close:         "CLOSE",
+	CloseWait:     "CLOSE_WAIT",
+	LastAck:       "LAST_ACK",
+	Listen:        "LISTEN",
+	Closing:       "CLOSING",
+	NewSynRecv:    "NEW_SYN_RECV",
+	BoundInactive: "BOUND_INACTIVE",
+}
+
+// String gives the kernel's name without TCP_, or UNKNOWN(n).
+func (s State) String() string {
+	if int(s) < len(stateNames) && stateNames[s] != "" {
+		return stateNames[s]
+	}
+	return "UNKNOWN(" + strconv.Itoa(int(s)) + ")"
+}
+
+// ParseState reads a state name as String prints it; case does not matter
+// and a TCP_ prefix is allowed.
+func ParseState(name string) (State, bool) {
+	n := []byte(name)
+	for i, c := range n {
+		if 'a' <= c && c <= 'z' {
+			n[i] = c - 'a' + 'A'
+		}
+	}
+	u := string(n)
+	if len(u) > 4 && u[:4] == "TCP_" {
+		u = u[4:]
+	}
+	for s, sn := range stateNames {
+		if sn != "" && sn == u {
+			return State(s), true
+		}
+	}
+	return 0, false
+}
+
+// StateNames lists the names ParseState accepts, in kernel order.
+func StateNames() []string {
+	var names []string
+	for _, n := range stateNames {
+		if n != "" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// Cause says why a connection reached CLOSE.
+type Cause uint8
+
+// Causes, numbered as in bpf/tcptrace.h.
+const (
+	CauseNone          Cause = 0
+	CauseClosed        Cause = 1 // an orderly end
+	CauseRefused       Cause = 2 // a RST answered our SYN
+	CauseResetReceived Cause = 3 // the peer reset the connection
+	CauseResetSent     Cause = 4 // we aborted: SO_LINGER 0, unread data, a timeout that sends a RST
+	CauseTimeout       Cause = 5 // SYN or data retransmissions, or a FIN_WAIT2 timer, ran out
+	CauseUnreachable   Cause = 6 // an ICMP error ended the handshake
+	CauseReused        Cause = 7 // a TIME_WAIT socket taken over by a new connection
+)
+
+var causeNames = [...]string{
+	CauseNone:          "",
+	CauseClosed:        "closed",
+	CauseRefused:       "refused",
+	CauseResetReceived: "reset_received",
+	CauseResetSent:     "reset_sent",
+	CauseTimeout:       "timeout",
+	CauseUnreachable:   "unreachable",
+	CauseReused:        "reused",
+}
+
+// String gives the cause's name, empty for none.
+func (c Cause) String() string {
+	if int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return "unknown(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Kind tells a transition from the kernel's notes to user space.
+type Kind uint8
+
+const (
+	// Transition is a state change to show.
+	Transition Kind = 1
+	// Parked says a dead FIN_WAIT2 went to a timewait mini-socket: the
+	// connection is not over, and user space follows it (package timewait).
+	Parked Kind = 2
+)
+
+// Family is the address family as shown: 4 or 6.
+type Family uint8
+
+// String gives "ipv4" or "ipv6".
+func (f Family) String() string {
+	if f == 6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// CommLen is the kernel's TASK_COMM_LEN.
+const CommLen = 16
+
+// Event is one TCP state transition.
+type Event struct {
+	// Mono is when it happened, CLOCK_MONOTONIC in nanoseconds.
+	Mono uint64
+	// Time is Mono on the wall clock; set by the stream, not by Decode.
+	Time time.Time
+	// Sock is the socket cookie, as `ss -e` shows it after "sk:".
+	Sock uint64
+	// Dwell is the time spent in Old; meaningful only if DwellKnown.
+	Dwell      time.Duration
+	DwellKnown bool
+	// PID and Comm name the owning process; 0 and empty when unknown.
+	PID    uint32
+	Comm   [CommLen]byte
+	Netns  uint32
+	Cgroup uint64
+	Family Family
+	LAddr  netip.Addr
+	RAddr  netip.Addr
+	LPort  uint16
+	RPort  uint16
+	Old    State
+	New    State
+	Cause  Cause
+	Kind   Kind
+	// Resolved marks a FIN_WAIT2 -> TIME_WAIT found in the kernel for a
+	// connection user space may already have seen move through sock_diag.
+	Resolved bool
+}
+
+// CommString returns the owner's command name.
+func (e *Event) CommString() string {
+	return string(e.CommBytes())
+}
+
+// CommBytes returns the owner's command name without the trailing NULs.
+func (e *Event) CommBytes() []byte {
+	for i, c := range e.Comm {
+		if c == 0 {
+			return e.Comm[:i]
+		}
+	}
+	return e.Comm[:]
+}

@@ -1,0 +1,433 @@
+// Package loader owns the BPF objects and links: it checks the machine,
+// loads the committed CO-RE object with the filters set, attaches it, reads
+// its ring buffer and counts what the kernel could not deliver.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Defaults for Options left zero.
+const (
+	DefaultRingSize    = 8 << 20
+	DefaultWakeupBytes = 256 << 10
+	DefaultTimewaitMax = 65536
+)
+
+// ErrFlushed is returned by Read once it has returned every record that was
+// pending when Flush was called.
+var ErrFlushed = ringbuf.ErrFlushed
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = ringbuf.ErrClosed
+
+// Options configure the program before it is loaded. Filters left empty
+// let everything through.
+type Options struct {
+	RingSize    int    // ring buffer bytes: a power of two, at least a page
+	WakeupBytes uint64 // pending bytes that wake the reader
+	TimewaitMax int    // connections followed in TIME_WAIT or a parked FIN_WAIT2
+
+	Family uint8 // 4 or 6
+	Netns  uint32
+	States []events.State // events touching any of these
+	PIDs   []uint32       // owning process
+	Comm   string         // owning process's command name, exact
+	LPorts []uint16
+	RPorts []uint16
+
+	// NoPeerMatch leaves every parked FIN_WAIT2 to sock_diag, even when
+	// its peer is local. For tests of that path.
+	NoPeerMatch bool
+}
+
+// Tracer is the loaded program, its links and its reader.
+type Tracer struct {
+	objs   tcptraceObjects
+	links  []link.Link
+	reader *ringbuf.Reader
+	rec    ringbuf.Record
+}
+
+// MinKernel is the oldest kernel the program is built for: tp_btf, ring
+// buffers, and bpf_get_socket_cookie in tracing programs (5.12).
+var MinKernel = [2]int{5, 12}
+
+// Check tells whether this machine can run the tracer, as one error line
+// that says what to do.
+func Check() error {
+	_, err := check()
+	return err
+}
+
+// check returns the kernel's BTF, which loading needs too.
+func check() (*btf.Spec, error) {
+	if err := checkPrivileges(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return nil, errors.New("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return nil, fmt.Errorf("read kernel version: %w", err)
+	}
+	release := unix.ByteSliceToString(uts.Release[:])
+	if !kernelAtLeast(release, MinKernel) {
+		return nil, fmt.Errorf("kernel %s is too old: tcptrace needs Linux %d.%d or later", release, MinKernel[0], MinKernel[1])
+	}
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("read kernel BTF: %w", err)
+	}
+	for _, tp := range []string{"inet_sock_set_state", "tcp_receive_reset", "tcp_send_reset"} {
+		var fn *btf.Typedef
+		if err := spec.TypeByName("btf_trace_"+tp, &fn); err != nil {
+			return nil, fmt.Errorf("this kernel has no %s tracepoint: tcptrace needs Linux %d.%d or later with TCP tracepoints", tp, MinKernel[0], MinKernel[1])
+		}
+	}
+	return spec, nil
+}
+
+func checkPrivileges() error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(unix.CAP_BPF) && has(unix.CAP_PERFMON) {
+		return nil
+	}
+	return errors.New("tcptrace needs root, or CAP_BPF and CAP_PERFMON: run it with sudo")
+}
+
+// kernelAtLeast compares a release such as "6.18.44-fc-v657" to major.minor.
+func kernelAtLeast(release string, want [2]int) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > want[0] || (major == want[0] && minor >= want[1])
+}
+
+// Load checks the machine, then loads the program configured by opts. It
+// does not attach.
+func Load(opts Options) (*Tracer, error) {
+	kernel, err := check()
+	if err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	spec, err := loadTcptrace()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded BPF object: %w", err)
+	}
+	if err := configure(spec, &opts); err != nil {
+		return nil, err
+	}
+	t := &Tracer{}
+	err = spec.LoadAndAssign(&t.objs, &ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
+	})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load BPF program: the kernel's verifier refused it: %v", verr)
+		}
+		return nil, fmt.Errorf("load BPF program: %w", err)
+	}
+	if err := t.fillFilters(&opts); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, o *Options) error {
+	if o.RingSize == 0 {
+		o.RingSize = DefaultRingSize
+	}
+	if o.RingSize < os.Getpagesize() || o.RingSize&(o.RingSize-1) != 0 {
+		return fmt.Errorf("ring buffer size %d: must be a power of two of at least %d bytes", o.RingSize, os.Getpagesize())
+	}
+	if o.WakeupBytes == 0 {
+		o.WakeupBytes = DefaultWakeupBytes
+	}
+	if o.WakeupBytes > uint64(o.RingSize)/2 {
+		o.WakeupBytes = uint64(o.RingSize) / 2
+	}
+	if o.TimewaitMax == 0 {
+		o.TimewaitMax = DefaultTimewaitMax
+	}
+	spec.Maps["events"].MaxEntries = uint32(o.RingSize)
+	spec.Maps["timewait"].MaxEntries = uint32(o.TimewaitMax)
+
+	var family uint8
+	switch o.Family {
+	case 0:
+	case 4:
+		family = unix.AF_INET
+	case 6:
+		family = unix.AF_INET6
+	default:
+		return fmt.Errorf("address family %d: want 4 or 6", o.Family)
+	}
+	var states uint32
+	for _, s := range o.States {
+		states |= 1 << (s & 31)
+	}
+	var comm [events.CommLen]byte
+	if len(o.Comm) >= events.CommLen {
+		return fmt.Errorf("command name %q: the kernel keeps at most %d bytes", o.Comm, events.CommLen-1)
+	}
+	copy(comm[:], o.Comm)
+	if len(o.PIDs) > maxFilter || len(o.LPorts) > maxFilter || len(o.RPorts) > maxFilter {
+		return fmt.Errorf("at most %d values per filter", maxFilter)
+	}
+
+	set := map[string]any{
+		"filter_family": family,
+		"filter_netns":  o.Netns,
+		"filter_states": states,
+		"filter_pid":    len(o.PIDs) > 0,
+		"filter_lport":  len(o.LPorts) > 0,
+		"filter_rport":  len(o.RPorts) > 0,
+		"filter_comm":   o.Comm != "",
+		"comm_want":     comm,
+		"peer_match":    !o.NoPeerMatch,
+		"wakeup_bytes":  o.WakeupBytes,
+	}
+	for name, v := range set {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// maxFilter is MAX_FILTER in bpf/tcptrace.c.
+const maxFilter = 64
+
+func (t *Tracer) fillFilters(o *Options) error {
+	one := uint8(1)
+	for _, p := range o.PIDs {
+		if err := t.objs.PidFilter.Put(p, one); err != nil {
+			return fmt.Errorf("set pid filter: %w", err)
+		}
+	}
+	for _, p := range o.LPorts {
+		if err := t.objs.LportFilter.Put(p, one); err != nil {
+			return fmt.Errorf("set local port filter: %w", err)
+		}
+	}
+	for _, p := range o.RPorts {
+		if err := t.objs.RportFilter.Put(p, one); err != nil {
+			return fmt.Errorf("set remote port filter: %w", err)
+		}
+	}
+	return nil
+}
+
+// Attach starts tracing. tp_btf programs attach through BTF, so tracefs
+// need not be mounted.
+func (t *Tracer) Attach() error {
+	var err error
+	t.reader, err = ringbuf.NewReader(t.objs.Events)
+	if err != nil {
+		return fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	// reset handlers first, so no close loses its cause
+	for _, p := range []struct {
+		prog *ebpf.Program
+		name string
+	}{
+		{t.objs.HandleReceiveReset, "tcp:tcp_receive_reset"},
+		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
+		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
+	} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog, AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", p.name, err)
+		}
+		t.links = append(t.links, l)
+	}
+	return nil
+}
+
+// Read decodes the next record into e. It returns ErrFlushed after Flush
+// once the records pending then are read, and ErrClosed after Close.
+func (t *Tracer) Read(e *events.Event) error {
+	if err := t.reader.ReadInto(&t.rec); err != nil {
+		return err
+	}
+	return e.Decode(t.rec.RawSample)
+}
+
+// Flush makes a blocked Read return what is pending. The program wakes
+// the reader only once WakeupBytes are pending, so the reader calls this
+// on a timer to keep latency low on a quiet system.
+func (t *Tracer) Flush() error {
+	return t.reader.Flush()
+}
+
+// Detach stops new events; what is in the ring can still be read.
+func (t *Tracer) Detach() error {
+	var errs []error
+	for i := len(t.links) - 1; i >= 0; i-- {
+		errs = append(errs, t.links[i].Close())
+	}
+	t.links = nil
+	return errors.Join(errs...)
+}
+
+// Close releases everything, in reverse order of acquisition.
+func (t *Tracer) Close() error {
+	errs := []error{t.Detach()}
+	if t.reader != nil {
+		errs = append(errs, t.reader.Close())
+	}
+	errs = append(errs, t.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Counts are what the kernel side could not deliver or follow.
+type Counts struct {
+	// Lost: records dropped because the ring was full, plus runs the
+	// kernel skipped because the program was already running on that
+	// CPU (an interrupt during it): each is a transition not seen.
+	Lost uint64
+	// Untracked: connections not followed because TimewaitMax was reached.
+	Untracked uint64
+}
+
+// Counts reads the loss counters.
+func (t *Tracer) Counts() (Counts, error) {
+	var c Counts
+	sum := func(idx uint32) (uint64, error) {
+		var per []uint64
+		if err := t.objs.Counters.Lookup(idx, &per); err != nil {
+			return 0, fmt.Errorf("read counter %d: %w", idx, err)
+		}
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		return n, nil
+	}
+	var err error
+	if c.Lost, err = sum(counterLost); err != nil {
+		return c, err
+	}
+	if c.Untracked, err = sum(counterUntracked); err != nil {
+		return c, err
+	}
+	for _, p := range []*ebpf.Program{t.objs.HandleSetState, t.objs.HandleReceiveReset, t.objs.HandleSendReset} {
+		st, err := p.Stats()
+		if err != nil {
+			return c, fmt.Errorf("read program stats: %w", err)
+		}
+		c.Lost += st.RecursionMisses
+	}
+	return c, nil
+}
+
+// indexes of the counters map, as in bpf/tcptrace.h
+const (
+	counterLost      = 0
+	counterUntracked = 1
+)
+
+// twKey builds the timewait map's key for the connection of e.
+func twKey(e *events.Event) tcptraceTuple {
+	k := tcptraceTuple{Netns: e.Netns, Sport: e.LPort, Dport: e.RPort}
+	if e.Family == 6 {
+		k.Family = unix.AF_INET6
+		k.Saddr, k.Daddr = e.LAddr.As16(), e.RAddr.As16()
+	} else {
+		k.Family = unix.AF_INET
+		l, r := e.LAddr.As4(), e.RAddr.As4()
+		copy(k.Saddr[:], l[:])
+		copy(k.Daddr[:], r[:])
+	}
+	return k
+}
+
+// Forget stops the kernel following the mini-socket of e's connection;
+// user space saw it end.
+func (t *Tracer) Forget(e *events.Event) error {
+	k := twKey(e)
+	var v tcptraceTwinfo
+	if err := t.objs.Timewait.Lookup(&k, &v); err != nil || v.Cookie != e.Sock {
+		return nil // already gone, or the tuple belongs to a newer connection
+	}
+	if err := t.objs.Timewait.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget timewait connection: %w", err)
+	}
+	return nil
+}
+
+// Promote records that the parked FIN_WAIT2 of e's connection moved to
+// TIME_WAIT at mono, as sock_diag showed, so the kernel does not report
+// it again.
+func (t *Tracer) Promote(e *events.Event, mono uint64) error {
+	k := twKey(e)
+	var v tcptraceTwinfo
+	if err := t.objs.Timewait.Lookup(&k, &v); err != nil || v.Cookie != e.Sock {
+		return nil
+	}
+	v.Substate = uint8(events.TimeWait)
+	v.TsNs = mono
+	if err := t.objs.Timewait.Update(&k, &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("promote timewait connection: %w", err)
+	}
+	return nil
+}
+
+// Monotonic reads CLOCK_MONOTONIC, the kernel's bpf_ktime_get_ns clock.
+func Monotonic() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// WallClock maps the kernel's monotonic timestamps to wall-clock time.
+type WallClock struct {
+	base time.Time
+	mono uint64
+}
+
+// NewWallClock reads both clocks now.
+func NewWallClock() *WallClock {
+	c := &WallClock{}
+	c.Sync()
+	return c
+}
+
+// Sync rereads both clocks, to follow steps of the wall clock.
+func (c *WallClock) Sync() {
+	c.mono = Monotonic()
+	c.base = time.Now()
+}
+
+// Time converts a monotonic timestamp.
+func (c *WallClock) Time(mono uint64) time.Time {
+	return c.base.Add(time.Duration(int64(mono) - int64(c.mono)))
+}

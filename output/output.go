@@ -1,0 +1,96 @@
+// Package output writes transitions for people (text) and for programs
+// (JSON lines). Writers buffer; the caller flushes when it has caught up
+// with the kernel, so a busy system costs one write per batch.
+package output
+
+import (
+	"bufio"
+	"io"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Writer is what every output format implements.
+type Writer interface {
+	Write(*events.Event) error
+	Flush() error
+	Close() error
+}
+
+const bufSize = 64 << 10
+
+// base holds what both formats share: a buffered destination and a
+// scratch line reused for every event.
+type base struct {
+	w    *bufio.Writer
+	c    io.Closer
+	line []byte
+}
+
+func newBase(w io.Writer) base {
+	b := base{w: bufio.NewWriterSize(w, bufSize), line: make([]byte, 0, 512)}
+	if c, ok := w.(io.Closer); ok {
+		b.c = c
+	}
+	return b
+}
+
+func (b *base) Flush() error { return b.w.Flush() }
+
+// Close flushes; it closes the destination only if it is not a terminal
+// stream the process shares (stdout, stderr).
+func (b *base) Close() error {
+	err := b.w.Flush()
+	if b.c != nil && !isStdStream(b.c) {
+		if cerr := b.c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// appendDwell formats a duration in a human unit: 812ns, 52us, 300.1ms, 4.2s, 1m0.0s.
+func appendDwell(b []byte, d time.Duration) []byte {
+	switch {
+	case d < time.Microsecond:
+		return append(appendUint(b, uint64(d)), "ns"...)
+	case d < time.Millisecond:
+		return append(appendUint(b, uint64(d/time.Microsecond)), "us"...)
+	case d < time.Second:
+		return append(appendFixed(b, uint64(d/(100*time.Microsecond)), 1), "ms"...)
+	case d < time.Minute:
+		return append(appendFixed(b, uint64(d/(10*time.Millisecond)), 2), "s"...)
+	default:
+		m := d / time.Minute
+		b = append(appendUint(b, uint64(m)), 'm')
+		return append(appendFixed(b, uint64((d-m*time.Minute)/(100*time.Millisecond)), 1), "s"...)
+	}
+}
+
+// appendFixed writes v / 10^digits with that many decimals.
+func appendFixed(b []byte, v uint64, digits int) []byte {
+	p := uint64(1)
+	for range digits {
+		p *= 10
+	}
+	b = appendUint(b, v/p)
+	b = append(b, '.')
+	return appendPadded(b, v%p, digits)
+}
+
+// appendPadded writes v with leading zeros to width digits.
+func appendPadded(b []byte, v uint64, width int) []byte {
+	var tmp [20]byte
+	i := len(tmp)
+	for v > 0 || i > len(tmp)-width {
+		i--
+		tmp[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, tmp[i:]...)
+}
+
+func appendUint(b []byte, v uint64) []byte {
+	return appendPadded(b, v, 1)
+}
