@@ -431,3 +431,8 @@ func (c *WallClock) Sync() {
 func (c *WallClock) Time(mono uint64) time.Time {
 	return c.base.Add(time.Duration(int64(mono) - int64(c.mono)))
 }
+
+// Pending is the number of bytes waiting in the ring.
+func (t *Tracer) Pending() int {
+	return t.reader.AvailableBytes()
+}

@@ -1,0 +1,275 @@
+// Command tcptrace streams every TCP state transition on this host, with
+// the process that owns the socket and why each connection closed.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/output"
+	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/stream"
+)
+
+func main() {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	cancel()
+	var uerr usageError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &uerr):
+		fmt.Fprintf(os.Stderr, "tcptrace: %v (see tcptrace --help)\n", err)
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "tcptrace: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ error }
+
+type config struct {
+	json     bool
+	ipv4     bool
+	ipv6     bool
+	lports   portList
+	rports   portList
+	pids     pidList
+	comm     string
+	netns    string
+	states   stateList
+	duration time.Duration
+	count    uint64
+	ringSize byteSize
+	twMax    int
+}
+
+func parse(args []string, stderr io.Writer) (*config, error) {
+	c := &config{ringSize: loader.DefaultRingSize}
+	fs := flag.NewFlagSet("tcptrace", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.BoolVar(&c.json, "json", false, "")
+	fs.BoolVar(&c.ipv4, "4", false, "")
+	fs.BoolVar(&c.ipv6, "6", false, "")
+	for _, n := range []string{"L", "lport"} {
+		fs.Var(&c.lports, n, "")
+	}
+	for _, n := range []string{"D", "rport"} {
+		fs.Var(&c.rports, n, "")
+	}
+	fs.Var(&c.pids, "pid", "")
+	fs.StringVar(&c.comm, "comm", "", "")
+	fs.StringVar(&c.netns, "netns", "", "")
+	fs.Var(&c.states, "state", "")
+	fs.DurationVar(&c.duration, "duration", 0, "")
+	fs.Uint64Var(&c.count, "count", 0, "")
+	fs.Var(&c.ringSize, "ring-size", "")
+	fs.IntVar(&c.twMax, "tw-max", loader.DefaultTimewaitMax, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stderr, usage)
+			return nil, err
+		}
+		return nil, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if c.ipv4 && c.ipv6 {
+		return nil, usageError{errors.New("-4 and -6 exclude each other")}
+	}
+	if c.duration < 0 {
+		return nil, usageError{errors.New("--duration must be positive")}
+	}
+	if c.twMax < 1 {
+		return nil, usageError{errors.New("--tw-max must be at least 1")}
+	}
+	return c, nil
+}
+
+const usage = `Usage: tcptrace [flags]
+
+Streams every TCP state transition on this host, attributed to the process
+that owns the socket, until Ctrl-C, SIGTERM, --duration or --count. Needs
+root (or CAP_BPF and CAP_PERFMON). On exit it prints "N events, M lost" to
+stderr.
+
+Output:
+  --json              one JSON object per line instead of text columns
+                        tcptrace --json > transitions.jsonl
+
+Filters (an event is kept when it passes all of them; lists are
+comma-separated or the flag repeated):
+  -4, -6              IPv4 or IPv6 only (dual-stack sockets talking IPv4 count as IPv4)
+                        tcptrace -6
+  -L, --lport PORTS   local port
+                        tcptrace -L 80,443
+  -D, --rport PORTS   remote port
+                        tcptrace -D 5432
+  --pid PIDS          owning process id
+                        tcptrace --pid 1234
+  --comm NAME         owning process's command name, exact (at most 15 bytes)
+                        tcptrace --comm nginx
+  --netns NS          network namespace: an inode number or a path
+                        tcptrace --netns /var/run/netns/blue
+                        tcptrace --netns /proc/4242/ns/net
+  --state STATES      events whose old or new state is one of these
+                        tcptrace --state TIME_WAIT,CLOSE_WAIT
+
+Limits:
+  --duration D        stop after D
+                        tcptrace --duration 30s
+  --count N           stop after N events
+                        tcptrace --count 100
+  --ring-size BYTES   kernel ring buffer, a power of two (K, M suffixes); default 8M
+                        tcptrace --ring-size 32M
+  --tw-max N          connections followed through TIME_WAIT and FIN_WAIT2
+                      mini-sockets; past it a warning is printed; default 65536
+                        tcptrace --tw-max 262144
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	opts := loader.Options{
+		RingSize:    int(c.ringSize),
+		TimewaitMax: c.twMax,
+		States:      c.states,
+		PIDs:        c.pids,
+		Comm:        c.comm,
+		LPorts:      c.lports,
+		RPorts:      c.rports,
+	}
+	if len(c.comm) >= events.CommLen {
+		return usageError{fmt.Errorf("--comm %q: the kernel keeps at most %d bytes of a command name", c.comm, events.CommLen-1)}
+	}
+	switch {
+	case c.ipv4:
+		opts.Family = 4
+	case c.ipv6:
+		opts.Family = 6
+	}
+	if c.netns != "" {
+		if opts.Netns, err = sockdiag.NetnsInode(c.netns); err != nil {
+			return usageError{err}
+		}
+	}
+
+	tr, err := loader.Load(opts)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		return err
+	}
+
+	var out output.Writer
+	if c.json {
+		out = output.NewJSON(stdout)
+	} else {
+		out = output.NewText(stdout, c.ipv4)
+	}
+	if c.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.duration)
+		defer cancel()
+	}
+	st, err := stream.Run(ctx, stream.Config{
+		Source: tr,
+		Out:    out,
+		Count:  c.count,
+		Warn:   func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
+	})
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("write output: %w", cerr)
+	}
+	summary := fmt.Sprintf("tcptrace: %d events, %d lost", st.Events, st.Lost)
+	if st.Untracked > 0 {
+		summary += fmt.Sprintf(", %d not followed past --tw-max", st.Untracked)
+	}
+	fmt.Fprintln(stderr, summary)
+	return err
+}
+
+// portList is a repeatable, comma-separated list of ports.
+type portList []uint16
+
+func (p *portList) String() string { return fmt.Sprint(*p) }
+func (p *portList) Set(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("port %q: want a number from 1 to 65535", f)
+		}
+		*p = append(*p, uint16(n))
+	}
+	return nil
+}
+
+type pidList []uint32
+
+func (p *pidList) String() string { return fmt.Sprint(*p) }
+func (p *pidList) Set(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("pid %q: want a positive number", f)
+		}
+		*p = append(*p, uint32(n))
+	}
+	return nil
+}
+
+type stateList []events.State
+
+func (l *stateList) String() string { return fmt.Sprint(*l) }
+func (l *stateList) Set(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		st, ok := events.ParseState(strings.TrimSpace(f))
+		if !ok {
+			return fmt.Errorf("state %q: want one of %s", f, strings.Join(events.StateNames(), ", "))
+		}
+		*l = append(*l, st)
+	}
+	return nil
+}
+
+// byteSize reads 4096, 64K, 8M, 1G.
+type byteSize int
+
+func (b *byteSize) String() string { return strconv.Itoa(int(*b)) }
+func (b *byteSize) Set(s string) error {
+	mult := 1
+	num := strings.TrimSpace(s)
+	if n := len(num); n > 0 {
+		switch num[n-1] {
+		case 'k', 'K':
+			mult, num = 1<<10, num[:n-1]
+		case 'm', 'M':
+			mult, num = 1<<20, num[:n-1]
+		case 'g', 'G':
+			mult, num = 1<<30, num[:n-1]
+		}
+	}
+	v, err := strconv.Atoi(num)
+	if err != nil || v <= 0 || v > (1<<30)/mult {
+		return fmt.Errorf("size %q: want bytes such as 8M", s)
+	}
+	*b = byteSize(v * mult)
+	return nil
+}

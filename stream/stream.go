@@ -1,0 +1,255 @@
+// Package stream runs the pipeline from the kernel's ring buffer to a
+// writer: a reader goroutine decodes records into reused batches, and one
+// loop follows timewait connections, stamps wall-clock time and writes.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/output"
+	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/timewait"
+)
+
+// Source is the kernel side: loader.Tracer.
+type Source interface {
+	Read(*events.Event) error
+	Flush() error
+	Detach() error
+	Pending() int
+	Counts() (loader.Counts, error)
+	timewait.Kernel
+}
+
+// Config says what to run.
+type Config struct {
+	Source Source
+	Out    output.Writer
+	// Count stops the stream after this many events; 0 means no limit.
+	Count uint64
+	// Latency bounds how long an event waits in the ring on a quiet system.
+	Latency time.Duration
+	// Warn reports a condition worth a line on stderr, once each.
+	Warn func(string)
+}
+
+// Stats is what the stream did.
+type Stats struct {
+	Events    uint64 // written
+	Lost      uint64 // transitions the kernel could not deliver, or undecodable records
+	Untracked uint64 // connections not followed: the follow table was full
+}
+
+const batchSize = 256
+
+// maxDefer bounds how often a sock_diag poll waits for the ring to drain.
+const maxDefer = 3
+
+type batch struct {
+	n  int
+	ev [batchSize]events.Event
+}
+
+// Run streams until ctx ends or Count events are written, then drains what
+// the kernel already produced, flushes and returns.
+func Run(ctx context.Context, cfg Config) (Stats, error) {
+	if cfg.Latency == 0 {
+		cfg.Latency = 50 * time.Millisecond
+	}
+	if cfg.Warn == nil {
+		cfg.Warn = func(string) {}
+	}
+	src := cfg.Source
+	full := make(chan *batch, 8)
+	free := make(chan *batch, 8)
+	for range cap(free) {
+		free <- new(batch)
+	}
+	var draining atomic.Bool
+	var badRecords atomic.Uint64
+	go read(src, full, free, &draining, &badRecords)
+
+	// the program wakes the reader only once a batch is pending; this
+	// bounds latency when traffic is light
+	flushDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(cfg.Latency)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = src.Flush()
+			case <-flushDone:
+				return
+			}
+		}
+	}()
+	defer close(flushDone)
+
+	diag := sockdiag.NewProber()
+	defer diag.Close()
+	follow := timewait.New(src, diag)
+	clock := loader.NewWallClock()
+	var st Stats
+	var werr error
+	stop, detached := false, false
+	deferred := 0
+	emit := func(e *events.Event) error {
+		if stop || werr != nil {
+			return nil
+		}
+		e.Time = clock.Time(e.Mono)
+		if err := cfg.Out.Write(e); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+		st.Events++
+		if cfg.Count > 0 && st.Events >= cfg.Count {
+			stop = true
+		}
+		return nil
+	}
+	startDrain := func() {
+		if draining.Load() || detached {
+			return
+		}
+		detached = true
+		// Detach waits for running programs; only then is the ring
+		// final, and an empty ring means the reader has everything
+		_ = src.Detach()
+		draining.Store(true)
+		_ = src.Flush()
+	}
+
+	poll := time.NewTimer(time.Hour)
+	defer poll.Stop()
+	armPoll := func() {
+		next := follow.Next()
+		d := time.Hour
+		if next != 0 {
+			d = time.Duration(int64(next) - int64(loader.Monotonic()))
+		}
+		poll.Reset(max(d, time.Millisecond))
+	}
+	armPoll()
+	housekeeping := time.NewTicker(time.Second)
+	defer housekeeping.Stop()
+	warned := map[string]bool{}
+	warnOnce := func(key, msg string) {
+		if !warned[key] {
+			warned[key] = true
+			cfg.Warn(msg)
+		}
+	}
+	checkCounts := func() {
+		c, err := src.Counts()
+		if err != nil {
+			warnOnce("counts", err.Error())
+			return
+		}
+		st.Lost = c.Lost + badRecords.Load()
+		st.Untracked = c.Untracked
+		if c.Untracked > 0 {
+			warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
+		}
+		if follow.Unfollowable > 0 {
+			warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", follow.LastErr))
+		}
+	}
+
+	for {
+		select {
+		case b, ok := <-full:
+			if !ok {
+				checkCounts()
+				if err := cfg.Out.Flush(); err != nil && werr == nil {
+					werr = fmt.Errorf("write output: %w", err)
+				}
+				return st, werr
+			}
+			for i := range b.n {
+				e := &b.ev[i]
+				if !follow.Observe(e) {
+					continue
+				}
+				if err := emit(e); err != nil && werr == nil {
+					werr = err
+				}
+			}
+			b.n = 0
+			free <- b
+			if len(full) == 0 && werr == nil {
+				if err := cfg.Out.Flush(); err != nil {
+					werr = fmt.Errorf("write output: %w", err)
+				}
+			}
+			if stop || werr != nil {
+				startDrain()
+			}
+			armPoll()
+		case <-poll.C:
+			// the kernel may already have resolved what is due, more
+			// precisely: read the ring first, unless it never empties
+			if src.Pending() > 0 && deferred < maxDefer {
+				deferred++
+				_ = src.Flush()
+				poll.Reset(time.Millisecond)
+				continue
+			}
+			deferred = 0
+			if err := follow.Poll(loader.Monotonic(), emit); err != nil && werr == nil {
+				werr = err
+			}
+			if stop || werr != nil {
+				startDrain()
+			}
+			armPoll()
+		case <-housekeeping.C:
+			clock.Sync()
+			checkCounts()
+		case <-ctx.Done():
+			startDrain()
+		}
+	}
+}
+
+// read decodes records into batches until the ring is closed or, once
+// draining, empty.
+func read(src Source, full, free chan *batch, draining *atomic.Bool, bad *atomic.Uint64) {
+	b := <-free
+	for {
+		err := src.Read(&b.ev[b.n])
+		switch {
+		case err == nil:
+			b.n++
+			if b.n == batchSize {
+				full <- b
+				b = <-free
+			}
+		case errors.Is(err, loader.ErrFlushed):
+			if b.n > 0 {
+				full <- b
+				b = <-free
+			}
+			// after Detach nothing new arrives: once the ring is
+			// empty the stream has everything
+			if draining.Load() && src.Pending() == 0 {
+				close(full)
+				return
+			}
+		case errors.Is(err, loader.ErrClosed):
+			if b.n > 0 {
+				full <- b
+			}
+			close(full)
+			return
+		default:
+			bad.Add(1)
+		}
+	}
+}
