@@ -174,12 +174,13 @@ static __always_inline bool wanted(const struct event *e)
 	return true;
 }
 
-/* filter, then send; wake the reader only when a batch is pending */
+/* filter, then send; wake the reader only when a batch is pending. A
+ * KIND_PARKED note was filtered by what it announces, not by itself. */
 static __always_inline void emit(struct event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	if (!wanted(e))
+	if (e->kind == KIND_STATE && !wanted(e))
 		return;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;

@@ -1,0 +1,94 @@
+package kerneltest
+
+import (
+	"bufio"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The built binary attaches where tracefs is not mounted, as on a fresh
+// machine: it runs in a mount namespace where tracefs and debugfs are
+// unmounted, and must report the traffic of a test namespace as JSON.
+func TestBinaryWithoutTracefs(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	bin := filepath.Join(t.TempDir(), "tcptrace")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	ns := newNetns(t)
+	script := `umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null
+if grep -qE ' (tracefs|debugfs) ' /proc/self/mounts; then echo "tracefs still mounted" >&2; exit 99; fi
+exec "$0" "$@"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+		bin, "--json", "--netns", ns.path, "--count", "3", "--state", "LISTEN")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer cmd.Process.Kill()
+
+	srv := ns.start(t, serverComm, "wait-eof", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
+	cli := ns.start(t, clientComm, "close-first", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
+	waitAttached(t, cmd.Process.Pid, &stderr)
+	c := &conn{srv: srv, cli: cli}
+	c.run()
+
+	sc := bufio.NewScanner(stdout)
+	var lines []map[string]any
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("bad JSON line %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, m)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcptrace: %v, stderr: %s", err, stderr.String())
+	}
+	if len(lines) != 3 {
+		t.Fatalf("want 3 lines, got %d: %v", len(lines), lines)
+	}
+	// the server's child socket starts in LISTEN too
+	for i, want := range [][2]string{{"CLOSE", "LISTEN"}, {"LISTEN", "SYN_RECV"}, {"LISTEN", "CLOSE"}} {
+		if lines[i]["old"] != want[0] || lines[i]["new"] != want[1] || lines[i]["pid"] != float64(srv.pid) || lines[i]["comm"] != serverComm {
+			t.Errorf("line %d: %v, want %s->%s by %d %s", i, lines[i], want[0], want[1], srv.pid, serverComm)
+		}
+	}
+	if got := strings.TrimSpace(stderr.String()); got != "tcptrace: 3 events, 0 lost" {
+		t.Errorf("summary %q, want %q", got, "tcptrace: 3 events, 0 lost")
+	}
+}
+
+// waitAttached waits until the process holds its three BPF links.
+func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		links := 0
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && target == "anon_inode:bpf_link" {
+				links++
+			}
+		}
+		if links == 3 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("tcptrace did not attach within 10s; stderr: %s", stderr.String())
+}

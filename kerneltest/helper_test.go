@@ -1,0 +1,296 @@
+package kerneltest
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the client and server processes: started
+// through a symlink named for the role, so the kernel gives each its own
+// comm. They wait for "go" on stdin, so a tracer can be loaded knowing
+// their pids before they open a socket.
+func TestMain(m *testing.M) {
+	switch filepath.Base(os.Args[0]) {
+	case serverComm:
+		os.Exit(runServer())
+	case clientComm:
+		os.Exit(runClient())
+	}
+	os.Exit(m.Run())
+}
+
+const (
+	serverComm = "tt-server"
+	clientComm = "tt-client"
+)
+
+func env(name string) string { return os.Getenv("TT_" + name) }
+
+func pause() time.Duration {
+	ms, _ := strconv.Atoi(env("PAUSE_MS"))
+	return time.Duration(ms) * time.Millisecond
+}
+
+func waitGo() {
+	line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+	if strings.TrimSpace(line) != "go" {
+		os.Exit(3)
+	}
+}
+
+func fail(format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, format+"\n", a...)
+	return 1
+}
+
+// runServer listens on TT_ADDR, serves one connection as TT_MODE says,
+// then closes the listener:
+//   - wait-eof: read to EOF, pause, close (the client closed first)
+//   - hold: read to EOF, then keep the socket in CLOSE_WAIT for the pause
+//     and exit without closing it first
+//   - close-first: pause, close without reading (the server closes first)
+//   - expect-rst: read until the peer's reset
+func runServer() int {
+	waitGo()
+	l, err := net.Listen("tcp", env("ADDR"))
+	if err != nil {
+		return fail("listen: %v", err)
+	}
+	fmt.Println("listening")
+	c, err := l.Accept()
+	if err != nil {
+		return fail("accept: %v", err)
+	}
+	buf := make([]byte, 64)
+	switch env("MODE") {
+	case "wait-eof", "hold":
+		if _, err := c.Read(buf); err != io.EOF {
+			return fail("read: want EOF, got %v", err)
+		}
+		time.Sleep(pause())
+		if env("MODE") == "hold" {
+			fmt.Println("done")
+			return 0
+		}
+	case "close-first":
+		time.Sleep(pause())
+	case "expect-rst":
+		if _, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+			return fail("read: want ECONNRESET, got %v", err)
+		}
+	default:
+		return fail("unknown mode %q", env("MODE"))
+	}
+	if err := c.Close(); err != nil {
+		return fail("close: %v", err)
+	}
+	// let the connection finish before the listener goes, so the
+	// order of the server's transitions is fixed
+	time.Sleep(50 * time.Millisecond)
+	if err := l.Close(); err != nil {
+		return fail("close listener: %v", err)
+	}
+	fmt.Println("done")
+	return 0
+}
+
+// runClient connects to TT_ADDR and, as TT_MODE says:
+//   - close-first: closes at once
+//   - wait-eof: reads to EOF, then closes (the server closed first)
+//   - linger0: closes with SO_LINGER 0, an abortive close
+//   - refused: expects the connection to be refused
+func runClient() int {
+	waitGo()
+	c, err := net.Dial("tcp", env("ADDR"))
+	if env("MODE") == "refused" {
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fail("dial: want ECONNREFUSED, got %v", err)
+		}
+		fmt.Println("done")
+		return 0
+	}
+	if err != nil {
+		return fail("dial: %v", err)
+	}
+	switch env("MODE") {
+	case "close-first":
+	case "wait-eof":
+		if _, err := c.Read(make([]byte, 64)); err != io.EOF {
+			return fail("read: want EOF, got %v", err)
+		}
+	case "linger0":
+		if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+			return fail("linger: %v", err)
+		}
+	default:
+		return fail("unknown mode %q", env("MODE"))
+	}
+	if err := c.Close(); err != nil {
+		return fail("close: %v", err)
+	}
+	fmt.Println("done")
+	return 0
+}
+
+var (
+	linkOnce sync.Once
+	linkDir  string
+	linkErr  error
+)
+
+// roleBinary returns a symlink to the test binary named for the role.
+func roleBinary(t *testing.T, role string) string {
+	t.Helper()
+	linkOnce.Do(func() {
+		var exe string
+		if exe, linkErr = os.Executable(); linkErr != nil {
+			return
+		}
+		if linkDir, linkErr = os.MkdirTemp("", "tcptrace-roles"); linkErr != nil {
+			return
+		}
+		for _, r := range []string{serverComm, clientComm} {
+			if linkErr = os.Symlink(exe, filepath.Join(linkDir, r)); linkErr != nil {
+				return
+			}
+		}
+	})
+	if linkErr != nil {
+		t.Fatalf("make role binaries: %v", linkErr)
+	}
+	return filepath.Join(linkDir, role)
+}
+
+// netns is a network namespace made for one test, with loopback up.
+type netns struct {
+	name string
+	path string
+	ino  uint32
+}
+
+var nsCounter struct {
+	sync.Mutex
+	n int
+}
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	nsCounter.Lock()
+	nsCounter.n++
+	name := fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), nsCounter.n)
+	nsCounter.Unlock()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set lo up: %v: %s", err, out)
+	}
+	ns := &netns{name: name, path: "/run/netns/" + name}
+	var st syscall.Stat_t
+	if err := syscall.Stat(ns.path, &st); err != nil {
+		t.Fatalf("stat %s: %v", ns.path, err)
+	}
+	ns.ino = uint32(st.Ino)
+	return ns
+}
+
+// sysctl sets a per-namespace sysctl.
+func (n *netns) sysctl(t *testing.T, key, value string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", n.name, "sysctl", "-qw", key+"="+value).CombinedOutput(); err != nil {
+		t.Fatalf("sysctl %s: %v: %s", key, err, out)
+	}
+}
+
+// proc is a client or server process in a namespace.
+type proc struct {
+	t     *testing.T
+	role  string
+	cmd   *exec.Cmd
+	pid   uint32
+	stdin io.WriteCloser
+	lines chan string
+	errb  *strings.Builder
+	done  chan error
+}
+
+// start runs a role in the namespace; it waits for go().
+func (n *netns) start(t *testing.T, role, mode, addr string, pause time.Duration) *proc {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", n.name, roleBinary(t, role))
+	cmd.Env = append(os.Environ(), "TT_MODE="+mode, "TT_ADDR="+addr,
+		"TT_PAUSE_MS="+strconv.Itoa(int(pause/time.Millisecond)))
+	p := &proc{t: t, role: role, cmd: cmd, lines: make(chan string, 8), errb: &strings.Builder{}, done: make(chan error, 1)}
+	cmd.Stderr = p.errb
+	var err error
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", role, err)
+	}
+	// ip netns exec execs the program in place: the pid is the role's
+	p.pid = uint32(cmd.Process.Pid)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return p
+}
+
+func (p *proc) goAhead() {
+	p.t.Helper()
+	if _, err := io.WriteString(p.stdin, "go\n"); err != nil {
+		p.t.Fatalf("%s: send go: %v", p.role, err)
+	}
+}
+
+// expect waits for the process to print line.
+func (p *proc) expect(line string) {
+	p.t.Helper()
+	select {
+	case got, ok := <-p.lines:
+		if !ok || got != line {
+			p.t.Fatalf("%s: want %q, got %q (ok=%v), stderr: %s", p.role, line, got, ok, p.errb)
+		}
+	case <-time.After(10 * time.Second):
+		p.t.Fatalf("%s: no %q within 10s, stderr: %s", p.role, line, p.errb)
+	}
+}
+
+// wait waits for a clean exit.
+func (p *proc) wait() {
+	p.t.Helper()
+	for range p.lines {
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			p.t.Fatalf("%s: %v, stderr: %s", p.role, err, p.errb)
+		}
+	case <-time.After(10 * time.Second):
+		p.t.Fatalf("%s: did not exit within 10s", p.role)
+	}
+}

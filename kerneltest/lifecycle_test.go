@@ -1,0 +1,230 @@
+package kerneltest
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/loader"
+)
+
+const port = 8080
+
+// conn is one connection between a server and a client process.
+type conn struct {
+	srv, cli *proc
+}
+
+func newConn(t *testing.T, ns *netns, host, srvMode, cliMode string, pause time.Duration) *conn {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	return &conn{
+		srv: ns.start(t, serverComm, srvMode, addr, pause),
+		cli: ns.start(t, clientComm, cliMode, addr, 0),
+	}
+}
+
+// run lets the server listen, the client connect, and both finish.
+func (c *conn) run() {
+	c.srv.goAhead()
+	c.srv.expect("listening")
+	c.cli.goAhead()
+	c.cli.expect("done")
+	c.cli.wait()
+	c.srv.expect("done")
+	c.srv.wait()
+}
+
+var (
+	clientClosesFirst = []string{"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->TIME_WAIT"}
+	serverPassive     = []string{"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"}
+	listener          = []string{"CLOSE->LISTEN", "LISTEN->CLOSE"}
+)
+
+// The textbook: the client closes first and ends in TIME_WAIT; the server
+// goes through CLOSE_WAIT and LAST_ACK. With the server pausing before its
+// close, the client's dead FIN_WAIT2 waits in a timewait mini-socket, which
+// the kernel reports as FIN_WAIT2 -> CLOSE at once; tcptrace must report
+// FIN_WAIT2 -> TIME_WAIT when the server's FIN arrives, found in the kernel
+// (peer match) or through sock_diag.
+func TestClientClosesFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		host        string
+		pause       time.Duration
+		noPeerMatch bool
+	}{
+		{"ipv4/server closes at once", "127.0.0.1", 0, false},
+		{"ipv4/server waits 300ms", "127.0.0.1", 300 * time.Millisecond, false},
+		{"ipv4/server waits 300ms/sock_diag", "127.0.0.1", 300 * time.Millisecond, true},
+		{"ipv6/server closes at once", "::1", 0, false},
+		{"ipv6/server waits 300ms", "::1", 300 * time.Millisecond, false},
+		{"ipv6/server waits 300ms/sock_diag", "::1", 300 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ns := newNetns(t)
+			c := newConn(t, ns, tc.host, "wait-eof", "close-first", tc.pause)
+			tr := startTracer(t, loader.Options{Netns: ns.ino, NoPeerMatch: tc.noPeerMatch})
+			c.run()
+			tr.waitFor("client TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
+				return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&
+					has(evs, listenerSocket(evs, port), events.Listen, events.Close)
+			})
+			evs := tr.stop()
+
+			cli := clientSocket(evs, port)
+			checkSeq(t, "client", cli, c.cli, clientClosesFirst...)
+			tw := find(t, "client", cli, events.FinWait2, events.TimeWait)
+			slack := 150 * time.Millisecond
+			if tc.noPeerMatch {
+				slack = 250 * time.Millisecond // sock_diag polling
+			}
+			// the client enters FIN_WAIT2 when the server's ACK of its
+			// FIN arrives, a few ms (delayed ACK) after the server read
+			// EOF and began its pause: about the pause, not 0
+			checkDwell(t, "client FIN_WAIT2", tw, tc.pause*9/10, tc.pause+slack)
+
+			srv := childSocket(evs, port)
+			checkSeq(t, "server", srv, c.srv, serverPassive...)
+			checkDwell(t, "server CLOSE_WAIT", find(t, "server", srv, events.CloseWait, events.LastAck), tc.pause, tc.pause+slack)
+			checkCause(t, "server LAST_ACK->CLOSE", find(t, "server", srv, events.LastAck, events.Close), events.CauseClosed)
+
+			lis := listenerSocket(evs, port)
+			checkSeq(t, "listener", lis, c.srv, listener...)
+			checkCause(t, "listener close", lis[len(lis)-1], events.CauseClosed)
+
+			// addresses: the client's local port is only known after SYN_SENT
+			want := net.ParseIP(tc.host)
+			for _, e := range append(cli, srv...) {
+				if !net.IP(e.LAddr.AsSlice()).Equal(want) || !net.IP(e.RAddr.AsSlice()).Equal(want) {
+					t.Errorf("%s: addresses %v -> %v, want %v", arrow(e), e.LAddr, e.RAddr, want)
+				}
+			}
+			if cli[1].LPort == 0 || cli[1].LPort != srv[0].RPort || srv[0].LPort != port {
+				t.Errorf("ports: client %d->%d, server child %d->%d", cli[1].LPort, cli[1].RPort, srv[0].LPort, srv[0].RPort)
+			}
+		})
+	}
+}
+
+// The server closes first: TIME_WAIT lands on the server's socket, and
+// the client goes through CLOSE_WAIT and LAST_ACK.
+func TestServerClosesFirst(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "close-first", "wait-eof", 0)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.run()
+	tr.waitFor("server TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
+		return has(evs, childSocket(evs, port), events.FinWait2, events.TimeWait) &&
+			has(evs, listenerSocket(evs, port), events.Listen, events.Close)
+	})
+	evs := tr.stop()
+	checkSeq(t, "server", childSocket(evs, port), c.srv,
+		"LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->TIME_WAIT")
+	cli := clientSocket(evs, port)
+	checkSeq(t, "client", cli, c.cli,
+		"CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE")
+	checkCause(t, "client close", cli[len(cli)-1], events.CauseClosed)
+}
+
+// Connecting to a port nobody listens on: the RST answers the SYN.
+func TestRefused(t *testing.T) {
+	t.Parallel()
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			ns := newNetns(t)
+			cli := ns.start(t, clientComm, "refused", net.JoinHostPort(host, strconv.Itoa(port)), 0)
+			tr := startTracer(t, loader.Options{Netns: ns.ino})
+			cli.goAhead()
+			cli.expect("done")
+			cli.wait()
+			tr.waitFor("refused close", 5*time.Second, func(evs []events.Event) bool {
+				return has(evs, clientSocket(evs, port), events.SynSent, events.Close)
+			})
+			evs := tr.stop()
+			sock := clientSocket(evs, port)
+			checkSeq(t, "client", sock, cli, "CLOSE->SYN_SENT", "SYN_SENT->CLOSE")
+			checkCause(t, "client close", sock[1], events.CauseRefused)
+			if len(evs) != 2 {
+				t.Errorf("want exactly 2 events in the namespace, got\n%s", dump(evs))
+			}
+		})
+	}
+}
+
+// SO_LINGER 0: the client aborts with a RST, the server receives it.
+func TestAbortiveClose(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "expect-rst", "linger0", 0)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.run()
+	tr.waitFor("both closes", 5*time.Second, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.Established, events.Close) &&
+			has(evs, childSocket(evs, port), events.Established, events.Close)
+	})
+	evs := tr.stop()
+	cli := clientSocket(evs, port)
+	checkSeq(t, "client", cli, c.cli, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE")
+	checkCause(t, "client close", cli[len(cli)-1], events.CauseResetSent)
+	srv := childSocket(evs, port)
+	checkSeq(t, "server", srv, c.srv, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE")
+	checkCause(t, "server close", srv[len(srv)-1], events.CauseResetReceived)
+}
+
+// A CLOSE_WAIT leak seen from the other side: the server never closes, so
+// the client's dead FIN_WAIT2 mini-socket runs out its tcp_fin_timeout
+// (2 s here) and goes away, found through sock_diag.
+func TestFinWait2Timeout(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	ns.sysctl(t, "net.ipv4.tcp_fin_timeout", "2")
+	c := newConn(t, ns, "127.0.0.1", "hold", "close-first", 4*time.Second)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.srv.goAhead()
+	c.srv.expect("listening")
+	c.cli.goAhead()
+	c.cli.expect("done")
+	c.cli.wait()
+	tr.waitFor("client FIN_WAIT2 timeout", 8*time.Second, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.FinWait2, events.Close)
+	})
+	evs := tr.stop()
+	cli := clientSocket(evs, port)
+	checkSeq(t, "client", cli, c.cli, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+	end := cli[len(cli)-1]
+	checkCause(t, "client FIN_WAIT2 end", end, events.CauseTimeout)
+	checkDwell(t, "client FIN_WAIT2", end, 2*time.Second, 3*time.Second)
+	srv := childSocket(evs, port)
+	checkSeq(t, "server", srv, c.srv, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT")
+	c.srv.expect("done")
+	c.srv.wait()
+}
+
+// TIME_WAIT lasts 2·MSL, 60 s on Linux; its end fires no tracepoint and is
+// found through sock_diag. Slow: runs in parallel with the rest.
+func TestTimeWaitEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes over 60 s")
+	}
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "wait-eof", "close-first", 0)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.run()
+	tr.waitFor("client TIME_WAIT end", 75*time.Second, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.TimeWait, events.Close)
+	})
+	evs := tr.stop()
+	cli := clientSocket(evs, port)
+	checkSeq(t, "client", cli, c.cli, append(clientClosesFirst, "TIME_WAIT->CLOSE")...)
+	end := cli[len(cli)-1]
+	checkCause(t, "TIME_WAIT end", end, events.CauseClosed)
+	checkDwell(t, "client TIME_WAIT", end, 60*time.Second, 62*time.Second)
+	if got := end.Time.Sub(find(t, "client", cli, events.FinWait2, events.TimeWait).Time); got < 60*time.Second {
+		t.Errorf("TIME_WAIT -> CLOSE came %v after TIME_WAIT, want at least 60s", got)
+	}
+}
