@@ -105,14 +105,17 @@ func (f *Follower) life(e *events.Event) time.Duration {
 // Len is the number of connections followed.
 func (f *Follower) Len() int { return len(f.byCookie) }
 
+// add follows e's connection, replacing what was followed of it.
 func (f *Follower) add(e *events.Event, since, next uint64) {
+	// count it first, so replacing an entry keeps the namespace's
+	// sock_diag connection open
+	f.perNetns[e.Netns]++
 	if old, ok := f.byCookie[e.Sock]; ok {
 		f.remove(old)
 	}
 	en := &entry{ev: *e, since: since, next: next, ends: since + uint64(f.life(e))}
 	f.byCookie[e.Sock] = en
 	heap.Push(&f.due, en)
-	f.perNetns[e.Netns]++
 }
 
 func (f *Follower) remove(en *entry) {
@@ -178,7 +181,6 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 		case found && waitingFIN && s.State == events.TimeWait:
 			// the peer's FIN arrived
 			ev := f.transition(en, now, events.TimeWait, events.CauseNone)
-			f.remove(en)
 			if err := f.kernel.Promote(&ev, now); err != nil {
 				return err
 			}

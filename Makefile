@@ -1,0 +1,29 @@
+# tcptrace. `make build` needs only Go: the BPF object is committed.
+# `make generate` needs clang 14 (Debian bookworm's) and, for vmlinux.h,
+# bpftool: apt-get install -y clang-14 llvm bpftool
+
+GO ?= go
+# pinned: another clang emits a different object, and CI compares bytes
+BPF_CLANG ?= clang-14
+BPF_CFLAGS ?= -O2 -g -Wall -Werror
+export BPF_CLANG BPF_CFLAGS
+
+.PHONY: build test generate bpf vmlinux
+
+build:
+	$(GO) build -o tcptrace ./cmd/tcptrace
+
+# Kernel tests need root; they skip without BPF unless TCPTRACE_REQUIRE_BPF=1.
+test:
+	$(GO) test -count=1 ./...
+
+# Regenerates vmlinux.h from this machine's kernel, then the BPF objects.
+generate: vmlinux bpf
+
+# The exact command that produced the committed vmlinux.h (Linux 6.18).
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux.h
+
+# Compiles bpf/tcptrace.c into loader/tcptrace_bpfel.{o,go}.
+bpf:
+	cd loader && $(GO) generate ./...

@@ -1,0 +1,55 @@
+package loader
+
+import (
+	"testing"
+	"unsafe"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// The decoder's offsets must match the struct bpf2go generated from
+// bpf/tcptrace.h.
+func TestRecordLayout(t *testing.T) {
+	var e tcptraceEvent
+	if got := unsafe.Sizeof(e); got != events.RecordSize {
+		t.Fatalf("sizeof(struct event) = %d, decoder expects %d", got, events.RecordSize)
+	}
+	for _, f := range []struct {
+		name string
+		got  uintptr
+		want uintptr
+	}{
+		{"ts_ns", unsafe.Offsetof(e.TsNs), 0},
+		{"cookie", unsafe.Offsetof(e.Cookie), 8},
+		{"dwell_ns", unsafe.Offsetof(e.DwellNs), 16},
+		{"cgroup", unsafe.Offsetof(e.Cgroup), 24},
+		{"pid", unsafe.Offsetof(e.Pid), 32},
+		{"netns", unsafe.Offsetof(e.Netns), 36},
+		{"saddr", unsafe.Offsetof(e.Saddr), 40},
+		{"daddr", unsafe.Offsetof(e.Daddr), 56},
+		{"sport", unsafe.Offsetof(e.Sport), 72},
+		{"dport", unsafe.Offsetof(e.Dport), 74},
+		{"family", unsafe.Offsetof(e.Family), 76},
+		{"oldstate", unsafe.Offsetof(e.Oldstate), 77},
+		{"newstate", unsafe.Offsetof(e.Newstate), 78},
+		{"cause", unsafe.Offsetof(e.Cause), 79},
+		{"kind", unsafe.Offsetof(e.Kind), 80},
+		{"flags", unsafe.Offsetof(e.Flags), 81},
+		{"comm", unsafe.Offsetof(e.Comm), 84},
+	} {
+		if f.got != f.want {
+			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)
+		}
+	}
+}
+
+func TestKernelAtLeast(t *testing.T) {
+	for rel, want := range map[string]bool{
+		"6.18.44-fc-v657": true, "5.12.0": true, "5.11.22": false, "4.19.0-25-amd64": false,
+		"5.15": true, "garbage": false, "": false,
+	} {
+		if got := kernelAtLeast(rel, MinKernel); got != want {
+			t.Errorf("kernelAtLeast(%q) = %v, want %v", rel, got, want)
+		}
+	}
+}
