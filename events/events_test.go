@@ -14,7 +14,7 @@ func TestStateString(t *testing.T) {
 		Close: "CLOSE", CloseWait: "CLOSE_WAIT", LastAck: "LAST_ACK",
 		Listen: "LISTEN", Closing: "CLOSING", NewSynRecv: "NEW_SYN_RECV",
 		BoundInactive: "BOUND_INACTIVE",
-		0: "UNKNOWN(0)", 14: "UNKNOWN(14)", 255: "UNKNOWN(255)",
+		0:             "UNKNOWN(0)", 14: "UNKNOWN(14)", 255: "UNKNOWN(255)",
 	} {
 		if got := s.String(); got != want {
 			t.Errorf("State(%d) = %q, want %q", uint8(s), got, want)
@@ -86,11 +86,11 @@ func TestDecodeRoundTrip(t *testing.T) {
 func TestDecodeLayout(t *testing.T) {
 	// fixed bytes, as the kernel lays them out (bpf/tcptrace.h)
 	b := make([]byte, RecordSize)
-	b[0] = 0x01                   // ts_ns = 1
-	b[8] = 0x2b                   // cookie
-	b[9] = 0x1a                   //
-	b[32] = 0x92                  // pid = 0x1092 = 4242
-	b[33] = 0x10                  //
+	b[0] = 0x01  // ts_ns = 1
+	b[8] = 0x2b  // cookie
+	b[9] = 0x1a  //
+	b[32] = 0x92 // pid = 0x1092 = 4242
+	b[33] = 0x10 //
 	copy(b[40:], []byte{127, 0, 0, 1})
 	copy(b[56:], []byte{127, 0, 0, 2})
 	b[72], b[73] = 0x90, 0x1f // sport 8080

@@ -52,8 +52,12 @@ func (s *fakeSource) Flush() error {
 	}
 	return nil
 }
-func (s *fakeSource) Detach() error                       { s.mu.Lock(); s.detached = true; s.mu.Unlock(); return nil }
-func (s *fakeSource) Pending() int                        { s.mu.Lock(); defer s.mu.Unlock(); return len(s.recs) * events.RecordSize }
+func (s *fakeSource) Detach() error { s.mu.Lock(); s.detached = true; s.mu.Unlock(); return nil }
+func (s *fakeSource) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.recs) * events.RecordSize
+}
 func (s *fakeSource) Counts() (loader.Counts, error)      { return loader.Counts{}, nil }
 func (s *fakeSource) Forget(*events.Event) error          { return nil }
 func (s *fakeSource) Promote(*events.Event, uint64) error { return nil }
