@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -154,6 +155,10 @@ func Load(opts Options) (*Tracer, error) {
 		}
 		return nil, fmt.Errorf("load BPF program: %w", err)
 	}
+	// the parsed kernel BTF (tens of MB) is garbage now: give it back
+	// rather than carry it as resident memory for the whole run
+	kernel = nil
+	debug.FreeOSMemory()
 	if err := t.fillFilters(&opts); err != nil {
 		t.Close()
 		return nil, err
