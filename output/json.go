@@ -10,11 +10,12 @@ import (
 // JSON writes one object per line; the README documents the schema.
 type JSON struct {
 	base
+	clock clock
 }
 
 // NewJSON writes to w.
 func NewJSON(w io.Writer) *JSON {
-	return &JSON{base: newBase(w)}
+	return &JSON{base: newBase(w), clock: clock{layout: "2006-01-02T15:04:05", utc: true}}
 }
 
 const hexDigits = "0123456789abcdef"
@@ -23,8 +24,8 @@ const hexDigits = "0123456789abcdef"
 func (j *JSON) Write(e *events.Event) error {
 	b := j.line[:0]
 	b = append(b, `{"time":"`...)
-	b = e.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
-	b = append(b, `","sock":"`...)
+	b = j.clock.appendTime(b, e.Time, 9)
+	b = append(b, `Z","sock":"`...)
 	b = appendHex(b, e.Sock)
 	b = append(b, `","pid":`...)
 	b = appendUint(b, uint64(e.PID))

@@ -50,6 +50,34 @@ func (b *base) Close() error {
 	return err
 }
 
+// clock formats times, reusing the text up to the second while the second
+// has not changed: time.AppendFormat per event costs more than all the rest
+// of a JSON line.
+type clock struct {
+	layout string // up to and including the seconds
+	utc    bool
+	sec    int64
+	prefix []byte
+}
+
+// appendTime writes the cached prefix, then a dot and digits of the fraction.
+func (c *clock) appendTime(b []byte, t time.Time, digits int) []byte {
+	if c.utc {
+		t = t.UTC()
+	}
+	if s := t.Unix(); s != c.sec || c.prefix == nil {
+		c.sec = s
+		c.prefix = t.AppendFormat(c.prefix[:0], c.layout)
+	}
+	b = append(b, c.prefix...)
+	b = append(b, '.')
+	frac := uint64(t.Nanosecond())
+	for range 9 - digits {
+		frac /= 10
+	}
+	return appendPadded(b, frac, digits)
+}
+
 // appendDwell formats a duration in a human unit: 812ns, 52us, 300.1ms, 4.2s, 1m0.0s.
 func appendDwell(b []byte, d time.Duration) []byte {
 	switch {

@@ -150,3 +150,23 @@ func benchmarkWriter(b *testing.B, w Writer) {
 
 func BenchmarkJSON(b *testing.B) { benchmarkWriter(b, NewJSON(io.Discard)) }
 func BenchmarkText(b *testing.B) { benchmarkWriter(b, NewText(io.Discard, false)) }
+
+// The per-event work of `tcptrace --json`: decode a kernel record, write a line.
+func BenchmarkDecodeJSON(b *testing.B) {
+	rec := make([]byte, events.RecordSize)
+	src := event(4, events.SynSent, events.Established, 0, 52*time.Microsecond, "curl")
+	src.Kind = events.Transition
+	src.Encode(rec)
+	w := NewJSON(io.Discard)
+	var e events.Event
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := e.Decode(rec); err != nil {
+			b.Fatal(err)
+		}
+		e.Time = src.Time
+		if err := w.Write(&e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

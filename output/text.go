@@ -11,6 +11,7 @@ type Text struct {
 	base
 	addrWidth int
 	header    bool
+	clock     clock
 }
 
 // Address column widths: "255.255.255.255:65535" and the longest
@@ -22,7 +23,7 @@ const (
 
 // NewText writes to w. ipv4Only narrows the address columns.
 func NewText(w io.Writer, ipv4Only bool) *Text {
-	t := &Text{base: newBase(w), addrWidth: wideAddr}
+	t := &Text{base: newBase(w), addrWidth: wideAddr, clock: clock{layout: "15:04:05"}}
 	if ipv4Only {
 		t.addrWidth = narrowAddr
 	}
@@ -83,7 +84,7 @@ func (t *Text) Write(e *events.Event) error {
 	}
 	b := t.line[:0]
 	from := len(b)
-	b = e.Time.AppendFormat(b, "15:04:05.000000")
+	b = t.clock.appendTime(b, e.Time, 6)
 	b = t.pad(b, from, 15)
 
 	from = len(b)
