@@ -111,13 +111,22 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* room for the event being built: the program cannot nest on a CPU */
+/* room for the events being built: slots 0-1 for handle_set_state, 2-3
+ * for rescue_set_state, which may run while the first is midway */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, struct event);
 } scratch SEC(".maps");
+
+/* set by arm_set_state, cleared by whichever program handles the event */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} armed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -263,15 +272,15 @@ static __always_inline void tw_event(struct event *e, const struct tuple *t,
 
 /* a new connection on the tuple of a followed mini-socket: the kernel
  * removed the mini-socket to make room for it */
-static __always_inline void check_reuse(const struct tuple *t, __u64 cookie, __u64 now)
+static __always_inline void check_reuse(const struct tuple *t, __u64 cookie, __u64 now,
+					__u32 slot)
 {
 	struct twinfo *tw = bpf_map_lookup_elem(&timewait, t);
-	__u32 zero = 0;
 	struct event *e;
 
 	if (!tw || tw->cookie == cookie)
 		return;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = bpf_map_lookup_elem(&scratch, &slot);
 	if (!e)
 		return;
 	tw_event(e, t, tw, now);
@@ -284,18 +293,17 @@ static __always_inline void check_reuse(const struct tuple *t, __u64 cookie, __u
 /* the peer of a parked FIN_WAIT2 finished its orderly close: it got the ACK
  * of its FIN from our mini-socket, which therefore took the FIN and moved
  * to TIME_WAIT */
-static __always_inline void resolve_peer(const struct tuple *t, __u64 now)
+static __always_inline void resolve_peer(const struct tuple *t, __u64 now, __u32 slot)
 {
 	struct tuple r = {};
 	struct twinfo *tw;
-	__u32 zero = 0;
 	struct event *e;
 
 	reverse(t, &r);
 	tw = bpf_map_lookup_elem(&timewait, &r);
 	if (!tw || tw->substate != TCP_FIN_WAIT2)
 		return;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = bpf_map_lookup_elem(&scratch, &slot);
 	if (!e)
 		return;
 	tw_event(e, &r, tw, now);
@@ -370,8 +378,8 @@ static __always_inline bool by_owner(int old, int new)
 	       (old == TCP_LISTEN && new == TCP_CLOSE);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
+/* one transition; slot is the first of the two scratch slots to use */
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, __u32 slot)
 {
 	struct sockinfo fresh = {}, *si;
 	struct listener_key lk = {};
@@ -385,7 +393,7 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 
 	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &(__u32){1});
+	e = bpf_map_lookup_elem(&scratch, &(__u32){slot + 1});
 	if (!e)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -487,7 +495,7 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 
 	/* a new connection on a followed mini-socket's tuple ends it */
 	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
-		check_reuse(&t, e->cookie, now);
+		check_reuse(&t, e->cookie, now, slot);
 
 	if (newstate != TCP_CLOSE) {
 		si->ts_ns = now;
@@ -503,7 +511,7 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 
 	if (peer_match && ((oldstate == TCP_LAST_ACK && e->cause == CAUSE_CLOSED) ||
 			   (oldstate == TCP_CLOSING && handoff)))
-		resolve_peer(&t, now);
+		resolve_peer(&t, now, slot);
 
 	if (handoff && (skflags & (1 << SOCK_DONE))) {
 		/* the peer's FIN is in: TIME_WAIT starts now */
@@ -537,6 +545,48 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 	}
 	emit(e);
 	return 0;
+}
+
+/* The kernel does not run a program that is already running on the same
+ * CPU. A transition in a softirq that interrupts handle_set_state (running
+ * in a task, with bottom halves enabled) would be skipped, and lost. So
+ * three programs share the tracepoint, called in the order they are
+ * attached: arm_set_state sets a per-CPU flag, handle_set_state clears it
+ * first thing, and rescue_set_state handles the transition only if the flag
+ * is still set, that is, if handle_set_state was skipped. Wherever an
+ * interrupt lands, each transition is handled once: a nested arm is always
+ * consumed by the nested rescue. Softirqs do not nest, so two levels are
+ * all there is. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(arm_set_state)
+{
+	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+
+	if (a)
+		*a = 1;
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+
+	if (a)
+		*a = 0;
+	return on_state(sk, oldstate, newstate, 0);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+
+	if (!a || !*a)
+		return 0;
+	*a = 0;
+	count(COUNTER_RESCUED);
+	return on_state(sk, oldstate, newstate, 2);
 }
 
 /* tcp_reset() fires this before the socket goes to CLOSE */

@@ -87,7 +87,8 @@ struct twinfo {
 enum {
 	COUNTER_LOST = 0,         /* ring buffer full: record dropped */
 	COUNTER_TW_UNTRACKED = 1, /* timewait follow table full */
-	COUNTER_MAX = 2,
+	COUNTER_RESCUED = 2,      /* transitions handled by rescue_set_state */
+	COUNTER_MAX = 3,
 };
 
 #endif /* __TCPTRACE_H */

@@ -259,14 +259,18 @@ func (t *Tracer) Attach() error {
 	if err != nil {
 		return fmt.Errorf("open ring buffer reader: %w", err)
 	}
-	// reset handlers first, so no close loses its cause
+	// reset handlers first, so no close loses its cause; then the three
+	// programs of sock:inet_sock_set_state in the order the kernel must
+	// call them (the order of attachment): see bpf/tcptrace.c
 	for _, p := range []struct {
 		prog *ebpf.Program
 		name string
 	}{
 		{t.objs.HandleReceiveReset, "tcp:tcp_receive_reset"},
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
+		{t.objs.ArmSetState, "sock:inet_sock_set_state"},
 		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
+		{t.objs.RescueSetState, "sock:inet_sock_set_state"},
 	} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
@@ -315,10 +319,13 @@ func (t *Tracer) Close() error {
 
 // Counts are what the kernel side could not deliver or follow.
 type Counts struct {
-	// Lost: records dropped because the ring was full, plus runs the
-	// kernel skipped because the program was already running on that
-	// CPU (an interrupt during it): each is a transition not seen.
+	// Lost: records dropped because the ring was full, plus transitions
+	// the kernel skipped because the program was already running on that
+	// CPU and the nested program did not handle either.
 	Lost uint64
+	// Rescued: transitions the kernel skipped handle_set_state for,
+	// because an interrupt came while it ran, handled by rescue_set_state.
+	Rescued uint64
 	// Untracked: connections not followed because TimewaitMax was reached.
 	Untracked uint64
 }
@@ -344,12 +351,17 @@ func (t *Tracer) Counts() (Counts, error) {
 	if c.Untracked, err = sum(counterUntracked); err != nil {
 		return c, err
 	}
-	for _, p := range []*ebpf.Program{t.objs.HandleSetState, t.objs.HandleReceiveReset, t.objs.HandleSendReset} {
-		st, err := p.Stats()
-		if err != nil {
-			return c, fmt.Errorf("read program stats: %w", err)
-		}
-		c.Lost += st.RecursionMisses
+	// runs of handle_set_state the kernel skipped and rescue_set_state
+	// did not take over are lost transitions
+	st, err := t.objs.HandleSetState.Stats()
+	if err != nil {
+		return c, fmt.Errorf("read program stats: %w", err)
+	}
+	if c.Rescued, err = sum(counterRescued); err != nil {
+		return c, err
+	}
+	if st.RecursionMisses > c.Rescued {
+		c.Lost += st.RecursionMisses - c.Rescued
 	}
 	return c, nil
 }
@@ -358,6 +370,7 @@ func (t *Tracer) Counts() (Counts, error) {
 const (
 	counterLost      = 0
 	counterUntracked = 1
+	counterRescued   = 2
 )
 
 // twKey builds the timewait map's key for the connection of e.

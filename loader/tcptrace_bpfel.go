@@ -89,6 +89,7 @@ type tcptraceTwinfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	tcptraceMapArmed               = "armed"
 	tcptraceMapCounters            = "counters"
 	tcptraceMapEvents              = "events"
 	tcptraceMapListeners           = "listeners"
@@ -98,9 +99,11 @@ const (
 	tcptraceMapScratch             = "scratch"
 	tcptraceMapSocks               = "socks"
 	tcptraceMapTimewait            = "timewait"
+	tcptraceProgArmSetState        = "arm_set_state"
 	tcptraceProgHandleReceiveReset = "handle_receive_reset"
 	tcptraceProgHandleSendReset    = "handle_send_reset"
 	tcptraceProgHandleSetState     = "handle_set_state"
+	tcptraceProgRescueSetState     = "rescue_set_state"
 	tcptraceVarCommWant            = "comm_want"
 	tcptraceVarFilterComm          = "filter_comm"
 	tcptraceVarFilterFamily        = "filter_family"
@@ -155,15 +158,18 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	ArmSetState        *ebpf.ProgramSpec `ebpf:"arm_set_state"`
 	HandleReceiveReset *ebpf.ProgramSpec `ebpf:"handle_receive_reset"`
 	HandleSendReset    *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState     *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	RescueSetState     *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
+	Armed       *ebpf.MapSpec `ebpf:"armed"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
@@ -211,6 +217,7 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
+	Armed       *ebpf.Map `ebpf:"armed"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Listeners   *ebpf.Map `ebpf:"listeners"`
@@ -224,6 +231,7 @@ type tcptraceMaps struct {
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
+		m.Armed,
 		m.Counters,
 		m.Events,
 		m.Listeners,
@@ -256,16 +264,20 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	ArmSetState        *ebpf.Program `ebpf:"arm_set_state"`
 	HandleReceiveReset *ebpf.Program `ebpf:"handle_receive_reset"`
 	HandleSendReset    *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState     *ebpf.Program `ebpf:"handle_set_state"`
+	RescueSetState     *ebpf.Program `ebpf:"rescue_set_state"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.ArmSetState,
 		p.HandleReceiveReset,
 		p.HandleSendReset,
 		p.HandleSetState,
+		p.RescueSetState,
 	)
 }
 
