@@ -44,6 +44,7 @@ type Stats struct {
 	Events    uint64 // written
 	Lost      uint64 // transitions the kernel could not deliver, or undecodable records
 	Untracked uint64 // connections not followed: the follow table was full
+	Rescued   uint64 // transitions the kernel skipped the main program for, handled anyway
 }
 
 const batchSize = 256
@@ -154,6 +155,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		}
 		st.Lost = c.Lost + badRecords.Load()
 		st.Untracked = c.Untracked
+		st.Rescued = c.Rescued
 		if c.Untracked > 0 {
 			warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
 		}

@@ -90,13 +90,27 @@ func run(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duratio
 		tgt.sa = &unix.SockaddrInet6{Addr: sa.Addr, Port: port}
 	}
 
-	var stop atomic.Bool
-	var wg sync.WaitGroup
+	var stop, drained atomic.Bool
+	var wg, servers sync.WaitGroup
 	if lfd >= 0 {
+		// non-blocking, so the servers can see the queue empty at the end
+		if err := unix.SetNonblock(lfd, true); err != nil {
+			return 0, 0, fmt.Errorf("set listener non-blocking: %w", err)
+		}
 		for range conc {
-			go serve(lfd, mode, &stop)
+			servers.Add(1)
+			go func() {
+				defer servers.Done()
+				serve(lfd, mode, &drained)
+			}()
 		}
 	}
+	// every connection made is finished by a server before the listener
+	// closes, so each has its whole lifecycle
+	defer func() {
+		drained.Store(true)
+		servers.Wait()
+	}()
 	counts := make([]paddedCount, conc)
 	errs := make(chan error, conc)
 	start := time.Now()
@@ -173,12 +187,20 @@ func listen(family int, sa unix.Sockaddr) (int, int, error) {
 }
 
 // serve accepts and finishes connections as the mode says, on a locked
-// thread blocked in accept.
-func serve(lfd int, mode string, stop *atomic.Bool) {
+// thread, until the clients are done and the queue is empty.
+func serve(lfd int, mode string, drained *atomic.Bool) {
 	runtime.LockOSThread()
 	buf := make([]byte, 64)
-	for !stop.Load() {
+	pfd := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}
+	for {
 		fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+		if err == unix.EAGAIN {
+			if drained.Load() {
+				return
+			}
+			unix.Poll(pfd, 20)
+			continue
+		}
 		if err != nil {
 			if err == unix.EINTR || err == unix.ECONNABORTED {
 				continue
