@@ -72,7 +72,8 @@ exec "$0" "$@"`
 	}
 }
 
-// waitAttached waits until the process holds its three BPF links.
+// waitAttached waits until the process holds its five BPF links: three
+// programs on sock:inet_sock_set_state, two on the reset tracepoints.
 func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 	t.Helper()
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
@@ -85,7 +86,7 @@ func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 				links++
 			}
 		}
-		if links == 3 {
+		if links == 5 {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

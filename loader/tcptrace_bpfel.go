@@ -57,9 +57,9 @@ type tcptraceSockinfo struct {
 	Cookie uint64
 	HeldTs uint64
 	Pid    uint32
+	Sport  uint16
 	Rst    uint8
 	Held   uint8
-	Pad    [2]uint8
 	Comm   [16]int8
 }
 
@@ -99,6 +99,7 @@ const (
 	tcptraceMapScratch             = "scratch"
 	tcptraceMapSocks               = "socks"
 	tcptraceMapTimewait            = "timewait"
+	tcptraceMapUnwoken             = "unwoken"
 	tcptraceProgArmSetState        = "arm_set_state"
 	tcptraceProgHandleReceiveReset = "handle_receive_reset"
 	tcptraceProgHandleSendReset    = "handle_send_reset"
@@ -179,6 +180,7 @@ type tcptraceMapSpecs struct {
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
 	Timewait    *ebpf.MapSpec `ebpf:"timewait"`
+	Unwoken     *ebpf.MapSpec `ebpf:"unwoken"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -227,6 +229,7 @@ type tcptraceMaps struct {
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Socks       *ebpf.Map `ebpf:"socks"`
 	Timewait    *ebpf.Map `ebpf:"timewait"`
+	Unwoken     *ebpf.Map `ebpf:"unwoken"`
 }
 
 func (m *tcptraceMaps) Close() error {
@@ -241,6 +244,7 @@ func (m *tcptraceMaps) Close() error {
 		m.Scratch,
 		m.Socks,
 		m.Timewait,
+		m.Unwoken,
 	)
 }
 

@@ -1,0 +1,324 @@
+// Command run is `make bench`: it measures what tracing costs the kernel's
+// connection churn. It alternates runs with no tracer, with
+// `tcptrace --json` and with text output, each writing every event to a
+// file, so that drift of the machine cancels out; then it measures the BPF
+// program's cost per event and a burst at the highest rate the churn makes.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+type config struct {
+	tcptrace, churn string
+	pairs           int
+	dur             time.Duration
+	mode            string
+	clients         int
+	burst           time.Duration
+	burstMode       string
+	burstClients    int
+	dir             string
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.tcptrace, "tcptrace", "./tcptrace", "the tcptrace binary")
+	flag.StringVar(&c.churn, "churn", "./bin/churn", "the churn binary")
+	flag.IntVar(&c.pairs, "pairs", 3, "runs of each kind, alternated")
+	flag.DurationVar(&c.dur, "d", 30*time.Second, "churn per run")
+	flag.StringVar(&c.mode, "mode", "client-close", "churn mode")
+	flag.IntVar(&c.clients, "c", 4, "churn clients")
+	flag.DurationVar(&c.burst, "burst", time.Second, "length of the burst run")
+	flag.StringVar(&c.burstMode, "burst-mode", "rst", "churn mode of the burst: the most transitions per second")
+	flag.IntVar(&c.burstClients, "burst-c", 8, "churn clients in the burst")
+	flag.StringVar(&c.dir, "dir", os.TempDir(), "where tcptrace's output files go (removed after each run)")
+	flag.Parse()
+	if err := run(&c); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// result is one churn run.
+type result struct {
+	connRate float64
+	events   uint64 // tcptrace's count
+	lost     uint64
+	secs     float64 // of churn
+	cpu      time.Duration
+	maxRSS   int64 // KiB
+}
+
+func run(c *config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: run it with sudo")
+	}
+	kinds := []string{"untraced", "json", "text"}
+	res := map[string][]result{}
+	fmt.Printf("churn %s, %d clients, %v per run, %d runs of each, alternated\n", c.mode, c.clients, c.dur, c.pairs)
+	for i := range c.pairs {
+		for _, k := range kinds {
+			r, err := churnRun(c, k, c.mode, c.clients, c.dur, false)
+			if err != nil {
+				return fmt.Errorf("%s run %d: %w", k, i+1, err)
+			}
+			fmt.Printf("  run %d %-8s %8.0f conn/s", i+1, k, r.connRate)
+			if k != "untraced" {
+				fmt.Printf("  %9d events  %d lost", r.events, r.lost)
+			}
+			fmt.Println()
+			res[k] = append(res[k], r)
+		}
+	}
+
+	// the program's own cost, with the kernel's run-time statistics on
+	// for this run only
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF statistics: %w", err)
+	}
+	var nsPerEvent float64
+	statsRun, err := churnRunWith(c, "json", c.mode, c.clients, 10*time.Second, func() error {
+		nsPerEvent, err = bpfCost()
+		return err
+	})
+	stats.Close()
+	if err != nil {
+		return fmt.Errorf("statistics run: %w", err)
+	}
+
+	burst, err := churnRun(c, "json", c.burstMode, c.burstClients, c.burst, false)
+	if err != nil {
+		return fmt.Errorf("burst run: %w", err)
+	}
+
+	base := median(res["untraced"], func(r result) float64 { return r.connRate })
+	fmt.Printf("\n%s, %s, %s\n\n", time.Now().Format("2006-01-02"), kernelRelease(), cpuModel())
+	fmt.Println("| run | conn/s | vs untraced | events/s | lost | BPF ns/event | CPU s per M events | peak RSS |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Printf("| untraced | %.0f | 100%% | | | | | |\n", base)
+	for _, k := range kinds[1:] {
+		rs := res[k]
+		rate := median(rs, func(r result) float64 { return r.connRate })
+		var lost uint64
+		var rss int64
+		for _, r := range rs {
+			lost += r.lost
+			rss = max(rss, r.maxRSS)
+		}
+		fmt.Printf("| `tcptrace --%s > file` | %.0f | %.1f%% | %.0f | %d | %.0f | %.2f | %.1f MiB |\n",
+			strings.TrimPrefix(k, "--"), rate, 100*rate/base,
+			median(rs, func(r result) float64 { return float64(r.events) / r.secs }),
+			lost, nsPerEvent,
+			median(rs, func(r result) float64 { return r.cpu.Seconds() / float64(r.events) * 1e6 }),
+			float64(rss)/1024)
+	}
+	fmt.Printf("\nBPF ns/event: run_time_ns / run_cnt over every tcptrace program, per transition, with kernel.bpf_stats_enabled=1 (%d events, %.0f conn/s, off again after).\n",
+		statsRun.events, statsRun.connRate)
+	fmt.Printf("Burst: %v of churn -mode %s -c %d with tcptrace --json: %.0f conn/s, %.0f events/s, %d lost, peak RSS %.1f MiB.\n",
+		c.burst, c.burstMode, c.burstClients, burst.connRate, float64(burst.events)/burst.secs, burst.lost, float64(burst.maxRSS)/1024)
+	return nil
+}
+
+func median(rs []result, f func(result) float64) float64 {
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func churnRun(c *config, kind, mode string, clients int, dur time.Duration, _ bool) (result, error) {
+	return churnRunWith(c, kind, mode, clients, dur, nil)
+}
+
+// churnRunWith runs the churn in a new network namespace, traced as kind
+// says; during is called after the churn, while tcptrace still runs.
+func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, during func() error) (result, error) {
+	var r result
+	ns := fmt.Sprintf("tcpbench-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		return r, fmt.Errorf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return r, fmt.Errorf("ip link: %v: %s", err, out)
+	}
+
+	var tracer *exec.Cmd
+	var stderr strings.Builder
+	if kind != "untraced" {
+		f, err := os.CreateTemp(c.dir, "tcpbench-*.out")
+		if err != nil {
+			return r, err
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		args := []string{}
+		if kind == "json" {
+			args = append(args, "--json")
+		}
+		tracer = exec.Command(c.tcptrace, args...)
+		tracer.Stdout = f
+		tracer.Stderr = &stderr
+		if err := tracer.Start(); err != nil {
+			return r, fmt.Errorf("start tcptrace: %w", err)
+		}
+		defer tracer.Process.Kill()
+		if err := waitAttached(tracer.Process.Pid); err != nil {
+			return r, fmt.Errorf("%w; stderr: %s", err, stderr.String())
+		}
+	}
+
+	out, err := exec.Command("ip", "netns", "exec", ns, c.churn, "-mode", mode,
+		"-c", strconv.Itoa(clients), "-d", dur.String()).CombinedOutput()
+	if err != nil {
+		return r, fmt.Errorf("churn: %v: %s", err, out)
+	}
+	var n int
+	if _, err := fmt.Sscanf(string(out), "connections/s: %f (%d in %fs", &r.connRate, &n, &r.secs); err != nil {
+		return r, fmt.Errorf("churn output %q: %w", out, err)
+	}
+	if tracer == nil {
+		return r, nil
+	}
+	if during != nil {
+		if err := during(); err != nil {
+			return r, err
+		}
+	}
+	tracer.Process.Signal(os.Interrupt)
+	if err := tracer.Wait(); err != nil {
+		return r, fmt.Errorf("tcptrace: %v: %s", err, stderr.String())
+	}
+	summary := strings.TrimSpace(stderr.String())
+	if i := strings.LastIndex(summary, "\n"); i >= 0 {
+		summary = summary[i+1:]
+	}
+	if _, err := fmt.Sscanf(summary, "tcptrace: %d events, %d lost", &r.events, &r.lost); err != nil {
+		return r, fmt.Errorf("tcptrace summary %q: %w", summary, err)
+	}
+	ru := tracer.ProcessState.SysUsage().(*syscall.Rusage)
+	r.cpu = tracer.ProcessState.UserTime() + tracer.ProcessState.SystemTime()
+	r.maxRSS = ru.Maxrss
+	return r, nil
+}
+
+// waitAttached waits until the process holds tcptrace's five BPF links.
+func waitAttached(pid int) error {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		links := 0
+		fds, _ := os.ReadDir(dir)
+		for _, fd := range fds {
+			if t, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && t == "anon_inode:bpf_link" {
+				links++
+			}
+		}
+		if links == 5 {
+			return nil
+		}
+	}
+	return errors.New("tcptrace did not attach within 10s")
+}
+
+// bpfCost sums run time over the newest tcptrace programs and divides by
+// the transitions seen (arm_set_state runs once per transition).
+func bpfCost() (float64, error) {
+	names := map[string]bool{"arm_set_state": true, "handle_set_state": true, "rescue_set_state": true,
+		"handle_receive_reset": true, "handle_send_reset": true}
+	newest := map[string]ebpf.ProgramID{}
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			break
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		p.Close()
+		if err != nil {
+			continue
+		}
+		// the kernel keeps 15 characters of a name
+		for n := range names {
+			if strings.HasPrefix(n, info.Name) && len(info.Name) >= 12 && id > newest[n] {
+				newest[n] = id
+			}
+		}
+	}
+	if len(newest) != len(names) {
+		return 0, fmt.Errorf("found %d of tcptrace's %d programs", len(newest), len(names))
+	}
+	var runtime time.Duration
+	var transitions uint64
+	for n, id := range newest {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			return 0, err
+		}
+		st, err := p.Stats()
+		p.Close()
+		if err != nil {
+			return 0, fmt.Errorf("stats of %s: %w", n, err)
+		}
+		runtime += st.Runtime
+		if n == "arm_set_state" {
+			transitions = st.RunCount
+		}
+	}
+	if transitions == 0 {
+		return 0, errors.New("no transitions counted")
+	}
+	return float64(runtime.Nanoseconds()) / float64(transitions), nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return "Linux " + unix.ByteSliceToString(u.Release[:])
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	n := 0
+	model := ""
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
+			switch strings.TrimSpace(k) {
+			case "processor":
+				n++
+			case "model name":
+				model = strings.TrimSpace(v)
+			}
+		}
+	}
+	return fmt.Sprintf("%d x %s", n, model)
+}
