@@ -29,13 +29,15 @@ func requireBPF(t *testing.T) {
 
 // collector is an output.Writer that keeps events for the test.
 type collector struct {
-	mu  sync.Mutex
-	evs []events.Event
+	mu      sync.Mutex
+	evs     []events.Event
+	arrived []uint64 // CLOCK_MONOTONIC when each event reached the writer
 }
 
 func (c *collector) Write(e *events.Event) error {
 	c.mu.Lock()
 	c.evs = append(c.evs, *e)
+	c.arrived = append(c.arrived, loader.Monotonic())
 	c.mu.Unlock()
 	return nil
 }

@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
@@ -27,12 +27,8 @@ const (
 	DefaultTimewaitMax = 65536
 )
 
-// ErrFlushed is returned by Read once it has returned every record that was
-// pending when Flush was called.
-var ErrFlushed = ringbuf.ErrFlushed
-
-// ErrClosed is returned by Read after Close.
-var ErrClosed = ringbuf.ErrClosed
+// ErrClosed is returned by ReadBatch after Close.
+var ErrClosed = errRingClosed
 
 // Options configure the program before it is loaded. Filters left empty
 // let everything through.
@@ -56,10 +52,11 @@ type Options struct {
 
 // Tracer is the loaded program, its links and its reader.
 type Tracer struct {
-	objs   tcptraceObjects
-	links  []link.Link
-	reader *ringbuf.Reader
-	rec    ringbuf.Record
+	objs  tcptraceObjects
+	links []link.Link
+	ring  *ring
+	// records that could not be decoded
+	bad atomic.Uint64
 }
 
 // MinKernel is the oldest kernel the program is built for: tp_btf, ring
@@ -255,9 +252,9 @@ func (t *Tracer) fillFilters(o *Options) error {
 // need not be mounted.
 func (t *Tracer) Attach() error {
 	var err error
-	t.reader, err = ringbuf.NewReader(t.objs.Events)
+	t.ring, err = newRing(t.objs.Events.FD(), int(t.objs.Events.MaxEntries()))
 	if err != nil {
-		return fmt.Errorf("open ring buffer reader: %w", err)
+		return fmt.Errorf("open ring buffer: %w", err)
 	}
 	// reset handlers first, so no close loses its cause; then the three
 	// programs of sock:inet_sock_set_state in the order the kernel must
@@ -281,20 +278,29 @@ func (t *Tracer) Attach() error {
 	return nil
 }
 
-// Read decodes the next record into e. It returns ErrFlushed after Flush
-// once the records pending then are read, and ErrClosed after Close.
-func (t *Tracer) Read(e *events.Event) error {
-	if err := t.reader.ReadInto(&t.rec); err != nil {
-		return err
+// ReadBatch waits until the program wakes the reader, or at most wait,
+// then decodes up to len(evs) records into evs and returns how many. The
+// program wakes the reader only once WakeupBytes are pending, so wait
+// bounds the latency on a quiet system. It returns ErrClosed after Close.
+// A record that cannot be decoded is counted as lost.
+func (t *Tracer) ReadBatch(evs []events.Event, wait time.Duration) (int, error) {
+	if err := t.ring.wait(wait); err != nil {
+		return 0, err
 	}
-	return e.Decode(t.rec.RawSample)
+	n := 0
+	t.ring.read(len(evs), func(rec []byte) {
+		if err := evs[n].Decode(rec); err != nil {
+			t.bad.Add(1)
+			return
+		}
+		n++
+	})
+	return n, nil
 }
 
-// Flush makes a blocked Read return what is pending. The program wakes
-// the reader only once WakeupBytes are pending, so the reader calls this
-// on a timer to keep latency low on a quiet system.
-func (t *Tracer) Flush() error {
-	return t.reader.Flush()
+// Wake makes a waiting ReadBatch return.
+func (t *Tracer) Wake() {
+	t.ring.wake()
 }
 
 // Detach stops new events; what is in the ring can still be read.
@@ -310,8 +316,8 @@ func (t *Tracer) Detach() error {
 // Close releases everything, in reverse order of acquisition.
 func (t *Tracer) Close() error {
 	errs := []error{t.Detach()}
-	if t.reader != nil {
-		errs = append(errs, t.reader.Close())
+	if t.ring != nil {
+		errs = append(errs, t.ring.close())
 	}
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
@@ -348,6 +354,7 @@ func (t *Tracer) Counts() (Counts, error) {
 	if c.Lost, err = sum(counterLost); err != nil {
 		return c, err
 	}
+	c.Lost += t.bad.Load()
 	if c.Untracked, err = sum(counterUntracked); err != nil {
 		return c, err
 	}
@@ -452,5 +459,5 @@ func (c *WallClock) Time(mono uint64) time.Time {
 
 // Pending is the number of bytes waiting in the ring.
 func (t *Tracer) Pending() int {
-	return t.reader.AvailableBytes()
+	return t.ring.pending()
 }

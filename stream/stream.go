@@ -5,7 +5,6 @@ package stream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -19,8 +18,8 @@ import (
 
 // Source is the kernel side: loader.Tracer.
 type Source interface {
-	Read(*events.Event) error
-	Flush() error
+	ReadBatch(evs []events.Event, wait time.Duration) (int, error)
+	Wake()
 	Detach() error
 	Pending() int
 	Counts() (loader.Counts, error)
@@ -33,7 +32,8 @@ type Config struct {
 	Out    output.Writer
 	// Count stops the stream after this many events; 0 means no limit.
 	Count uint64
-	// Latency bounds how long an event waits in the ring on a quiet system.
+	// Latency bounds how long an event waits in the ring on a quiet
+	// system: the reader looks at least this often.
 	Latency time.Duration
 	// Warn reports a condition worth a line on stderr, once each.
 	Warn func(string)
@@ -73,25 +73,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		free <- new(batch)
 	}
 	var draining atomic.Bool
-	var badRecords atomic.Uint64
-	go read(src, full, free, &draining, &badRecords)
-
-	// the program wakes the reader only once a batch is pending; this
-	// bounds latency when traffic is light
-	flushDone := make(chan struct{})
-	go func() {
-		t := time.NewTicker(cfg.Latency)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				_ = src.Flush()
-			case <-flushDone:
-				return
-			}
-		}
-	}()
-	defer close(flushDone)
+	go read(src, full, free, &draining, cfg.Latency)
 
 	diag := sockdiag.NewProber()
 	defer diag.Close()
@@ -124,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		// final, and an empty ring means the reader has everything
 		_ = src.Detach()
 		draining.Store(true)
-		_ = src.Flush()
+		src.Wake()
 	}
 
 	poll := time.NewTimer(time.Hour)
@@ -153,7 +135,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			warnOnce("counts", err.Error())
 			return
 		}
-		st.Lost = c.Lost + badRecords.Load()
+		st.Lost = c.Lost
 		st.Untracked = c.Untracked
 		st.Rescued = c.Rescued
 		if c.Untracked > 0 {
@@ -199,7 +181,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			// precisely: read the ring first, unless it never empties
 			if src.Pending() > 0 && deferred < maxDefer {
 				deferred++
-				_ = src.Flush()
+				src.Wake()
 				poll.Reset(time.Millisecond)
 				continue
 			}
@@ -222,36 +204,25 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 
 // read decodes records into batches until the ring is closed or, once
 // draining, empty.
-func read(src Source, full, free chan *batch, draining *atomic.Bool, bad *atomic.Uint64) {
+func read(src Source, full, free chan *batch, draining *atomic.Bool, wait time.Duration) {
 	b := <-free
 	for {
-		err := src.Read(&b.ev[b.n])
-		switch {
-		case err == nil:
-			b.n++
-			if b.n == batchSize {
-				full <- b
-				b = <-free
-			}
-		case errors.Is(err, loader.ErrFlushed):
-			if b.n > 0 {
-				full <- b
-				b = <-free
-			}
-			// after Detach nothing new arrives: once the ring is
-			// empty the stream has everything
-			if draining.Load() && src.Pending() == 0 {
-				close(full)
-				return
-			}
-		case errors.Is(err, loader.ErrClosed):
-			if b.n > 0 {
-				full <- b
-			}
+		n, err := src.ReadBatch(b.ev[:], wait)
+		if err != nil {
 			close(full)
 			return
-		default:
-			bad.Add(1)
+		}
+		if n > 0 {
+			b.n = n
+			full <- b
+			b = <-free
+			continue
+		}
+		// after Detach nothing new arrives: once the ring is empty the
+		// stream has everything
+		if draining.Load() && src.Pending() == 0 {
+			close(full)
+			return
 		}
 	}
 }

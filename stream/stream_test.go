@@ -5,21 +5,21 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/loader"
 )
 
-// fakeSource serves queued records; Read blocks until Flush when empty.
+// fakeSource serves queued records in batches.
 type fakeSource struct {
 	mu       sync.Mutex
 	recs     []events.Event
-	flush    chan struct{}
 	detached bool
 }
 
 func newFake(n int) *fakeSource {
-	s := &fakeSource{flush: make(chan struct{}, 1)}
+	s := &fakeSource{}
 	for i := range n {
 		s.recs = append(s.recs, events.Event{
 			Kind: events.Transition, Sock: uint64(i + 1), Family: 4, Mono: uint64(i),
@@ -30,28 +30,18 @@ func newFake(n int) *fakeSource {
 	return s
 }
 
-func (s *fakeSource) Read(e *events.Event) error {
-	for {
-		s.mu.Lock()
-		if len(s.recs) > 0 {
-			*e = s.recs[0]
-			s.recs = s.recs[1:]
-			s.mu.Unlock()
-			return nil
-		}
-		s.mu.Unlock()
-		<-s.flush
-		return loader.ErrFlushed
+func (s *fakeSource) ReadBatch(evs []events.Event, wait time.Duration) (int, error) {
+	s.mu.Lock()
+	n := copy(evs, s.recs)
+	s.recs = s.recs[n:]
+	s.mu.Unlock()
+	if n == 0 {
+		time.Sleep(time.Millisecond)
 	}
+	return n, nil
 }
 
-func (s *fakeSource) Flush() error {
-	select {
-	case s.flush <- struct{}{}:
-	default:
-	}
-	return nil
-}
+func (s *fakeSource) Wake()         {}
 func (s *fakeSource) Detach() error { s.mu.Lock(); s.detached = true; s.mu.Unlock(); return nil }
 func (s *fakeSource) Pending() int {
 	s.mu.Lock()

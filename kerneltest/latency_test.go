@@ -1,0 +1,46 @@
+package kerneltest
+
+import (
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/loader"
+)
+
+// On an idle system the program does not wake the reader for each event;
+// the reader looks at the ring every 50 ms instead. Every event must still
+// reach the output within 200 ms of the transition.
+func TestLatencyWhenIdle(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "wait-eof", "close-first", 0)
+	refused := ns.start(t, clientComm, "refused", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)), 0)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.run()
+	refused.goAhead()
+	refused.expect("done")
+	refused.wait()
+	tr.waitFor("every event", 5*time.Second, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&
+			has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
+			has(evs, clientSocket(evs, port+1), events.SynSent, events.Close)
+	})
+	tr.stop()
+	tr.col.mu.Lock()
+	defer tr.col.mu.Unlock()
+	if len(tr.col.evs) != 14 {
+		t.Fatalf("want 14 events, got %d:\n%s", len(tr.col.evs), dump(tr.col.evs))
+	}
+	var worst time.Duration
+	for i, e := range tr.col.evs {
+		lat := time.Duration(tr.col.arrived[i] - e.Mono)
+		worst = max(worst, lat)
+		if lat > 200*time.Millisecond {
+			t.Errorf("%s reached the output %v after it happened", arrow(e), lat)
+		}
+	}
+	t.Logf("worst latency %v over %d events", worst, len(tr.col.evs))
+}

@@ -1,0 +1,163 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ring reads the BPF ring buffer in batches. cilium/ebpf's reader loads the
+// producer position and stores the consumer position after every record;
+// the kernel reads that consumer position on every reserve, so under load
+// the cache line moved between CPUs once per event. This reader publishes
+// its position once per batch, and decodes records where they lie.
+type ring struct {
+	consMap []byte  // consumer page, read-write
+	prodMap []byte  // producer page, then the data pages mapped twice
+	data    []byte  // the data, twice, so a record that wraps reads whole
+	mask    uint64  // data size - 1
+	cons    uint64  // our position, published at the end of each batch
+	consPos *uint64 // in consMap
+	prodPos *uint64 // in prodMap
+
+	epfd   int
+	wakefd int // eventfd: Close wakes a waiting reader
+	closed atomic.Bool
+	events [2]unix.EpollEvent
+	mu     sync.Mutex // held while reading the mapping, so close cannot unmap it
+}
+
+// record header flags (include/uapi/linux/bpf.h)
+const (
+	ringBusy    = 1 << 31
+	ringDiscard = 1 << 30
+	ringHdrSize = 8
+)
+
+var errRingClosed = errors.New("ring buffer closed")
+
+func newRing(fd int, size int) (*ring, error) {
+	page := os.Getpagesize()
+	r := &ring{epfd: -1, wakefd: -1, mask: uint64(size - 1)}
+	var err error
+	if r.consMap, err = unix.Mmap(fd, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		return nil, fmt.Errorf("map ring consumer page: %w", err)
+	}
+	if r.prodMap, err = unix.Mmap(fd, int64(page), page+2*size, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+		r.close()
+		return nil, fmt.Errorf("map ring data: %w", err)
+	}
+	r.consPos = (*uint64)(unsafe.Pointer(&r.consMap[0]))
+	r.prodPos = (*uint64)(unsafe.Pointer(&r.prodMap[0]))
+	r.data = r.prodMap[page:]
+	r.cons = atomic.LoadUint64(r.consPos)
+
+	if r.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		r.close()
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	if r.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		r.close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	for _, f := range []int{fd, r.wakefd} {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f)}
+		if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, f, &ev); err != nil {
+			r.close()
+			return nil, fmt.Errorf("epoll add: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// pending is the number of bytes not read yet.
+func (r *ring) pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return 0
+	}
+	return int(atomic.LoadUint64(r.prodPos) - r.cons)
+}
+
+// wait blocks until the program wakes the reader, Close is called, or the
+// timeout passes.
+func (r *ring) wait(timeout time.Duration) error {
+	if r.closed.Load() {
+		return errRingClosed
+	}
+	if r.pending() > 0 {
+		return nil
+	}
+	_, err := unix.EpollWait(r.epfd, r.events[:], int(timeout/time.Millisecond))
+	if err != nil && err != unix.EINTR {
+		return fmt.Errorf("wait for ring buffer: %w", err)
+	}
+	if r.closed.Load() {
+		return errRingClosed
+	}
+	return nil
+}
+
+// read calls fn for up to max committed records, in order, then publishes
+// the consumer position once. fn must not keep the slice.
+func (r *ring) read(max int, fn func([]byte)) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return 0
+	}
+	prod := atomic.LoadUint64(r.prodPos)
+	n := 0
+	for r.cons < prod && n < max {
+		hdr := atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.data[r.cons&r.mask])))
+		if hdr&ringBusy != 0 {
+			break // reserved but not committed yet: the records after it wait too
+		}
+		length := uint64(hdr &^ (ringBusy | ringDiscard))
+		if hdr&ringDiscard == 0 {
+			start := (r.cons + ringHdrSize) & r.mask
+			fn(r.data[start : start+length])
+			n++
+		}
+		r.cons += (length + ringHdrSize + 7) &^ 7
+	}
+	atomic.StoreUint64(r.consPos, r.cons)
+	return n
+}
+
+// wake makes a waiting reader return.
+func (r *ring) wake() {
+	var one = [8]byte{1}
+	unix.Write(r.wakefd, one[:])
+}
+
+func (r *ring) close() error {
+	r.closed.Store(true)
+	if r.wakefd >= 0 {
+		r.wake()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, m := range [][]byte{r.consMap, r.prodMap} {
+		if m != nil {
+			errs = append(errs, unix.Munmap(m))
+		}
+	}
+	r.consMap, r.prodMap, r.data = nil, nil, nil
+	// the waiter, if any, was woken above and sees closed
+	for _, fd := range []int{r.epfd, r.wakefd} {
+		if fd >= 0 {
+			errs = append(errs, unix.Close(fd))
+		}
+	}
+	r.epfd, r.wakefd = -1, -1
+	return errors.Join(errs...)
+}
