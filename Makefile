@@ -8,7 +8,7 @@ BPF_CLANG ?= clang-14
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: build test generate bpf vmlinux
+.PHONY: build test generate bpf vmlinux bench
 
 build:
 	$(GO) build -o tcptrace ./cmd/tcptrace
@@ -27,3 +27,11 @@ vmlinux:
 # Compiles bpf/tcptrace.c into loader/tcptrace_bpfel.{o,go}.
 bpf:
 	cd loader && $(GO) generate ./...
+
+# The overhead benchmark: churn untraced, with tcptrace --json and with
+# text output, alternated; then BPF cost per event and a 1 s burst.
+# Needs root; about 6 minutes. README "Overhead" has a real run.
+bench: build
+	$(GO) build -o bin/churn ./bench/churn
+	$(GO) build -o bin/bench ./bench/run
+	./bin/bench -tcptrace ./tcptrace -churn ./bin/churn

@@ -55,6 +55,8 @@ type Tracer struct {
 	objs  tcptraceObjects
 	links []link.Link
 	ring  *ring
+	// the last batch stopped at its size: read again before waiting
+	more bool
 	// records that could not be decoded
 	bad atomic.Uint64
 }
@@ -284,11 +286,13 @@ func (t *Tracer) Attach() error {
 // bounds the latency on a quiet system. It returns ErrClosed after Close.
 // A record that cannot be decoded is counted as lost.
 func (t *Tracer) ReadBatch(evs []events.Event, wait time.Duration) (int, error) {
-	if err := t.ring.wait(wait); err != nil {
-		return 0, err
+	if !t.more {
+		if err := t.ring.wait(wait); err != nil {
+			return 0, err
+		}
 	}
 	n := 0
-	t.ring.read(len(evs), func(rec []byte) {
+	_, t.more = t.ring.read(len(evs), func(rec []byte) {
 		if err := evs[n].Decode(rec); err != nil {
 			t.bad.Add(1)
 			return

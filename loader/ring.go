@@ -66,9 +66,14 @@ func newRing(fd int, size int) (*ring, error) {
 		r.close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	for _, f := range []int{fd, r.wakefd} {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(f)}
-		if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, f, &ev); err != nil {
+	// edge-triggered: the ring's poll says "readable" while any byte is
+	// pending, which would wake the reader for every record; the program's
+	// forced wakeups (once a batch is pending) are the edges wanted
+	for _, ev := range []unix.EpollEvent{
+		{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd)},
+		{Events: unix.EPOLLIN, Fd: int32(r.wakefd)},
+	} {
+		if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, int(ev.Fd), &ev); err != nil {
 			r.close()
 			return nil, fmt.Errorf("epoll add: %w", err)
 		}
@@ -86,18 +91,21 @@ func (r *ring) pending() int {
 	return int(atomic.LoadUint64(r.prodPos) - r.cons)
 }
 
-// wait blocks until the program wakes the reader, Close is called, or the
+// wait blocks until the program wakes the reader, wake is called, or the
 // timeout passes.
 func (r *ring) wait(timeout time.Duration) error {
 	if r.closed.Load() {
 		return errRingClosed
 	}
-	if r.pending() > 0 {
-		return nil
-	}
-	_, err := unix.EpollWait(r.epfd, r.events[:], int(timeout/time.Millisecond))
+	n, err := unix.EpollWait(r.epfd, r.events[:], int(timeout/time.Millisecond))
 	if err != nil && err != unix.EINTR {
 		return fmt.Errorf("wait for ring buffer: %w", err)
+	}
+	for _, ev := range r.events[:max(n, 0)] {
+		if ev.Fd == int32(r.wakefd) {
+			var buf [8]byte
+			unix.Read(r.wakefd, buf[:]) // reset the eventfd
+		}
 	}
 	if r.closed.Load() {
 		return errRingClosed
@@ -106,15 +114,16 @@ func (r *ring) wait(timeout time.Duration) error {
 }
 
 // read calls fn for up to max committed records, in order, then publishes
-// the consumer position once. fn must not keep the slice.
-func (r *ring) read(max int, fn func([]byte)) int {
+// the consumer position once. It returns how many it passed to fn and
+// whether it stopped at max, with more perhaps waiting. fn must not keep
+// the slice.
+func (r *ring) read(max int, fn func([]byte)) (n int, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed.Load() {
-		return 0
+		return 0, false
 	}
 	prod := atomic.LoadUint64(r.prodPos)
-	n := 0
 	for r.cons < prod && n < max {
 		hdr := atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.data[r.cons&r.mask])))
 		if hdr&ringBusy != 0 {
@@ -129,7 +138,7 @@ func (r *ring) read(max int, fn func([]byte)) int {
 		r.cons += (length + ringHdrSize + 7) &^ 7
 	}
 	atomic.StoreUint64(r.consPos, r.cons)
-	return n
+	return n, n == max
 }
 
 // wake makes a waiting reader return.
