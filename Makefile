@@ -14,8 +14,10 @@ build:
 	$(GO) build -o tcptrace ./cmd/tcptrace
 
 # Kernel tests need root; they skip without BPF unless TCPTRACE_REQUIRE_BPF=1.
+# One package at a time: the churn test takes both cores and must not share
+# them with the compilation of other packages.
 test:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -p 1 ./...
 
 # Regenerates vmlinux.h from this machine's kernel, then the BPF objects.
 generate: vmlinux bpf
