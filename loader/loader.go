@@ -114,7 +114,7 @@ func checkPrivileges() error {
 	if has(unix.CAP_BPF) && has(unix.CAP_PERFMON) {
 		return nil
 	}
-	return errors.New("tcptrace needs root, or CAP_BPF and CAP_PERFMON: run it with sudo")
+	return errors.New("needs root, or CAP_BPF and CAP_PERFMON: run it with sudo")
 }
 
 // kernelAtLeast compares a release such as "6.18.44-fc-v657" to major.minor.

@@ -93,6 +93,9 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	if c.duration < 0 {
 		return nil, usageError{errors.New("--duration must be positive")}
 	}
+	if n := int(c.ringSize); n < os.Getpagesize() || n&(n-1) != 0 {
+		return nil, usageError{fmt.Errorf("--ring-size %d: must be a power of two of at least %d bytes, such as 8M", n, os.Getpagesize())}
+	}
 	if c.twMax < 1 {
 		return nil, usageError{errors.New("--tw-max must be at least 1")}
 	}
