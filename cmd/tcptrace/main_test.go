@@ -1,0 +1,80 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+func TestParse(t *testing.T) {
+	c, err := parse([]string{"--json", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
+		"--pid", "1,2", "--comm", "nginx", "--state", "time_wait,CLOSE_WAIT", "--count", "5",
+		"--duration", "30s", "--ring-size", "32M", "--tw-max", "10"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.json || !c.ipv4 || !slices.Equal(c.lports, portList{80, 443, 8080}) || !slices.Equal(c.rports, portList{5432}) ||
+		!slices.Equal(c.pids, pidList{1, 2}) || c.comm != "nginx" ||
+		!slices.Equal(c.states, stateList{events.TimeWait, events.CloseWait}) ||
+		c.count != 5 || c.duration.String() != "30s" || c.ringSize != 32<<20 || c.twMax != 10 {
+		t.Errorf("parsed %+v", c)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-4", "-6"}, "exclude each other"},
+		{[]string{"-L", "0"}, "want a number from 1 to 65535"},
+		{[]string{"-D", "70000"}, "want a number from 1 to 65535"},
+		{[]string{"--pid", "x"}, "want a positive number"},
+		{[]string{"--state", "FOO"}, "want one of ESTABLISHED"},
+		{[]string{"--ring-size", "3M"}, "power of two"},
+		{[]string{"--ring-size", "lots"}, "want bytes such as 8M"},
+		{[]string{"--tw-max", "0"}, "at least 1"},
+		{[]string{"--duration", "-1s"}, "must be positive"},
+		{[]string{"stray"}, `unexpected argument "stray"`},
+		{[]string{"--nope"}, "flag provided but not defined"},
+	} {
+		_, err := parse(tc.args, io.Discard)
+		var uerr usageError
+		if !errors.As(err, &uerr) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want a usage error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var out strings.Builder
+	_, err := parse([]string{"--help"}, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err %v", err)
+	}
+	// every flag is explained, with an example in its own block
+	lines := strings.Split(out.String(), "\n")
+	for _, f := range []string{"--json", "-4, -6", "-L, --lport", "-D, --rport", "--pid", "--comm", "--netns",
+		"--state", "--duration", "--count", "--ring-size", "--tw-max"} {
+		start := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "  "+f) })
+		if start < 0 {
+			t.Errorf("--help does not explain %s", f)
+			continue
+		}
+		example := false
+		for _, l := range lines[start+1:] {
+			if strings.HasPrefix(l, "  -") || l == "" {
+				break // the next flag, or the end of the section
+			}
+			example = example || strings.HasPrefix(strings.TrimSpace(l), "tcptrace -")
+		}
+		if !example {
+			t.Errorf("--help has no example for %s", f)
+		}
+	}
+}
