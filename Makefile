@@ -32,7 +32,7 @@ bpf:
 
 # The overhead benchmark: churn untraced, with tcptrace --json and with
 # text output, alternated; then BPF cost per event and a 1 s burst.
-# Needs root; about 6 minutes. README "Overhead" has a real run.
+# Needs root; about 7 minutes. README "Overhead" has a real run.
 bench: build
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/run
