@@ -208,18 +208,22 @@ func serve(lfd int, mode string, drained *atomic.Bool) {
 			return
 		}
 		if mode != "server-close" {
-			// wait for the client's FIN or RST
-			for {
-				n, err := unix.Read(fd, buf)
-				if err == unix.EINTR {
-					continue
-				}
-				if n <= 0 {
-					break
-				}
-			}
+			readToEnd(fd, buf) // the client's FIN or RST
 		}
 		unix.Close(fd)
+	}
+}
+
+// readToEnd reads until the peer's FIN (0) or an error such as its RST.
+func readToEnd(fd int, buf []byte) {
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 {
+			return
+		}
 	}
 }
 
@@ -252,16 +256,7 @@ func dial(t target, mode string) (done bool, err error) {
 	}
 	switch mode {
 	case "server-close":
-		buf := make([]byte, 64)
-		for {
-			n, err := unix.Read(fd, buf)
-			if err == unix.EINTR {
-				continue
-			}
-			if n <= 0 {
-				break
-			}
-		}
+		readToEnd(fd, make([]byte, 64))
 	case "rst":
 		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
 			return false, fmt.Errorf("linger: %w", err)

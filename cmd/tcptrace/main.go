@@ -214,26 +214,25 @@ type portList []uint16
 
 func (p *portList) String() string { return fmt.Sprint(*p) }
 func (p *portList) Set(s string) error {
-	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
-		if err != nil || n == 0 {
-			return fmt.Errorf("port %q: want a number from 1 to 65535", f)
-		}
-		*p = append(*p, uint16(n))
-	}
-	return nil
+	return appendNumbers((*[]uint16)(p), s, 16, "port %q: want a number from 1 to 65535")
 }
 
 type pidList []uint32
 
 func (p *pidList) String() string { return fmt.Sprint(*p) }
 func (p *pidList) Set(s string) error {
+	return appendNumbers((*[]uint32)(p), s, 32, "pid %q: want a positive number")
+}
+
+// appendNumbers appends the comma-separated positive numbers of s, each
+// fitting in bits, to list; bad says what is wrong with one that does not.
+func appendNumbers[T uint16 | uint32](list *[]T, s string, bits int, bad string) error {
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 32)
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, bits)
 		if err != nil || n == 0 {
-			return fmt.Errorf("pid %q: want a positive number", f)
+			return fmt.Errorf(bad, f)
 		}
-		*p = append(*p, uint32(n))
+		*list = append(*list, T(n))
 	}
 	return nil
 }
