@@ -15,13 +15,17 @@ import (
 
 // Under full loopback churn, interrupts land while the program runs and
 // the kernel skips it for the transitions they bring; tcptrace must still
-// report every transition of every connection, nothing lost. The churn
+// report every transition the kernel makes, nothing lost. The churn
 // generator counts its connections; each must show its whole lifecycle.
 //
-// It runs alone (not in parallel), with a large ring and a recorder that
-// keeps 16 bytes per event: the churn takes both cores, and a reader slowed
-// by the test's own bookkeeping would lose records to a full ring, which is
-// not what this test is about (the ring is sized in the benchmark).
+// One thing the kernel itself does not report: under this churn, for about
+// 0.01-0.4% of connections, the client leaves FIN_WAIT1 and no
+// inet_sock_set_state fires for it again, while its server's orderly close
+// (which needs the client's ACK) completes. bpftrace on the classic
+// tracepoint counts exactly the same missing FIN_WAIT1 -> FIN_WAIT2 as
+// tcptrace in the same runs. Such a client must end exactly after
+// ESTABLISHED -> FIN_WAIT1, and is counted and logged; every other
+// lifecycle, and every server's, must be whole.
 func TestChurnLosesNothing(t *testing.T) {
 	requireBPF(t)
 	bin := filepath.Join(t.TempDir(), "churn")
@@ -43,31 +47,38 @@ func TestChurnLosesNothing(t *testing.T) {
 	}
 
 	// the last connections finish in softirq after the churn exits (the
-	// final ACKs are in flight): wait until every connection is complete,
-	// or give up after 10 s and report what is missing
+	// final ACKs are in flight). A server's LAST_ACK -> CLOSE comes after
+	// everything its client reports, so wait until every server socket is
+	// whole, or give up after 10 s and report what is missing
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		clients, children, bad := tally(t, rec.snapshot(), false)
-		if clients == conns && children == conns && bad == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
+		r := tally(t, rec.snapshot(), false)
+		if r.children == conns && r.badChildren == 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	tr.stop()
-	clients, children, bad := tally(t, rec.evs, true)
-	if clients != conns || children != conns || bad != 0 {
-		t.Errorf("churn made %d connections; tcptrace saw %d clients and %d server sockets, %d incomplete", conns, clients, children, bad)
+	r := tally(t, rec.evs, true)
+	if r.clients != conns || r.children != conns || r.bad+r.badChildren != 0 {
+		t.Errorf("churn made %d connections; tcptrace saw %d clients and %d server sockets, %d incomplete",
+			conns, r.clients, r.children, r.bad+r.badChildren)
 	}
-	t.Logf("%d connections at %.0f/s, %d events, %d rescued from skipped runs", conns, rate, len(rec.evs), tr.stats.Rescued)
+	t.Logf("%d connections at %.0f/s, %d events, %d rescued from skipped runs; %d clients left FIN_WAIT1 without the kernel reporting it",
+		conns, rate, len(rec.evs), tr.stats.Rescued, r.unreported)
+}
+
+// tallied is what tally found.
+type tallied struct {
+	clients, children int
+	unreported        int // clients the kernel reported nothing of after FIN_WAIT1
+	bad, badChildren  int
 }
 
 // tally checks every socket's transitions: clients must show the textbook
 // close-first lifecycle, server sockets the passive one. With report, the
-// first few incomplete ones are logged as errors.
-func tally(t *testing.T, evs []compact, report bool) (clients, children, bad int) {
+// first few that do not are logged as errors.
+func tally(t *testing.T, evs []compact, report bool) (r tallied) {
 	seqs := map[uint64][]string{}
 	var order []uint64
 	for _, e := range evs {
@@ -76,9 +87,9 @@ func tally(t *testing.T, evs []compact, report bool) (clients, children, bad int
 		}
 		seqs[e.sock] = append(seqs[e.sock], e.old.String()+"->"+e.new.String())
 	}
-	fail := func(format string, a ...any) {
-		bad++
-		if report && bad < 5 {
+	fail := func(n *int, format string, a ...any) {
+		*n++
+		if report && r.bad+r.badChildren < 12 {
 			t.Errorf(format, a...)
 		}
 	}
@@ -86,26 +97,30 @@ func tally(t *testing.T, evs []compact, report bool) (clients, children, bad int
 		seq := seqs[sock]
 		switch seq[0] {
 		case "CLOSE->SYN_SENT":
-			clients++
+			r.clients++
 			// a TIME_WAIT may already have been ended by a newer
 			// connection on the same port
 			if len(seq) == len(clientClosesFirst)+1 && seq[len(seq)-1] == "TIME_WAIT->CLOSE" {
 				seq = seq[:len(seq)-1]
 			}
-			if !slices.Equal(seq, clientClosesFirst) {
-				fail("client %x: %v", sock, seqs[sock])
+			switch {
+			case slices.Equal(seq, clientClosesFirst):
+			case slices.Equal(seq, clientClosesFirst[:3]):
+				r.unreported++
+			default:
+				fail(&r.bad, "client %x: %v", sock, seqs[sock])
 			}
 		case "LISTEN->SYN_RECV":
-			children++
+			r.children++
 			if !slices.Equal(seq, serverPassive) {
-				fail("server child %x: %v", sock, seq)
+				fail(&r.badChildren, "server child %x: %v", sock, seq)
 			}
 		case "CLOSE->LISTEN":
 		default:
-			fail("socket %x starts with %v", sock, seq)
+			fail(&r.bad, "socket %x starts with %v", sock, seq)
 		}
 	}
-	return clients, children, bad
+	return r
 }
 
 // compact is what the churn test keeps of an event.
