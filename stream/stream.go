@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		return nil
 	}
 	startDrain := func() {
-		if draining.Load() || detached {
+		if detached {
 			return
 		}
 		detached = true
@@ -146,6 +146,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		}
 	}
 
+	// a done context is ready at every select: take it once, then wait
+	// only for the drain
+	done := ctx.Done()
 	for {
 		select {
 		case b, ok := <-full:
@@ -196,7 +199,8 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		case <-housekeeping.C:
 			clock.Sync()
 			checkCounts()
-		case <-ctx.Done():
+		case <-done:
+			done = nil
 			startDrain()
 		}
 	}
