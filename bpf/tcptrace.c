@@ -410,6 +410,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	struct sockinfo fresh = {}, *si;
 	struct listener_key lk = {};
 	struct tuple t = {};
+	__u8 cause;
 	__u64 now, skflags;
 	struct owner *lo;
 	struct event *e;
@@ -432,6 +433,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	/* skc_num is zeroed on the way to CLOSE; a reconnecting socket has
 	 * no port yet at SYN_SENT */
 	read_tuple(sk, &t, newstate == TCP_CLOSE ? si->sport : 0);
+	/* a listener and its children share the local port */
+	lk.netns = t.netns;
+	lk.port = t.sport;
 	__builtin_memset(e, 0, sizeof(*e));
 	set_tuple(e, &t);
 	e->ts_ns = now;
@@ -466,8 +470,6 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	} else if (!si->pid && oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
 		/* a server's child belongs to its listener's owner until a
 		 * system call on the child says otherwise */
-		lk.netns = t.netns;
-		lk.port = t.sport;
 		lo = bpf_map_lookup_elem(&listeners, &lk);
 		if (lo) {
 			si->pid = lo->pid;
@@ -478,10 +480,6 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	__builtin_memcpy(e->comm, si->comm, TASK_COMM_LEN);
 
 	/* listeners, for their children's owner */
-	if (newstate == TCP_LISTEN || oldstate == TCP_LISTEN) {
-		lk.netns = t.netns;
-		lk.port = t.sport;
-	}
 	if (newstate == TCP_LISTEN) {
 		struct owner o = { .cookie = e->cookie, .pid = si->pid };
 
@@ -505,6 +503,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		return 0;
 	}
 	if (si->held) {
+		cause = e->cause;
 		e->ts_ns = si->held_ts;
 		e->oldstate = TCP_LISTEN;
 		e->newstate = TCP_SYN_RECV;
@@ -516,8 +515,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		e->newstate = newstate;
 		e->dwell_ns = now - si->ts_ns;
 		e->flags = FLAG_DWELL;
-		if (newstate == TCP_CLOSE && !handoff)
-			e->cause = close_cause(sk, oldstate, rst);
+		e->cause = cause;
 	}
 
 	/* a new connection on a followed mini-socket's tuple ends it */
