@@ -131,13 +131,21 @@ struct {
 	__type(value, __u64);
 } unwoken SEC(".maps");
 
-/* set by arm_set_state, cleared by whichever program handles the event */
+/* per CPU and per stack (task, interrupt): the call of the tracepoint
+ * handle_set_state last ran for, see rescue_set_state */
+struct ran {
+	__u64 ctx;
+	__u64 sk;
+	__u32 states;
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
-	__type(value, __u32);
-} armed SEC(".maps");
+	__type(value, struct ran);
+} ran SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -580,42 +588,58 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 
 /* The kernel does not run a program that is already running on the same
  * CPU. A transition in a softirq that interrupts handle_set_state (running
- * in a task, with bottom halves enabled) would be skipped, and lost. So
- * three programs share the tracepoint, called in the order they are
- * attached: arm_set_state sets a per-CPU flag, handle_set_state clears it
- * first thing, and rescue_set_state handles the transition only if the flag
- * is still set, that is, if handle_set_state was skipped. Wherever an
- * interrupt lands, each transition is handled once: a nested arm is always
- * consumed by the nested rescue. Softirqs do not nest, so two levels are
- * all there is. */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(arm_set_state)
+ * in a task, with bottom halves enabled) would be skipped, and lost. So a
+ * second copy of the program, rescue_set_state, is attached after it and
+ * handles the transition only if handle_set_state did not run for it.
+ *
+ * To know that without a third program, handle_set_state leaves a note of
+ * the call it ran for: the ctx pointer, which is the same for both programs
+ * within one call of the tracepoint (the kernel builds the argument array
+ * on the stack of the same function, called twice from the same frame), the
+ * socket and the states. rescue_set_state takes its note back if it is
+ * there, and otherwise handles the transition. The note goes to a slot per
+ * stack: calls on the task's stack never nest within each other, nor do
+ * softirqs, which run on the interrupt stack; so a nested call never
+ * overwrites a note that the call it interrupted has still to take. (Where
+ * a softirq runs on the task's own stack, in ksoftirqd, it cannot be
+ * interrupted by another.) Whatever is still missed is counted: recursion
+ * misses minus rescues. */
+static __always_inline struct ran *note_slot(void *ctx)
 {
-	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+	struct task_struct *task = bpf_get_current_task_btf();
+	/* the task's stack is THREAD_SIZE long; x86's irq_stack is as long */
+	__u64 size = bpf_core_type_exists(struct irq_stack) ?
+		     bpf_core_type_size(struct irq_stack) : 16384;
+	__u32 slot = (__u64)ctx - (__u64)task->stack < size ? 0 : 1;
 
-	if (a)
-		*a = 1;
-	return 0;
+	return bpf_map_lookup_elem(&ran, &slot);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+	struct ran *r = note_slot(ctx);
 
-	if (a)
-		*a = 0;
+	if (r) {
+		r->ctx = (__u64)ctx;
+		r->sk = (__u64)sk;
+		r->states = oldstate << 8 | newstate;
+	}
 	return on_state(sk, oldstate, newstate, 0);
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	__u32 zero = 0, *a = bpf_map_lookup_elem(&armed, &zero);
+	struct ran *r = note_slot(ctx);
 
-	if (!a || !*a)
+	if (!r)
 		return 0;
-	*a = 0;
+	if (r->ctx == (__u64)ctx && r->sk == (__u64)sk &&
+	    r->states == (__u32)(oldstate << 8 | newstate)) {
+		r->ctx = 0;
+		return 0;
+	}
 	count(COUNTER_RESCUED);
 	return on_state(sk, oldstate, newstate, 2);
 }

@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"encoding/json"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tcptrace/tcptrace/loader"
 )
 
 // The built binary attaches where tracefs is not mounted, as on a fresh
@@ -72,24 +73,13 @@ exec "$0" "$@"`
 	}
 }
 
-// waitAttached waits until the process holds its five BPF links: three
-// programs on sock:inet_sock_set_state, two on the reset tracepoints.
+// waitAttached waits until the process holds all its BPF links.
 func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 	t.Helper()
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		links := 0
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && target == "anon_inode:bpf_link" {
-				links++
-			}
-		}
-		if links == 5 {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if loader.LinksHeld(pid) == loader.Links {
 			return
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("tcptrace did not attach within 10s; stderr: %s", stderr.String())
 }

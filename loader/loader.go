@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -250,6 +252,24 @@ func (t *Tracer) fillFilters(o *Options) error {
 	return nil
 }
 
+// Links is how many BPF links Attach creates: two programs on
+// sock:inet_sock_set_state and one on each reset tracepoint.
+const Links = 4
+
+// LinksHeld counts the BPF links process pid holds open: a process running
+// tcptrace is attached once it holds Links of them.
+func LinksHeld(pid int) int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	fds, _ := os.ReadDir(dir)
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && target == "anon_inode:bpf_link" {
+			n++
+		}
+	}
+	return n
+}
+
 // Attach starts tracing. tp_btf programs attach through BTF, so tracefs
 // need not be mounted.
 func (t *Tracer) Attach() error {
@@ -258,7 +278,7 @@ func (t *Tracer) Attach() error {
 	if err != nil {
 		return fmt.Errorf("open ring buffer: %w", err)
 	}
-	// reset handlers first, so no close loses its cause; then the three
+	// reset handlers first, so no close loses its cause; then the two
 	// programs of sock:inet_sock_set_state in the order the kernel must
 	// call them (the order of attachment): see bpf/tcptrace.c
 	for _, p := range []struct {
@@ -267,7 +287,6 @@ func (t *Tracer) Attach() error {
 	}{
 		{t.objs.HandleReceiveReset, "tcp:tcp_receive_reset"},
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
-		{t.objs.ArmSetState, "sock:inet_sock_set_state"},
 		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
 		{t.objs.RescueSetState, "sock:inet_sock_set_state"},
 	} {

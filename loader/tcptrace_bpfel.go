@@ -51,6 +51,14 @@ type tcptraceOwner struct {
 	Comm   [16]int8
 }
 
+type tcptraceRan struct {
+	_      structs.HostLayout
+	Ctx    uint64
+	Sk     uint64
+	States uint32
+	Pad    uint32
+}
+
 type tcptraceSockinfo struct {
 	_      structs.HostLayout
 	TsNs   uint64
@@ -89,18 +97,17 @@ type tcptraceTwinfo struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcptraceMapArmed               = "armed"
 	tcptraceMapCounters            = "counters"
 	tcptraceMapEvents              = "events"
 	tcptraceMapListeners           = "listeners"
 	tcptraceMapLportFilter         = "lport_filter"
 	tcptraceMapPidFilter           = "pid_filter"
+	tcptraceMapRan                 = "ran"
 	tcptraceMapRportFilter         = "rport_filter"
 	tcptraceMapScratch             = "scratch"
 	tcptraceMapSocks               = "socks"
 	tcptraceMapTimewait            = "timewait"
 	tcptraceMapUnwoken             = "unwoken"
-	tcptraceProgArmSetState        = "arm_set_state"
 	tcptraceProgHandleReceiveReset = "handle_receive_reset"
 	tcptraceProgHandleSendReset    = "handle_send_reset"
 	tcptraceProgHandleSetState     = "handle_set_state"
@@ -159,7 +166,6 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	ArmSetState        *ebpf.ProgramSpec `ebpf:"arm_set_state"`
 	HandleReceiveReset *ebpf.ProgramSpec `ebpf:"handle_receive_reset"`
 	HandleSendReset    *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState     *ebpf.ProgramSpec `ebpf:"handle_set_state"`
@@ -170,12 +176,12 @@ type tcptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
-	Armed       *ebpf.MapSpec `ebpf:"armed"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	LportFilter *ebpf.MapSpec `ebpf:"lport_filter"`
 	PidFilter   *ebpf.MapSpec `ebpf:"pid_filter"`
+	Ran         *ebpf.MapSpec `ebpf:"ran"`
 	RportFilter *ebpf.MapSpec `ebpf:"rport_filter"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
@@ -219,12 +225,12 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
-	Armed       *ebpf.Map `ebpf:"armed"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Events      *ebpf.Map `ebpf:"events"`
 	Listeners   *ebpf.Map `ebpf:"listeners"`
 	LportFilter *ebpf.Map `ebpf:"lport_filter"`
 	PidFilter   *ebpf.Map `ebpf:"pid_filter"`
+	Ran         *ebpf.Map `ebpf:"ran"`
 	RportFilter *ebpf.Map `ebpf:"rport_filter"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Socks       *ebpf.Map `ebpf:"socks"`
@@ -234,12 +240,12 @@ type tcptraceMaps struct {
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
-		m.Armed,
 		m.Counters,
 		m.Events,
 		m.Listeners,
 		m.LportFilter,
 		m.PidFilter,
+		m.Ran,
 		m.RportFilter,
 		m.Scratch,
 		m.Socks,
@@ -268,7 +274,6 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	ArmSetState        *ebpf.Program `ebpf:"arm_set_state"`
 	HandleReceiveReset *ebpf.Program `ebpf:"handle_receive_reset"`
 	HandleSendReset    *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState     *ebpf.Program `ebpf:"handle_set_state"`
@@ -277,7 +282,6 @@ type tcptracePrograms struct {
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
-		p.ArmSetState,
 		p.HandleReceiveReset,
 		p.HandleSendReset,
 		p.HandleSetState,

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/tcptrace/tcptrace/loader"
 	"golang.org/x/sys/unix"
 )
 
@@ -239,18 +239,10 @@ func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, 
 	return r, nil
 }
 
-// waitAttached waits until the process holds tcptrace's five BPF links.
+// waitAttached waits until the process holds all of tcptrace's BPF links.
 func waitAttached(pid int) error {
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		links := 0
-		fds, _ := os.ReadDir(dir)
-		for _, fd := range fds {
-			if t, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && t == "anon_inode:bpf_link" {
-				links++
-			}
-		}
-		if links == 5 {
+		if loader.LinksHeld(pid) == loader.Links {
 			return nil
 		}
 	}
@@ -258,7 +250,7 @@ func waitAttached(pid int) error {
 }
 
 // programs are tcptrace's BPF programs, as the kernel names them.
-var programs = []string{"arm_set_state", "handle_set_state", "rescue_set_state", "handle_receive_reset", "handle_send_reset"}
+var programs = []string{"handle_set_state", "rescue_set_state", "handle_receive_reset", "handle_send_reset"}
 
 // cost is what the BPF programs took in one run.
 type cost struct {
@@ -267,7 +259,8 @@ type cost struct {
 }
 
 // bpfCost sums run time over the newest tcptrace programs and divides by
-// the transitions seen (arm_set_state runs once per transition).
+// the transitions seen: the runs of handle_set_state and the runs the
+// kernel skipped it for (which rescue_set_state handled).
 func bpfCost() (cost, error) {
 	c := cost{perRun: map[string]float64{}}
 	newest := map[string]ebpf.ProgramID{}
@@ -312,8 +305,8 @@ func bpfCost() (cost, error) {
 		if st.RunCount > 0 {
 			c.perRun[n] = float64(st.Runtime.Nanoseconds()) / float64(st.RunCount)
 		}
-		if n == "arm_set_state" {
-			transitions = st.RunCount
+		if n == "handle_set_state" {
+			transitions = st.RunCount + st.RecursionMisses
 		}
 	}
 	if transitions == 0 {
