@@ -28,7 +28,6 @@
 #define SOCK_DONE 1
 
 #define MAX_LISTENERS 16384
-#define MAX_TIMEWAIT 65536
 #define MAX_FILTER 64
 
 /* rst bits in struct sockinfo */
@@ -46,8 +45,6 @@ const volatile bool filter_lport = false;
 const volatile bool filter_rport = false;
 const volatile bool filter_comm = false;
 const volatile char comm_want[TASK_COMM_LEN] = {};
-/* resolve a parked FIN_WAIT2 when its local peer's close completes */
-const volatile bool peer_match = true;
 /* wake user space only once this much is pending */
 const volatile __u64 wakeup_bytes = 256 * 1024;
 
@@ -61,6 +58,16 @@ struct sockinfo {
 	__u8 rst;    /* RST_* seen while open */
 	__u8 held;   /* a LISTEN -> SYN_RECV waits for the child's addresses */
 	char comm[TASK_COMM_LEN];
+};
+
+/* a connection's addresses, ports and namespace */
+struct tuple {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 netns;
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
 };
 
 struct listener_key {
@@ -99,14 +106,6 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
-/* a plain hash, not LRU: when it is full the loss is counted, not silent */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_TIMEWAIT); /* --tw-max */
-	__type(key, struct tuple);
-	__type(value, struct twinfo);
-} timewait SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTER_MAX);
@@ -114,11 +113,11 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* room for the events being built: slots 0-1 for handle_set_state, 2-3
- * for rescue_set_state, which may run while the first is midway */
+/* room for the event being built: slot 0 for handle_set_state, 1 for
+ * rescue_set_state, which may run while the first is midway */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct event);
 } scratch SEC(".maps");
@@ -202,17 +201,35 @@ static __always_inline bool wanted(const struct event *e)
 	return true;
 }
 
-/* filter, then send; wake the reader only when a batch is pending. A
- * KIND_PARKED note was filtered by what it announces, not by itself. */
+/* what user space needs to follow connections through their timewait
+ * mini-sockets (package timewait), even where the filters drop it: where
+ * one starts, a close that tells a local peer's parked FIN_WAIT2 got the
+ * peer's FIN, and a handshake that may take over a followed tuple */
+static __always_inline bool for_follower(const struct event *e)
+{
+	return e->kind == KIND_PARKED || e->newstate == STATE_TIME_WAIT ||
+	       (e->oldstate == TCP_LAST_ACK && e->cause == CAUSE_CLOSED) ||
+	       e->oldstate == TCP_SYN_SENT || e->oldstate == TCP_SYN_RECV;
+}
+
+/* filter, then send; wake the reader only when a batch is pending. What
+ * the filters drop but the follower needs goes as a KIND_HINT (a followed
+ * connection and what resolves it share family and namespace). With no
+ * filter set, the verifier removes all of it. */
 static __always_inline void emit(struct event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
-
+	__u8 kind = e->kind;
 	__u32 zero = 0;
 	__u64 *pending;
 
-	if (e->kind == KIND_STATE && !wanted(e))
-		return;
+	if (kind == KIND_PARKED || !wanted(e)) {
+		if (!for_follower(e) || (filter_family && e->family != filter_family) ||
+		    (filter_netns && e->netns != filter_netns))
+			return;
+		if (kind == KIND_STATE)
+			e->kind = KIND_HINT;
+	}
 	/* bytes this CPU wrote since it last woke the reader: asking the ring
 	 * instead reads the consumer position, a cache line the reader
 	 * writes after every record */
@@ -223,6 +240,7 @@ static __always_inline void emit(struct event *e)
 	}
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
 		count(COUNTER_LOST);
+	e->kind = kind;
 }
 
 static __always_inline bool v4mapped(const __u8 *a)
@@ -277,97 +295,6 @@ static __always_inline void set_tuple(struct event *e, const struct tuple *t)
 	e->netns = t->netns;
 }
 
-static __always_inline void reverse(const struct tuple *t, struct tuple *r)
-{
-	__builtin_memcpy(r->saddr, t->daddr, 16);
-	__builtin_memcpy(r->daddr, t->saddr, 16);
-	r->sport = t->dport;
-	r->dport = t->sport;
-	r->netns = t->netns;
-	r->family = t->family;
-}
-
-/* an event for a connection held by a timewait mini-socket */
-static __always_inline void tw_event(struct event *e, const struct tuple *t,
-				     const struct twinfo *tw, __u64 now)
-{
-	__builtin_memset(e, 0, sizeof(*e));
-	set_tuple(e, t);
-	e->ts_ns = now;
-	e->cookie = tw->cookie;
-	e->cgroup = tw->cgroup;
-	e->pid = tw->pid;
-	__builtin_memcpy(e->comm, tw->comm, TASK_COMM_LEN);
-	e->dwell_ns = now - tw->ts_ns;
-	e->flags = FLAG_DWELL;
-	e->kind = KIND_STATE;
-	e->oldstate = tw->substate;
-}
-
-/* a new connection on the tuple of a followed mini-socket: the kernel
- * removed the mini-socket to make room for it */
-static __always_inline void check_reuse(const struct tuple *t, __u64 cookie, __u64 now,
-					__u32 slot)
-{
-	struct twinfo *tw = bpf_map_lookup_elem(&timewait, t);
-	struct event *e;
-
-	if (!tw || tw->cookie == cookie)
-		return;
-	e = bpf_map_lookup_elem(&scratch, &slot);
-	if (!e)
-		return;
-	tw_event(e, t, tw, now);
-	e->newstate = TCP_CLOSE;
-	e->cause = CAUSE_REUSED;
-	bpf_map_delete_elem(&timewait, t);
-	emit(e);
-}
-
-/* the peer of a parked FIN_WAIT2 finished its orderly close: it got the ACK
- * of its FIN from our mini-socket, which therefore took the FIN and moved
- * to TIME_WAIT */
-static __always_inline void resolve_peer(const struct tuple *t, __u64 now, __u32 slot)
-{
-	struct tuple r = {};
-	struct twinfo *tw;
-	struct event *e;
-
-	reverse(t, &r);
-	tw = bpf_map_lookup_elem(&timewait, &r);
-	if (!tw || tw->substate != TCP_FIN_WAIT2)
-		return;
-	e = bpf_map_lookup_elem(&scratch, &slot);
-	if (!e)
-		return;
-	tw_event(e, &r, tw, now);
-	e->newstate = STATE_TIME_WAIT;
-	e->flags |= FLAG_RESOLVED;
-	tw->substate = STATE_TIME_WAIT;
-	tw->ts_ns = now;
-	emit(e);
-}
-
-/* remember a connection that now lives in a timewait mini-socket */
-static __always_inline bool follow(const struct tuple *t, const struct event *e,
-				   __u8 substate, __u64 since)
-{
-	struct twinfo tw = {
-		.ts_ns = since,
-		.cookie = e->cookie,
-		.cgroup = e->cgroup,
-		.pid = e->pid,
-		.substate = substate,
-	};
-
-	__builtin_memcpy(tw.comm, e->comm, TASK_COMM_LEN);
-	if (bpf_map_update_elem(&timewait, t, &tw, BPF_ANY)) {
-		count(COUNTER_TW_UNTRACKED);
-		return false;
-	}
-	return true;
-}
-
 static __always_inline __u8 close_cause(struct sock *sk, int old, __u8 rst)
 {
 	int err = sk->sk_err;
@@ -412,7 +339,7 @@ static __always_inline bool by_owner(int old, int new)
 	       (old == TCP_LISTEN && new == TCP_CLOSE);
 }
 
-/* one transition; slot is the first of the two scratch slots to use */
+/* one transition; slot is the scratch slot to use */
 static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, __u32 slot)
 {
 	struct sockinfo fresh = {}, *si;
@@ -427,7 +354,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 
 	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &(__u32){slot + 1});
+	e = bpf_map_lookup_elem(&scratch, &slot);
 	if (!e)
 		return 0;
 	now = bpf_ktime_get_ns();
@@ -526,10 +453,6 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		e->cause = cause;
 	}
 
-	/* a new connection on a followed mini-socket's tuple ends it */
-	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
-		check_reuse(&t, e->cookie, now, slot);
-
 	if (newstate != TCP_CLOSE) {
 		si->ts_ns = now;
 		si->cookie = e->cookie;
@@ -548,39 +471,14 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		si->held = 0;
 	}
 
-	if (peer_match && ((oldstate == TCP_LAST_ACK && e->cause == CAUSE_CLOSED) ||
-			   (oldstate == TCP_CLOSING && handoff)))
-		resolve_peer(&t, now, slot);
-
 	if (handoff && (skflags & (1 << SOCK_DONE))) {
 		/* the peer's FIN is in: TIME_WAIT starts now */
 		e->newstate = STATE_TIME_WAIT;
-		if (wanted(e))
-			follow(&t, e, STATE_TIME_WAIT, now);
-		emit(e);
-		return 0;
-	}
-	if (handoff) {
+	} else if (handoff) {
 		/* orphan, our FIN acked, no FIN from the peer yet: the
-		 * mini-socket waits in FIN_WAIT2. Follow it if the transition
-		 * that ends it would be shown. */
-		bool show;
-
-		e->newstate = STATE_TIME_WAIT;
-		show = wanted(e);
-		e->newstate = TCP_CLOSE;
-		show = show || wanted(e);
-		if (!show)
-			return 0;
-		if (!follow(&t, e, TCP_FIN_WAIT2, si->ts_ns)) {
-			/* cannot follow it: say what the kernel said */
-			e->cause = CAUSE_CLOSED;
-			emit(e);
-			return 0;
-		}
+		 * mini-socket waits in FIN_WAIT2, where no tracepoint fires.
+		 * User space follows it and reports how it ends. */
 		e->kind = KIND_PARKED;
-		emit(e);
-		return 0;
 	}
 	emit(e);
 	return 0;
@@ -641,7 +539,7 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 	count(COUNTER_RESCUED);
-	return on_state(sk, oldstate, newstate, 2);
+	return on_state(sk, oldstate, newstate, 1);
 }
 
 /* tcp_reset() fires this before the socket goes to CLOSE */

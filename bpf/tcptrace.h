@@ -12,14 +12,13 @@ enum {
 	KIND_STATE = 1,  /* a state transition, to be printed */
 	KIND_PARKED = 2, /* a dead FIN_WAIT2 handed to a timewait mini-socket:
 	                  * not printed, tells user space to follow it */
+	KIND_HINT = 3,   /* a transition the filters drop, sent because user
+	                  * space needs it to follow timewait connections */
 };
 
 /* record flags */
 enum {
-	FLAG_DWELL = 1 << 0,    /* dwell_ns is known */
-	FLAG_RESOLVED = 1 << 1, /* TIME_WAIT entry of a parked FIN_WAIT2, found
-	                         * in the kernel; user space may have found it
-	                         * first through sock_diag */
+	FLAG_DWELL = 1 << 0, /* dwell_ns is known */
 };
 
 /* why a connection reached CLOSE */
@@ -60,35 +59,11 @@ struct event {
 	__u32 pad2;
 };
 
-/* the identity of a connection in its network namespace: the key under
- * which a timewait mini-socket is followed */
-struct tuple {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u32 netns;
-	__u16 sport;
-	__u16 dport;
-	__u8 family;
-	__u8 pad[3];
-};
-
-/* a connection handed to a timewait mini-socket */
-struct twinfo {
-	__u64 ts_ns;  /* when it entered its current substate */
-	__u64 cookie;
-	__u64 cgroup;
-	__u32 pid;
-	__u8 substate; /* FIN_WAIT2 or TIME_WAIT */
-	__u8 pad[3];
-	char comm[TASK_COMM_LEN];
-};
-
 /* per-CPU counters read by user space */
 enum {
-	COUNTER_LOST = 0,         /* ring buffer full: record dropped */
-	COUNTER_TW_UNTRACKED = 1, /* timewait follow table full */
-	COUNTER_RESCUED = 2,      /* transitions handled by rescue_set_state */
-	COUNTER_MAX = 3,
+	COUNTER_LOST = 0,    /* ring buffer full: record dropped */
+	COUNTER_RESCUED = 1, /* transitions handled by rescue_set_state */
+	COUNTER_MAX = 2,
 };
 
 #endif /* __TCPTRACE_H */

@@ -33,10 +33,7 @@ const (
 )
 
 // record flags, as in bpf/tcptrace.h
-const (
-	flagDwell    = 1 << 0
-	flagResolved = 1 << 1
-)
+const flagDwell = 1 << 0
 
 const (
 	afInet  = 2
@@ -51,7 +48,7 @@ func (e *Event) Decode(b []byte) error {
 	}
 	le := binary.LittleEndian
 	kind := Kind(b[offKind])
-	if kind != Transition && kind != Parked {
+	if kind != Transition && kind != Parked && kind != Hint {
 		return fmt.Errorf("decode record: unknown kind %d", kind)
 	}
 	switch b[offFamily] {
@@ -84,7 +81,6 @@ func (e *Event) Decode(b []byte) error {
 	e.New = State(b[offNew])
 	e.Cause = Cause(b[offCause])
 	e.Kind = kind
-	e.Resolved = flags&flagResolved != 0
 	copy(e.Comm[:], b[offComm:offComm+CommLen])
 	return nil
 }
@@ -119,9 +115,6 @@ func (e *Event) Encode(b []byte) {
 	b[offKind] = byte(e.Kind)
 	if e.DwellKnown {
 		b[offFlags] |= flagDwell
-	}
-	if e.Resolved {
-		b[offFlags] |= flagResolved
 	}
 	copy(b[offComm:], e.Comm[:])
 }

@@ -128,6 +128,9 @@ const (
 	// Parked says a dead FIN_WAIT2 went to a timewait mini-socket: the
 	// connection is not over, and user space follows it (package timewait).
 	Parked Kind = 2
+	// Hint is a transition the filters drop, sent because the timewait
+	// follower needs it: not shown.
+	Hint Kind = 3
 )
 
 // Family is the address family as shown: 4 or 6.
@@ -169,9 +172,6 @@ type Event struct {
 	New    State
 	Cause  Cause
 	Kind   Kind
-	// Resolved marks a FIN_WAIT2 -> TIME_WAIT found in the kernel for a
-	// connection user space may already have seen move through sock_diag.
-	Resolved bool
 }
 
 // CommString returns the owner's command name.

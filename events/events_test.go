@@ -54,7 +54,7 @@ func sample() Event {
 		Mono: 123456789, Sock: 0x1a2b, Dwell: 300 * time.Millisecond, DwellKnown: true,
 		PID: 4242, Netns: 4026531840, Cgroup: 77, Family: 4,
 		LAddr: netip.MustParseAddr("10.0.0.1"), RAddr: netip.MustParseAddr("10.0.0.2"),
-		LPort: 43210, RPort: 80, Old: FinWait2, New: TimeWait, Kind: Transition, Resolved: true,
+		LPort: 43210, RPort: 80, Old: FinWait2, New: TimeWait, Kind: Transition,
 	}
 	copy(e.Comm[:], "curl")
 	return e
@@ -65,7 +65,7 @@ func TestDecodeRoundTrip(t *testing.T) {
 	v6.Family = 6
 	v6.LAddr = netip.MustParseAddr("2001:db8::1")
 	v6.RAddr = netip.MustParseAddr("::1")
-	v6.Old, v6.New, v6.Cause, v6.Resolved = LastAck, Close, CauseClosed, false
+	v6.Old, v6.New, v6.Cause, v6.Kind = LastAck, Close, CauseClosed, Hint
 	unknown := sample()
 	unknown.DwellKnown, unknown.Dwell = false, 0
 	unknown.Old = 99

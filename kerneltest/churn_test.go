@@ -11,6 +11,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/timewait"
 )
 
 // Under full loopback churn, interrupts land while the program runs and
@@ -34,7 +35,7 @@ func TestChurnLosesNothing(t *testing.T) {
 	}
 	ns := newNetns(t)
 	rec := &recorder{evs: make([]compact, 0, 1<<20)}
-	tr := startTracerTo(t, loader.Options{Netns: ns.ino, RingSize: 32 << 20}, rec)
+	tr := startTracerTo(t, loader.Options{Netns: ns.ino, RingSize: 32 << 20}, timewait.Options{}, rec)
 	out, err := exec.Command("ip", "netns", "exec", ns.name, bin, "-d", "2s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("churn: %v: %s", err, out)

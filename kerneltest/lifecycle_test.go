@@ -8,6 +8,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/timewait"
 )
 
 const port = 8080
@@ -46,8 +47,8 @@ var (
 // goes through CLOSE_WAIT and LAST_ACK. With the server pausing before its
 // close, the client's dead FIN_WAIT2 waits in a timewait mini-socket, which
 // the kernel reports as FIN_WAIT2 -> CLOSE at once; tcptrace must report
-// FIN_WAIT2 -> TIME_WAIT when the server's FIN arrives, found in the kernel
-// (peer match) or through sock_diag.
+// FIN_WAIT2 -> TIME_WAIT when the server's FIN arrives, found from the
+// server's close (peer match) or through sock_diag.
 func TestClientClosesFirst(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -66,7 +67,7 @@ func TestClientClosesFirst(t *testing.T) {
 			t.Parallel()
 			ns := newNetns(t)
 			c := newConn(t, ns, tc.host, "wait-eof", "close-first", tc.pause)
-			tr := startTracer(t, loader.Options{Netns: ns.ino, NoPeerMatch: tc.noPeerMatch})
+			tr := startTracerFollow(t, loader.Options{Netns: ns.ino}, timewait.Options{NoPeerMatch: tc.noPeerMatch})
 			c.run()
 			tr.waitFor("client TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
 				return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&

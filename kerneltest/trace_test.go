@@ -14,6 +14,7 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/stream"
+	"github.com/tcptrace/tcptrace/timewait"
 )
 
 // requireBPF skips a test that cannot load the program, or fails it when
@@ -63,14 +64,21 @@ type tracer struct {
 
 func startTracer(t *testing.T, opts loader.Options) *tracer {
 	t.Helper()
+	return startTracerFollow(t, opts, timewait.Options{})
+}
+
+// startTracerFollow is startTracer with the timewait follower configured.
+func startTracerFollow(t *testing.T, opts loader.Options, follow timewait.Options) *tracer {
+	t.Helper()
 	col := &collector{}
-	x := startTracerTo(t, opts, col)
+	x := startTracerTo(t, opts, follow, col)
 	x.col = col
 	return x
 }
 
-// startTracerTo runs the pipeline into out.
-func startTracerTo(t *testing.T, opts loader.Options, out output.Writer) *tracer {
+// startTracerTo runs the pipeline into out, filtering what the follower
+// makes with the kernel's filters, as tcptrace does.
+func startTracerTo(t *testing.T, opts loader.Options, follow timewait.Options, out output.Writer) *tracer {
 	t.Helper()
 	requireBPF(t)
 	if opts.RingSize == 0 {
@@ -89,7 +97,10 @@ func startTracerTo(t *testing.T, opts loader.Options, out output.Writer) *tracer
 	go func() {
 		defer close(x.done)
 		defer tr.Close()
-		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Out: out})
+		if follow.Want == nil {
+			follow.Want = opts.Match
+		}
+		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Out: out, Follow: follow})
 	}()
 	t.Cleanup(func() { x.cancel(); <-x.done })
 	return x

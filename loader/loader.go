@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,6 @@ import (
 const (
 	DefaultRingSize    = 8 << 20
 	DefaultWakeupBytes = 256 << 10
-	DefaultTimewaitMax = 65536
 )
 
 // ErrClosed is returned by ReadBatch after Close.
@@ -37,7 +37,6 @@ var ErrClosed = errRingClosed
 type Options struct {
 	RingSize    int    // ring buffer bytes: a power of two, at least a page
 	WakeupBytes uint64 // pending bytes that wake the reader
-	TimewaitMax int    // connections followed in TIME_WAIT or a parked FIN_WAIT2
 
 	Family uint8 // 4 or 6
 	Netns  uint32
@@ -46,10 +45,31 @@ type Options struct {
 	Comm   string         // owning process's command name, exact
 	LPorts []uint16
 	RPorts []uint16
+}
 
-	// NoPeerMatch leaves every parked FIN_WAIT2 to sock_diag, even when
-	// its peer is local. For tests of that path.
-	NoPeerMatch bool
+// Match says whether e passes the filters, as the BPF program's wanted()
+// decides for what the kernel reports. It is for the transitions user
+// space makes of followed timewait connections.
+func (o *Options) Match(e *events.Event) bool {
+	if o.Family != 0 && uint8(e.Family) != o.Family {
+		return false
+	}
+	if o.Netns != 0 && e.Netns != o.Netns {
+		return false
+	}
+	if len(o.States) > 0 && !slices.Contains(o.States, e.Old) && !slices.Contains(o.States, e.New) {
+		return false
+	}
+	if len(o.PIDs) > 0 && !slices.Contains(o.PIDs, e.PID) {
+		return false
+	}
+	if len(o.LPorts) > 0 && !slices.Contains(o.LPorts, e.LPort) {
+		return false
+	}
+	if len(o.RPorts) > 0 && !slices.Contains(o.RPorts, e.RPort) {
+		return false
+	}
+	return o.Comm == "" || e.CommString() == o.Comm
 }
 
 // Tracer is the loaded program, its links and its reader.
@@ -180,11 +200,7 @@ func configure(spec *ebpf.CollectionSpec, o *Options) error {
 	if o.WakeupBytes > uint64(o.RingSize)/2 {
 		o.WakeupBytes = uint64(o.RingSize) / 2
 	}
-	if o.TimewaitMax == 0 {
-		o.TimewaitMax = DefaultTimewaitMax
-	}
 	spec.Maps["events"].MaxEntries = uint32(o.RingSize)
-	spec.Maps["timewait"].MaxEntries = uint32(o.TimewaitMax)
 
 	var family uint8
 	switch o.Family {
@@ -218,7 +234,6 @@ func configure(spec *ebpf.CollectionSpec, o *Options) error {
 		"filter_rport":  len(o.RPorts) > 0,
 		"filter_comm":   o.Comm != "",
 		"comm_want":     comm,
-		"peer_match":    !o.NoPeerMatch,
 		"wakeup_bytes":  o.WakeupBytes,
 	}
 	for name, v := range set {
@@ -355,8 +370,6 @@ type Counts struct {
 	// Rescued: transitions the kernel skipped handle_set_state for,
 	// because an interrupt came while it ran, handled by rescue_set_state.
 	Rescued uint64
-	// Untracked: connections not followed because TimewaitMax was reached.
-	Untracked uint64
 }
 
 // Counts reads the loss counters.
@@ -378,9 +391,6 @@ func (t *Tracer) Counts() (Counts, error) {
 		return c, err
 	}
 	c.Lost += t.bad.Load()
-	if c.Untracked, err = sum(counterUntracked); err != nil {
-		return c, err
-	}
 	// runs of handle_set_state the kernel skipped and rescue_set_state
 	// did not take over are lost transitions
 	st, err := t.objs.HandleSetState.Stats()
@@ -398,56 +408,9 @@ func (t *Tracer) Counts() (Counts, error) {
 
 // indexes of the counters map, as in bpf/tcptrace.h
 const (
-	counterLost      = 0
-	counterUntracked = 1
-	counterRescued   = 2
+	counterLost    = 0
+	counterRescued = 1
 )
-
-// twKey builds the timewait map's key for the connection of e.
-func twKey(e *events.Event) tcptraceTuple {
-	k := tcptraceTuple{Netns: e.Netns, Sport: e.LPort, Dport: e.RPort}
-	if e.Family == 6 {
-		k.Family = unix.AF_INET6
-		k.Saddr, k.Daddr = e.LAddr.As16(), e.RAddr.As16()
-	} else {
-		k.Family = unix.AF_INET
-		l, r := e.LAddr.As4(), e.RAddr.As4()
-		copy(k.Saddr[:], l[:])
-		copy(k.Daddr[:], r[:])
-	}
-	return k
-}
-
-// Forget stops the kernel following the mini-socket of e's connection;
-// user space saw it end.
-func (t *Tracer) Forget(e *events.Event) error {
-	k := twKey(e)
-	var v tcptraceTwinfo
-	if err := t.objs.Timewait.Lookup(&k, &v); err != nil || v.Cookie != e.Sock {
-		return nil // already gone, or the tuple belongs to a newer connection
-	}
-	if err := t.objs.Timewait.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("forget timewait connection: %w", err)
-	}
-	return nil
-}
-
-// Promote records that the parked FIN_WAIT2 of e's connection moved to
-// TIME_WAIT at mono, as sock_diag showed, so the kernel does not report
-// it again.
-func (t *Tracer) Promote(e *events.Event, mono uint64) error {
-	k := twKey(e)
-	var v tcptraceTwinfo
-	if err := t.objs.Timewait.Lookup(&k, &v); err != nil || v.Cookie != e.Sock {
-		return nil
-	}
-	v.Substate = uint8(events.TimeWait)
-	v.TsNs = mono
-	if err := t.objs.Timewait.Update(&k, &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("promote timewait connection: %w", err)
-	}
-	return nil
-}
 
 // Monotonic reads CLOCK_MONOTONIC, the kernel's bpf_ktime_get_ns clock.
 func Monotonic() uint64 {

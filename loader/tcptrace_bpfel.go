@@ -71,28 +71,6 @@ type tcptraceSockinfo struct {
 	Comm   [16]int8
 }
 
-type tcptraceTuple struct {
-	_      structs.HostLayout
-	Saddr  [16]uint8
-	Daddr  [16]uint8
-	Netns  uint32
-	Sport  uint16
-	Dport  uint16
-	Family uint8
-	Pad    [3]uint8
-}
-
-type tcptraceTwinfo struct {
-	_        structs.HostLayout
-	TsNs     uint64
-	Cookie   uint64
-	Cgroup   uint64
-	Pid      uint32
-	Substate uint8
-	Pad      [3]uint8
-	Comm     [16]int8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -106,7 +84,6 @@ const (
 	tcptraceMapRportFilter         = "rport_filter"
 	tcptraceMapScratch             = "scratch"
 	tcptraceMapSocks               = "socks"
-	tcptraceMapTimewait            = "timewait"
 	tcptraceMapUnwoken             = "unwoken"
 	tcptraceProgHandleReceiveReset = "handle_receive_reset"
 	tcptraceProgHandleSendReset    = "handle_send_reset"
@@ -120,7 +97,6 @@ const (
 	tcptraceVarFilterPid           = "filter_pid"
 	tcptraceVarFilterRport         = "filter_rport"
 	tcptraceVarFilterStates        = "filter_states"
-	tcptraceVarPeerMatch           = "peer_match"
 	tcptraceVarWakeupBytes         = "wakeup_bytes"
 )
 
@@ -185,7 +161,6 @@ type tcptraceMapSpecs struct {
 	RportFilter *ebpf.MapSpec `ebpf:"rport_filter"`
 	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
-	Timewait    *ebpf.MapSpec `ebpf:"timewait"`
 	Unwoken     *ebpf.MapSpec `ebpf:"unwoken"`
 }
 
@@ -201,7 +176,6 @@ type tcptraceVariableSpecs struct {
 	FilterPid    *ebpf.VariableSpec `ebpf:"filter_pid"`
 	FilterRport  *ebpf.VariableSpec `ebpf:"filter_rport"`
 	FilterStates *ebpf.VariableSpec `ebpf:"filter_states"`
-	PeerMatch    *ebpf.VariableSpec `ebpf:"peer_match"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -234,7 +208,6 @@ type tcptraceMaps struct {
 	RportFilter *ebpf.Map `ebpf:"rport_filter"`
 	Scratch     *ebpf.Map `ebpf:"scratch"`
 	Socks       *ebpf.Map `ebpf:"socks"`
-	Timewait    *ebpf.Map `ebpf:"timewait"`
 	Unwoken     *ebpf.Map `ebpf:"unwoken"`
 }
 
@@ -249,7 +222,6 @@ func (m *tcptraceMaps) Close() error {
 		m.RportFilter,
 		m.Scratch,
 		m.Socks,
-		m.Timewait,
 		m.Unwoken,
 	)
 }
@@ -266,7 +238,6 @@ type tcptraceVariables struct {
 	FilterPid    *ebpf.Variable `ebpf:"filter_pid"`
 	FilterRport  *ebpf.Variable `ebpf:"filter_rport"`
 	FilterStates *ebpf.Variable `ebpf:"filter_states"`
-	PeerMatch    *ebpf.Variable `ebpf:"peer_match"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -23,7 +23,6 @@ type Source interface {
 	Detach() error
 	Pending() int
 	Counts() (loader.Counts, error)
-	timewait.Kernel
 }
 
 // Config says what to run.
@@ -37,6 +36,9 @@ type Config struct {
 	Latency time.Duration
 	// Warn reports a condition worth a line on stderr, once each.
 	Warn func(string)
+	// Follow configures the timewait follower; its Want should be the
+	// kernel's filters (loader.Options.Match).
+	Follow timewait.Options
 }
 
 // Stats is what the stream did.
@@ -77,7 +79,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 
 	diag := sockdiag.NewProber()
 	defer diag.Close()
-	follow := timewait.New(src, diag)
+	follow := timewait.New(diag, cfg.Follow)
 	clock := loader.NewWallClock()
 	var st Stats
 	var werr error
@@ -136,9 +138,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			return
 		}
 		st.Lost = c.Lost
-		st.Untracked = c.Untracked
+		st.Untracked = follow.Untracked
 		st.Rescued = c.Rescued
-		if c.Untracked > 0 {
+		if st.Untracked > 0 {
 			warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
 		}
 		if follow.Unfollowable > 0 {
@@ -161,10 +163,11 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			}
 			for i := range b.n {
 				e := &b.ev[i]
-				if !follow.Observe(e) {
-					continue
+				show, err := follow.Observe(e, emit)
+				if err == nil && show {
+					err = emit(e)
 				}
-				if err := emit(e); err != nil && werr == nil {
+				if err != nil && werr == nil {
 					werr = err
 				}
 			}
@@ -180,8 +183,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			}
 			armPoll()
 		case <-poll.C:
-			// the kernel may already have resolved what is due, more
-			// precisely: read the ring first, unless it never empties
+			// the ring may hold what resolves the due connections more
+			// precisely (a peer's close): read it first, unless it never
+			// empties
 			if src.Pending() > 0 && deferred < maxDefer {
 				deferred++
 				src.Wake()

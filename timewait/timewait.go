@@ -1,13 +1,21 @@
 // Package timewait follows connections after the kernel handed them to a
 // timewait mini-socket, where no tracepoint fires: a dead FIN_WAIT2 until
 // the peer's FIN moves it to TIME_WAIT (or its timer ends it), and TIME_WAIT
-// until the mini-socket goes away. The BPF program resolves what it can
-// (a local peer's close, a new connection on the same addresses); this
-// package asks sock_diag about the rest.
+// until the mini-socket goes away. The stream of transitions resolves what
+// it can: a local peer's orderly close means the peer got the ACK of its
+// FIN, so our side took that FIN and is in TIME_WAIT; a new connection on
+// the same addresses means the kernel removed our mini-socket to make room.
+// sock_diag is asked about the rest.
+//
+// This was done in the BPF program, with a table keyed by the connection's
+// addresses; here it costs the kernel nothing (about 95 ns per transition
+// under churn), and the table's size no longer limits how many connections
+// are seen to enter TIME_WAIT, only how many are followed to its end.
 package timewait
 
 import (
 	"container/heap"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -16,14 +24,6 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/sockdiag"
 )
-
-// Kernel is the BPF side's table of followed connections.
-type Kernel interface {
-	// Forget drops a connection user space saw end.
-	Forget(e *events.Event) error
-	// Promote marks a parked FIN_WAIT2 as in TIME_WAIT since mono.
-	Promote(e *events.Event, mono uint64) error
-}
 
 // Diag looks up a connection's mini-socket.
 type Diag interface {
@@ -35,9 +35,8 @@ type Diag interface {
 const (
 	// TimeWaitLen is the kernel's TCP_TIMEWAIT_LEN: 2·MSL on Linux.
 	TimeWaitLen = 60 * time.Second
-	// firstCheck: a local peer is resolved in the kernel within
-	// microseconds; only a parked FIN_WAIT2 still waiting after this is
-	// asked about.
+	// firstCheck: a local peer's close follows within microseconds;
+	// only a parked FIN_WAIT2 still waiting after this is asked about.
 	firstCheck = 10 * time.Millisecond
 	// maxCheck bounds the back-off of a long wait.
 	maxCheck = time.Second
@@ -45,6 +44,22 @@ const (
 	// should have fired.
 	expirySlack = 100 * time.Millisecond
 )
+
+// DefaultMax bounds the TIME_WAIT connections followed, and separately
+// the parked FIN_WAIT2 ones.
+const DefaultMax = 65536
+
+// Options configure a Follower.
+type Options struct {
+	// Max bounds the TIME_WAIT connections followed to their end, and
+	// separately the parked FIN_WAIT2 ones; 0 means DefaultMax.
+	Max int
+	// Want filters the transitions the follower makes; nil shows all.
+	Want func(*events.Event) bool
+	// NoPeerMatch leaves every parked FIN_WAIT2 to sock_diag, even when
+	// its peer is local. For tests of that path.
+	NoPeerMatch bool
+}
 
 type entry struct {
 	ev    events.Event // the transition that started the wait
@@ -54,14 +69,33 @@ type entry struct {
 	index int          // in the heap
 }
 
+// tuple names a connection in its namespace, from our side.
+type tuple struct {
+	netns        uint32
+	lport, rport uint16
+	laddr, raddr netip.Addr
+}
+
+func tupleOf(e *events.Event) tuple {
+	return tuple{e.Netns, e.LPort, e.RPort, e.LAddr, e.RAddr}
+}
+
+// peerOf is the tuple of e's peer, if it is local.
+func peerOf(e *events.Event) tuple {
+	return tuple{e.Netns, e.RPort, e.LPort, e.RAddr, e.LAddr}
+}
+
 // Follower tracks parked FIN_WAIT2 and TIME_WAIT connections.
 type Follower struct {
-	kernel     Kernel
 	diag       Diag
+	opts       Options
 	finTimeout time.Duration
-	byCookie   map[uint64]*entry
+	byTuple    map[tuple]*entry
 	due        queue
 	perNetns   map[uint32]int
+	parked     int // entries waiting in FIN_WAIT2; the rest are in TIME_WAIT
+	// Untracked counts connections not followed because Max was reached.
+	Untracked uint64
 	// Unfollowable counts connections given up because their namespace
 	// could not be entered or sock_diag failed.
 	Unfollowable uint64
@@ -70,12 +104,18 @@ type Follower struct {
 }
 
 // New returns a follower.
-func New(k Kernel, d Diag) *Follower {
+func New(d Diag, o Options) *Follower {
+	if o.Max <= 0 {
+		o.Max = DefaultMax
+	}
+	if o.Want == nil {
+		o.Want = func(*events.Event) bool { return true }
+	}
 	return &Follower{
-		kernel:     k,
 		diag:       d,
+		opts:       o,
 		finTimeout: finTimeout(),
-		byCookie:   make(map[uint64]*entry),
+		byTuple:    make(map[tuple]*entry),
 		perNetns:   make(map[uint32]int),
 	}
 }
@@ -103,23 +143,48 @@ func (f *Follower) life(e *events.Event) time.Duration {
 }
 
 // Len is the number of connections followed.
-func (f *Follower) Len() int { return len(f.byCookie) }
+func (f *Follower) Len() int { return len(f.byTuple) }
 
-// add follows e's connection, replacing what was followed of it.
-func (f *Follower) add(e *events.Event, since, next uint64) {
+// add follows e's connection, replacing what was followed of it. It says
+// false, and counts the connection untracked, when Max is reached.
+func (f *Follower) add(e *events.Event, since, next uint64) bool {
+	t := tupleOf(e)
+	old, replaced := f.byTuple[t]
+	waitingFIN := e.New != events.TimeWait
+	n := len(f.byTuple) - f.parked
+	if waitingFIN {
+		n = f.parked
+	}
+	if replaced && (old.ev.New != events.TimeWait) == waitingFIN {
+		n-- // it takes the place of its own entry
+	}
+	if n >= f.opts.Max {
+		f.Untracked++
+		if replaced {
+			f.remove(old)
+		}
+		return false
+	}
 	// count it first, so replacing an entry keeps the namespace's
 	// sock_diag connection open
 	f.perNetns[e.Netns]++
-	if old, ok := f.byCookie[e.Sock]; ok {
+	if replaced {
 		f.remove(old)
 	}
 	en := &entry{ev: *e, since: since, next: next, ends: since + uint64(f.life(e))}
-	f.byCookie[e.Sock] = en
+	f.byTuple[t] = en
+	if waitingFIN {
+		f.parked++
+	}
 	heap.Push(&f.due, en)
+	return true
 }
 
 func (f *Follower) remove(en *entry) {
-	delete(f.byCookie, en.ev.Sock)
+	delete(f.byTuple, tupleOf(&en.ev))
+	if en.ev.New != events.TimeWait {
+		f.parked--
+	}
 	if en.index >= 0 {
 		heap.Remove(&f.due, en.index)
 	}
@@ -130,26 +195,58 @@ func (f *Follower) remove(en *entry) {
 	}
 }
 
-// Observe sees every record in order and says whether to show it.
-func (f *Follower) Observe(e *events.Event) bool {
+// show emits a transition the follower made, if the filters want it.
+func (f *Follower) show(ev *events.Event, emit func(*events.Event) error) error {
+	if !f.opts.Want(ev) {
+		return nil
+	}
+	return emit(ev)
+}
+
+// Observe sees every record in order, emits the transitions of followed
+// connections that e reveals, and says whether to show e itself.
+func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (bool, error) {
+	// a new connection on a followed tuple: the kernel removed the
+	// mini-socket to make room for it
+	if e.Old == events.SynSent || e.Old == events.SynRecv {
+		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.Sock != e.Sock {
+			ev := f.transition(en, e.Mono, events.Close, events.CauseReused)
+			f.remove(en)
+			if err := f.show(&ev, emit); err != nil {
+				return false, err
+			}
+		}
+	}
+	// a local peer finished its orderly close: it got the ACK of its FIN
+	// from our mini-socket, which therefore took the FIN, in TIME_WAIT
+	if !f.opts.NoPeerMatch && ((e.Old == events.LastAck && e.New == events.Close && e.Cause == events.CauseClosed) ||
+		(e.Old == events.Closing && e.New == events.TimeWait)) {
+		if en, ok := f.byTuple[peerOf(e)]; ok && en.ev.New != events.TimeWait {
+			if err := f.enterTimeWait(en, e.Mono, emit); err != nil {
+				return false, err
+			}
+		}
+	}
 	switch {
 	case e.Kind == events.Parked:
-		f.add(e, e.Mono-uint64(e.Dwell), e.Mono+uint64(firstCheck))
-		return false
+		if !f.add(e, e.Mono-uint64(e.Dwell), e.Mono+uint64(firstCheck)) {
+			// cannot follow it: say what the kernel said
+			ev := *e
+			ev.Kind, ev.Cause = events.Transition, events.CauseClosed
+			return false, f.show(&ev, emit)
+		}
+		return false, nil
 	case e.New == events.TimeWait:
-		en, parked := f.byCookie[e.Sock]
-		if e.Resolved && (!parked || en.ev.New == events.TimeWait) {
-			return false // sock_diag saw it first and it was shown then
-		}
 		f.add(e, e.Mono, e.Mono+uint64(TimeWaitLen+expirySlack))
-		return true
-	case e.New == events.Close && e.Cause == events.CauseReused:
-		if en, ok := f.byCookie[e.Sock]; ok {
-			f.remove(en)
-		}
-		return true
 	}
-	return true
+	return e.Kind == events.Transition, nil
+}
+
+// enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
+func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
+	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
+	f.add(&ev, now, now+uint64(TimeWaitLen+expirySlack))
+	return f.show(&ev, emit)
 }
 
 // Next is when Poll has something to check, or 0 when nothing is followed.
@@ -180,12 +277,7 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 		switch {
 		case found && waitingFIN && s.State == events.TimeWait:
 			// the peer's FIN arrived
-			ev := f.transition(en, now, events.TimeWait, events.CauseNone)
-			if err := f.kernel.Promote(&ev, now); err != nil {
-				return err
-			}
-			f.add(&ev, now, now+uint64(TimeWaitLen+expirySlack))
-			if err := emit(&ev); err != nil {
+			if err := f.enterTimeWait(en, now, emit); err != nil {
 				return err
 			}
 		case found:
@@ -210,10 +302,7 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 			}
 			ev := f.transition(en, now, events.Close, cause)
 			f.remove(en)
-			if err := f.kernel.Forget(&ev); err != nil {
-				return err
-			}
-			if err := emit(&ev); err != nil {
+			if err := f.show(&ev, emit); err != nil {
 				return err
 			}
 		}
@@ -225,7 +314,6 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 func (f *Follower) transition(en *entry, now uint64, to events.State, cause events.Cause) events.Event {
 	ev := en.ev
 	ev.Kind = events.Transition
-	ev.Resolved = false
 	ev.Old = events.FinWait2
 	if en.ev.New == events.TimeWait {
 		ev.Old = events.TimeWait

@@ -9,11 +9,6 @@ import (
 	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
-type fakeKernel struct{ forgot, promoted int }
-
-func (k *fakeKernel) Forget(*events.Event) error          { k.forgot++; return nil }
-func (k *fakeKernel) Promote(*events.Event, uint64) error { k.promoted++; return nil }
-
 // fakeDiag answers from a table by cookie; absent means gone.
 type fakeDiag struct {
 	socks    map[uint64]sockdiag.Socket
@@ -30,12 +25,28 @@ func (d *fakeDiag) Release(ns uint32) { d.released = append(d.released, ns) }
 
 const ms = uint64(time.Millisecond)
 
+var (
+	client = netip.MustParseAddr("127.0.0.1")
+	server = netip.MustParseAddr("127.0.0.2")
+)
+
+// parked is the client's dead FIN_WAIT2 of a connection 127.0.0.1:40000 ->
+// 127.0.0.2:80, handed to a mini-socket at the given time.
 func parked(at uint64) *events.Event {
 	return &events.Event{
 		Kind: events.Parked, Mono: at, Dwell: time.Duration(5 * ms), DwellKnown: true,
 		Sock: 7, Netns: 99, PID: 42, Family: 4,
-		LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1"),
+		LAddr: client, LPort: 40000, RAddr: server, RPort: 80,
 		Old: events.FinWait2, New: events.Close,
+	}
+}
+
+// serverClose is the server side's LAST_ACK -> CLOSE of that connection.
+func serverClose(at uint64) *events.Event {
+	return &events.Event{
+		Kind: events.Transition, Mono: at, Sock: 8, Netns: 99, PID: 43, Family: 4,
+		LAddr: server, LPort: 80, RAddr: client, RPort: 40000,
+		Old: events.LastAck, New: events.Close, Cause: events.CauseClosed,
 	}
 }
 
@@ -43,24 +54,36 @@ func collect(out *[]events.Event) func(*events.Event) error {
 	return func(e *events.Event) error { *out = append(*out, *e); return nil }
 }
 
-// The kernel resolves a parked FIN_WAIT2 first: shown once, then its
-// TIME_WAIT is followed to the end.
-func TestKernelResolvesFirst(t *testing.T) {
-	k, d := &fakeKernel{}, &fakeDiag{socks: map[uint64]sockdiag.Socket{}}
-	f := New(k, d)
-	if f.Observe(parked(1000 * ms)) {
-		t.Fatal("a parked note was shown")
+func observe(t *testing.T, f *Follower, e *events.Event, out *[]events.Event) bool {
+	t.Helper()
+	show, err := f.Observe(e, collect(out))
+	if err != nil {
+		t.Fatal(err)
 	}
-	tw := *parked(1300 * ms)
-	tw.Kind, tw.New, tw.Resolved, tw.Dwell = events.Transition, events.TimeWait, true, time.Duration(305*ms)
-	if !f.Observe(&tw) {
-		t.Fatal("the kernel's TIME_WAIT was not shown")
+	return show
+}
+
+// The local peer's close resolves a parked FIN_WAIT2 at once, before the
+// close itself is shown; then its TIME_WAIT is followed to the end.
+func TestPeerCloseResolves(t *testing.T) {
+	d := &fakeDiag{socks: map[uint64]sockdiag.Socket{}}
+	f := New(d, Options{})
+	var out []events.Event
+	if observe(t, f, parked(1000*ms), &out) || len(out) != 0 {
+		t.Fatalf("a parked note was shown: %+v", out)
+	}
+	if !observe(t, f, serverClose(1300*ms), &out) {
+		t.Fatal("the server's close was not shown")
+	}
+	if len(out) != 1 || out[0].Old != events.FinWait2 || out[0].New != events.TimeWait || out[0].Mono != 1300*ms ||
+		out[0].Dwell != time.Duration(305*ms) || out[0].PID != 42 || out[0].Sock != 7 {
+		t.Fatalf("got %+v", out)
 	}
 	if f.Len() != 1 || f.Next() != 1300*ms+uint64(TimeWaitLen+expirySlack) {
 		t.Fatalf("follows %d, next check at %d", f.Len(), f.Next())
 	}
 	// at expiry the mini-socket is gone: TIME_WAIT -> CLOSE, closed
-	var out []events.Event
+	out = nil
 	now := f.Next()
 	if err := f.Poll(now, collect(&out)); err != nil {
 		t.Fatal(err)
@@ -69,18 +92,40 @@ func TestKernelResolvesFirst(t *testing.T) {
 		out[0].Dwell != time.Duration(now-1300*ms) || out[0].PID != 42 {
 		t.Fatalf("got %+v", out)
 	}
-	if f.Len() != 0 || k.forgot != 1 || len(d.released) != 1 || d.released[0] != 99 {
-		t.Errorf("len %d, forgot %d, released %v", f.Len(), k.forgot, d.released)
+	if f.Len() != 0 || len(d.released) != 1 || d.released[0] != 99 || d.lookups != 1 {
+		t.Errorf("len %d, released %v, lookups %d", f.Len(), d.released, d.lookups)
 	}
 }
 
-// sock_diag sees the FIN first: shown then, and the kernel's later report
-// of the same move is dropped.
-func TestDiagResolvesFirst(t *testing.T) {
-	k, d := &fakeKernel{}, &fakeDiag{socks: map[uint64]sockdiag.Socket{7: {State: events.FinWait2, Expires: 59 * time.Second}}}
-	f := New(k, d)
-	f.Observe(parked(1000 * ms))
+// A close that is not the orderly end of our peer resolves nothing.
+func TestOtherClosesDoNotResolve(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(*events.Event)
+	}{
+		{"reset", func(e *events.Event) { e.Cause = events.CauseResetReceived }},
+		{"other port", func(e *events.Event) { e.RPort = 40001 }},
+		{"other netns", func(e *events.Event) { e.Netns = 100 }},
+		{"same side", func(e *events.Event) { e.LAddr, e.RAddr, e.LPort, e.RPort = client, server, 40000, 80 }},
+	} {
+		f := New(&fakeDiag{}, Options{})
+		var out []events.Event
+		observe(t, f, parked(1000*ms), &out)
+		c := serverClose(1300 * ms)
+		tc.change(c)
+		observe(t, f, c, &out)
+		if len(out) != 0 || f.Len() != 1 || f.parked != 1 {
+			t.Errorf("%s: got %+v, len %d", tc.name, out, f.Len())
+		}
+	}
+}
+
+// With NoPeerMatch, sock_diag sees the FIN, with a back-off from 10 ms.
+func TestDiagResolves(t *testing.T) {
+	d := &fakeDiag{socks: map[uint64]sockdiag.Socket{7: {State: events.FinWait2, Expires: 59 * time.Second}}}
+	f := New(d, Options{NoPeerMatch: true})
 	var out []events.Event
+	observe(t, f, parked(1000*ms), &out)
 	// first check 10 ms after the note: still waiting
 	if err := f.Poll(1010*ms, collect(&out)); err != nil || len(out) != 0 {
 		t.Fatalf("%v %v", out, err)
@@ -88,18 +133,20 @@ func TestDiagResolvesFirst(t *testing.T) {
 	if next := f.Next(); next != 1020*ms {
 		t.Errorf("next check at %d ms, want 1020 (back-off starts at 10 ms)", next/ms)
 	}
+	observe(t, f, serverClose(1015*ms), &out)
+	if len(out) != 0 {
+		t.Fatalf("resolved by the peer's close despite NoPeerMatch: %+v", out)
+	}
 	d.socks[7] = sockdiag.Socket{State: events.TimeWait, Expires: 60 * time.Second}
 	if err := f.Poll(1020*ms, collect(&out)); err != nil {
 		t.Fatal(err)
 	}
 	if len(out) != 1 || out[0].Old != events.FinWait2 || out[0].New != events.TimeWait ||
-		out[0].Dwell != time.Duration(1020*ms-995*ms) || k.promoted != 1 {
-		t.Fatalf("got %+v, promoted %d", out, k.promoted)
+		out[0].Dwell != time.Duration(1020*ms-995*ms) {
+		t.Fatalf("got %+v", out)
 	}
-	late := *parked(1030 * ms)
-	late.Kind, late.New, late.Resolved = events.Transition, events.TimeWait, true
-	if f.Observe(&late) {
-		t.Error("the kernel's late report of the same TIME_WAIT was shown twice")
+	if f.Len() != 1 || f.parked != 0 {
+		t.Errorf("len %d, parked %d", f.Len(), f.parked)
 	}
 }
 
@@ -115,10 +162,10 @@ func TestParkedEnds(t *testing.T) {
 		{"timer", 2 * time.Second, 3010 * ms, events.CauseTimeout},
 		{"killed", 50 * time.Second, 3010 * ms, events.CauseResetReceived},
 	} {
-		k, d := &fakeKernel{}, &fakeDiag{socks: map[uint64]sockdiag.Socket{7: {State: events.FinWait2, Expires: tc.expires}}}
-		f := New(k, d)
-		f.Observe(parked(1000 * ms))
+		d := &fakeDiag{socks: map[uint64]sockdiag.Socket{7: {State: events.FinWait2, Expires: tc.expires}}}
+		f := New(d, Options{})
 		var out []events.Event
+		observe(t, f, parked(1000*ms), &out)
 		f.Poll(1010*ms, collect(&out))
 		delete(d.socks, 7)
 		f.Poll(tc.gone, collect(&out))
@@ -128,16 +175,85 @@ func TestParkedEnds(t *testing.T) {
 	}
 }
 
-// A new connection on the tuple ended the TIME_WAIT in the kernel's view:
-// it is shown and no longer followed.
+// A new connection on a followed tuple ends its TIME_WAIT, shown before the
+// new connection's transition; the connection's own later transitions and
+// other tuples do not.
 func TestReuse(t *testing.T) {
-	f := New(&fakeKernel{}, &fakeDiag{})
+	f := New(&fakeDiag{}, Options{})
+	var out []events.Event
 	tw := *parked(1000 * ms)
 	tw.Kind, tw.New = events.Transition, events.TimeWait
-	f.Observe(&tw)
-	end := tw
-	end.Old, end.New, end.Cause = events.TimeWait, events.Close, events.CauseReused
-	if !f.Observe(&end) || f.Len() != 0 || f.Next() != 0 {
+	if !observe(t, f, &tw, &out) || f.Len() != 1 {
+		t.Fatalf("TIME_WAIT shown %v, len %d", out, f.Len())
+	}
+	next := *parked(2000 * ms)
+	next.Kind, next.Sock, next.Old, next.New = events.Transition, 9, events.SynSent, events.Established
+	other := next
+	other.LPort = 40001
+	observe(t, f, &other, &out)
+	if len(out) != 0 || f.Len() != 1 {
+		t.Fatalf("another tuple ended it: %+v", out)
+	}
+	if !observe(t, f, &next, &out) {
+		t.Fatal("the new connection's transition was not shown")
+	}
+	if len(out) != 1 || out[0].Old != events.TimeWait || out[0].New != events.Close || out[0].Cause != events.CauseReused ||
+		out[0].Sock != 7 || out[0].Mono != 2000*ms || out[0].Dwell != time.Second {
+		t.Fatalf("got %+v", out)
+	}
+	if f.Len() != 0 || f.Next() != 0 {
 		t.Errorf("reuse: len %d next %d", f.Len(), f.Next())
+	}
+}
+
+// Hints feed the follower but are not shown; what it makes is filtered.
+func TestHintsAndFilter(t *testing.T) {
+	f := New(&fakeDiag{}, Options{Want: func(e *events.Event) bool { return e.New == events.TimeWait }})
+	var out []events.Event
+	observe(t, f, parked(1000*ms), &out)
+	hint := serverClose(1300 * ms)
+	hint.Kind = events.Hint
+	if observe(t, f, hint, &out) {
+		t.Error("a hint was shown")
+	}
+	if len(out) != 1 || out[0].New != events.TimeWait {
+		t.Fatalf("got %+v", out)
+	}
+	// the end, TIME_WAIT -> CLOSE, is not wanted
+	out = nil
+	f.Poll(f.Next(), collect(&out))
+	if len(out) != 0 || f.Len() != 0 {
+		t.Errorf("got %+v, len %d", out, f.Len())
+	}
+}
+
+// Max bounds TIME_WAIT and parked entries separately. A TIME_WAIT over the
+// limit is shown but not followed; a parked FIN_WAIT2 over it is shown as
+// the kernel reported it.
+func TestMax(t *testing.T) {
+	f := New(&fakeDiag{}, Options{Max: 1})
+	var out []events.Event
+	a := parked(1000 * ms)
+	observe(t, f, a, &out)
+	observe(t, f, serverClose(1001*ms), &out) // a is in TIME_WAIT now
+	b := parked(1002 * ms)
+	b.Sock, b.LPort = 10, 40002
+	observe(t, f, b, &out) // b parks: a different limit
+	if f.Len() != 2 || f.Untracked != 0 {
+		t.Fatalf("len %d untracked %d", f.Len(), f.Untracked)
+	}
+	c := parked(1003 * ms)
+	c.Sock, c.LPort = 11, 40003
+	out = nil
+	observe(t, f, c, &out)
+	if len(out) != 1 || out[0].Sock != 11 || out[0].New != events.Close || out[0].Cause != events.CauseClosed || f.Untracked != 1 {
+		t.Fatalf("parked over the limit: %+v, untracked %d", out, f.Untracked)
+	}
+	out = nil
+	bc := serverClose(1004 * ms)
+	bc.RPort = 40002
+	observe(t, f, bc, &out) // b's TIME_WAIT: shown, not followed
+	if len(out) != 1 || out[0].Sock != 10 || out[0].New != events.TimeWait || f.Untracked != 2 || f.Len() != 1 || f.parked != 0 {
+		t.Fatalf("TIME_WAIT over the limit: %+v, untracked %d, len %d", out, f.Untracked, f.Len())
 	}
 }

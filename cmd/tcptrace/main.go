@@ -20,6 +20,7 @@ import (
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stream"
+	"github.com/tcptrace/tcptrace/timewait"
 )
 
 func main() {
@@ -76,7 +77,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.duration, "duration", 0, "")
 	fs.Uint64Var(&c.count, "count", 0, "")
 	fs.Var(&c.ringSize, "ring-size", "")
-	fs.IntVar(&c.twMax, "tw-max", loader.DefaultTimewaitMax, "")
+	fs.IntVar(&c.twMax, "tw-max", timewait.DefaultMax, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, usage)
@@ -138,8 +139,9 @@ Limits:
                         tcptrace --count 100
   --ring-size BYTES   kernel ring buffer, a power of two (K, M suffixes); default 8M
                         tcptrace --ring-size 32M
-  --tw-max N          connections followed through TIME_WAIT and FIN_WAIT2
-                      mini-sockets; past it a warning is printed; default 65536
+  --tw-max N          connections followed to the end of TIME_WAIT (and,
+                      separately, of a FIN_WAIT2 mini-socket); past it their
+                      ends are not shown and a warning is printed; default 65536
                         tcptrace --tw-max 262144
 `
 
@@ -149,13 +151,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	opts := loader.Options{
-		RingSize:    int(c.ringSize),
-		TimewaitMax: c.twMax,
-		States:      c.states,
-		PIDs:        c.pids,
-		Comm:        c.comm,
-		LPorts:      c.lports,
-		RPorts:      c.rports,
+		RingSize: int(c.ringSize),
+		States:   c.states,
+		PIDs:     c.pids,
+		Comm:     c.comm,
+		LPorts:   c.lports,
+		RPorts:   c.rports,
 	}
 	if len(c.comm) >= events.CommLen {
 		return usageError{fmt.Errorf("--comm %q: the kernel keeps at most %d bytes of a command name", c.comm, events.CommLen-1)}
@@ -197,6 +198,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Out:    out,
 		Count:  c.count,
 		Warn:   func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
+		Follow: timewait.Options{Max: c.twMax, Want: opts.Match},
 	})
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("write output: %w", cerr)
