@@ -69,7 +69,7 @@ func (o *Options) Match(e *events.Event) bool {
 	if len(o.RPorts) > 0 && !slices.Contains(o.RPorts, e.RPort) {
 		return false
 	}
-	return o.Comm == "" || e.CommString() == o.Comm
+	return o.Comm == "" || string(e.CommBytes()) == o.Comm // compared without a copy
 }
 
 // Tracer is the loaded program, its links and its reader.

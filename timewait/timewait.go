@@ -7,10 +7,11 @@
 // the same addresses means the kernel removed our mini-socket to make room.
 // sock_diag is asked about the rest.
 //
-// This was done in the BPF program, with a table keyed by the connection's
-// addresses; here it costs the kernel nothing (about 95 ns per transition
-// under churn), and the table's size no longer limits how many connections
-// are seen to enter TIME_WAIT, only how many are followed to its end.
+// The BPF program used to do this with a hash map keyed by the connection's
+// addresses, at about 95 ns per transition under churn. Here it costs the
+// kernel nothing, and the table's size no longer limits how many
+// connections are seen to enter TIME_WAIT, only how many are followed to
+// its end.
 package timewait
 
 import (
