@@ -2,6 +2,7 @@ package kerneltest
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the client and server processes: started
@@ -64,6 +67,9 @@ func fail(format string, a ...any) int {
 //   - expect-rst: read until the peer's reset
 func runServer() int {
 	waitGo()
+	if env("MODE") == "reuseport" {
+		return runReuseport()
+	}
 	l, err := net.Listen("tcp", env("ADDR"))
 	if err != nil {
 		return fail("listen: %v", err)
@@ -98,6 +104,49 @@ func runServer() int {
 	}
 	// let the connection finish before the listener goes, so the
 	// order of the server's transitions is fixed
+	time.Sleep(50 * time.Millisecond)
+	if err := l.Close(); err != nil {
+		return fail("close listener: %v", err)
+	}
+	fmt.Println("done")
+	return 0
+}
+
+// runReuseport listens on TT_ADDR with SO_REUSEPORT, so that another
+// process can listen on the same port, and serves every connection the
+// kernel gives it: it prints "peer <client port>", reads to EOF and closes.
+// A second "go" closes the listener.
+func runReuseport() int {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", env("ADDR"))
+	if err != nil {
+		return fail("listen: %v", err)
+	}
+	fmt.Println("listening")
+	var served sync.WaitGroup
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			served.Add(1)
+			fmt.Printf("peer %d\n", c.RemoteAddr().(*net.TCPAddr).Port)
+			go func() {
+				defer served.Done()
+				c.Read(make([]byte, 64))
+				c.Close()
+			}()
+		}
+	}()
+	waitGo()
+	served.Wait()
 	time.Sleep(50 * time.Millisecond)
 	if err := l.Close(); err != nil {
 		return fail("close listener: %v", err)

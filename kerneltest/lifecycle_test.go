@@ -3,6 +3,7 @@ package kerneltest
 import (
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -230,5 +231,69 @@ func TestTimeWaitEnds(t *testing.T) {
 	checkDwell(t, "client TIME_WAIT", end, 60*time.Second, 64500*time.Millisecond)
 	if got := end.Time.Sub(find(t, "client", cli, events.FinWait2, events.TimeWait).Time); got < 60*time.Second {
 		t.Errorf("TIME_WAIT -> CLOSE came %v after TIME_WAIT, want at least 60s", got)
+	}
+}
+
+// Two processes listen on one port with SO_REUSEPORT, and the kernel picks
+// one for each connection. A child belongs to the process whose listener it
+// was cloned from, which is the one that accepts it: a table of listeners
+// by port could not tell the two apart.
+func TestReuseportOwners(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	srvs := []*proc{
+		ns.start(t, serverComm, "reuseport", addr, 0),
+		ns.start(t, serverComm, "reuseport", addr, 0),
+	}
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	for _, s := range srvs {
+		s.goAhead()
+		s.expect("listening")
+	}
+	// 16 connections: all on one listener by chance is 1 in 32768
+	const conns = 16
+	for range conns {
+		cli := ns.start(t, clientComm, "close-first", addr, 0)
+		cli.goAhead()
+		cli.expect("done")
+		cli.wait()
+	}
+	accepted := make([][]uint16, len(srvs))
+	for i, s := range srvs {
+		s.goAhead()
+		for line := range s.lines {
+			if line == "done" {
+				break
+			}
+			p, err := strconv.Atoi(strings.TrimPrefix(line, "peer "))
+			if err != nil {
+				t.Fatalf("server %d: unexpected line %q", i, line)
+			}
+			accepted[i] = append(accepted[i], uint16(p))
+		}
+		s.wait()
+	}
+	if len(accepted[0])+len(accepted[1]) != conns || len(accepted[0]) == 0 || len(accepted[1]) == 0 {
+		t.Fatalf("want %d connections spread over both servers, got %v", conns, accepted)
+	}
+	closed := func(evs []events.Event) int {
+		n := 0
+		for _, e := range evs {
+			if e.LPort == port && e.Old == events.LastAck && e.New == events.Close {
+				n++
+			}
+		}
+		return n
+	}
+	tr.waitFor("every child closed", 5*time.Second, func(evs []events.Event) bool { return closed(evs) == conns })
+	evs := tr.stop()
+	for i, s := range srvs {
+		for _, peer := range accepted[i] {
+			child := socket(evs, func(e events.Event) bool {
+				return e.Old == events.Listen && e.New == events.SynRecv && e.LPort == port && e.RPort == peer
+			})
+			checkSeq(t, "server "+strconv.Itoa(i)+" child of :"+strconv.Itoa(int(peer)), child, s, serverPassive...)
+		}
 	}
 }

@@ -36,21 +36,6 @@ type tcptraceEvent struct {
 	Pad2     uint32
 }
 
-type tcptraceListenerKey struct {
-	_     structs.HostLayout
-	Netns uint32
-	Port  uint16
-	Pad   uint16
-}
-
-type tcptraceOwner struct {
-	_      structs.HostLayout
-	Cookie uint64
-	Pid    uint32
-	Pad    uint32
-	Comm   [16]int8
-}
-
 type tcptraceRan struct {
 	_      structs.HostLayout
 	Ctx    uint64
@@ -77,7 +62,6 @@ type tcptraceSockinfo struct {
 const (
 	tcptraceMapCounters            = "counters"
 	tcptraceMapEvents              = "events"
-	tcptraceMapListeners           = "listeners"
 	tcptraceMapLportFilter         = "lport_filter"
 	tcptraceMapPidFilter           = "pid_filter"
 	tcptraceMapRan                 = "ran"
@@ -154,7 +138,6 @@ type tcptraceProgramSpecs struct {
 type tcptraceMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
-	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	LportFilter *ebpf.MapSpec `ebpf:"lport_filter"`
 	PidFilter   *ebpf.MapSpec `ebpf:"pid_filter"`
 	Ran         *ebpf.MapSpec `ebpf:"ran"`
@@ -201,7 +184,6 @@ func (o *tcptraceObjects) Close() error {
 type tcptraceMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Events      *ebpf.Map `ebpf:"events"`
-	Listeners   *ebpf.Map `ebpf:"listeners"`
 	LportFilter *ebpf.Map `ebpf:"lport_filter"`
 	PidFilter   *ebpf.Map `ebpf:"pid_filter"`
 	Ran         *ebpf.Map `ebpf:"ran"`
@@ -215,7 +197,6 @@ func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Counters,
 		m.Events,
-		m.Listeners,
 		m.LportFilter,
 		m.PidFilter,
 		m.Ran,
