@@ -248,17 +248,18 @@ static __always_inline bool v4mapped(const __u8 *a)
 
 /* addresses, ports and namespace, read straight from the BTF-typed socket
  * (the verifier makes these loads fault-safe; no helper call). The local
- * port is skc_num, which the kernel zeroes on the way to CLOSE: the caller
- * passes the port it remembered, else inet_sport, which keeps it, is read. */
-static __always_inline void read_tuple(struct sock *sk, struct tuple *t, __u16 known_port)
+ * port is skc_num, which the kernel zeroes on the way to CLOSE: there the
+ * caller passes the port it remembered, else inet_sport, which keeps it, is
+ * read (a helper call). Anywhere else inet_sport equals skc_num. */
+static __always_inline void read_tuple(struct sock *sk, struct tuple *t, bool closing, __u16 known_port)
 {
 	__u16 family = sk->__sk_common.skc_family;
 
 	t->netns = sk->__sk_common.skc_net.net->ns.inum;
 	t->sport = sk->__sk_common.skc_num;
-	if (!t->sport)
+	if (!t->sport && closing)
 		t->sport = known_port;
-	if (!t->sport)
+	if (!t->sport && closing)
 		t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (family == AF_INET) {
@@ -364,7 +365,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 
 	/* skc_num is zeroed on the way to CLOSE; a reconnecting socket has
 	 * no port yet at SYN_SENT */
-	read_tuple(sk, &t, newstate == TCP_CLOSE ? si->sport : 0);
+	read_tuple(sk, &t, newstate == TCP_CLOSE, si->sport);
 	__builtin_memset(e, 0, sizeof(*e));
 	set_tuple(e, &t);
 	e->ts_ns = now;
