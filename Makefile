@@ -8,7 +8,7 @@ BPF_CLANG ?= clang-14
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: build test generate bpf vmlinux bench
+.PHONY: build test generate bpf vmlinux bench floor
 
 build:
 	$(GO) build -o tcptrace ./cmd/tcptrace
@@ -37,3 +37,11 @@ bench: build
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/run
 	./bin/bench -tcptrace ./tcptrace -churn ./bin/churn
+
+# What each piece of the program's work costs in the hook: builds
+# bench/floor/floor.c once per piece with $(BPF_CLANG), measures it against
+# an empty program under pinned churn. Needs root and clang; about 1 minute.
+floor:
+	$(GO) build -o bin/churn ./bench/churn
+	$(GO) build -o bin/floor ./bench/floor
+	taskset -c 1 ./bin/floor -clang $(BPF_CLANG) -churn ./bin/churn
