@@ -505,15 +505,26 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 	return on_state(sk, oldstate, newstate, 0);
 }
 
+/* is r the note of this call? */
+static __always_inline bool noted(struct ran *r, void *ctx, struct sock *sk, __u32 states)
+{
+	return r && r->ctx == (__u64)ctx && r->sk == (__u64)sk && r->states == states;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	struct ran *r = note_slot(ctx);
+	__u32 states = oldstate << 8 | newstate;
+	__u32 task_slot = 0, irq_slot = 1;
+	struct ran *r;
 
-	if (!r)
-		return 0;
-	if (r->ctx == (__u64)ctx && r->sk == (__u64)sk &&
-	    r->states == (__u32)(oldstate << 8 | newstate)) {
+	/* Both slots are looked at rather than working out which stack this
+	 * is, which takes a helper call: a note on the other stack never
+	 * matches, its ctx lies on that stack. */
+	r = bpf_map_lookup_elem(&ran, &task_slot);
+	if (!noted(r, ctx, sk, states))
+		r = bpf_map_lookup_elem(&ran, &irq_slot);
+	if (noted(r, ctx, sk, states)) {
 		r->ctx = 0;
 		return 0;
 	}
