@@ -102,8 +102,12 @@ func runServer() int {
 	if err := c.Close(); err != nil {
 		return fail("close: %v", err)
 	}
-	// let the connection finish before the listener goes, so the
-	// order of the server's transitions is fixed
+	return closeListener(l)
+}
+
+// closeListener closes l once its connections have finished, so that the
+// order of the server's transitions is fixed, and says "done".
+func closeListener(l net.Listener) int {
 	time.Sleep(50 * time.Millisecond)
 	if err := l.Close(); err != nil {
 		return fail("close listener: %v", err)
@@ -115,7 +119,8 @@ func runServer() int {
 // runReuseport listens on TT_ADDR with SO_REUSEPORT, so that another
 // process can listen on the same port, and serves every connection the
 // kernel gives it: it prints "peer <client port>", reads to EOF and closes.
-// A second "go" closes the listener.
+// A second "go" says every client is done: it takes what is still queued,
+// then closes the listener.
 func runReuseport() int {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
@@ -129,30 +134,31 @@ func runReuseport() int {
 		return fail("listen: %v", err)
 	}
 	fmt.Println("listening")
-	var served sync.WaitGroup
+	// after "go", accept only what is queued already: a connection can be
+	// complete in the kernel before this process has accepted it
 	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			served.Add(1)
-			fmt.Printf("peer %d\n", c.RemoteAddr().(*net.TCPAddr).Port)
-			go func() {
-				defer served.Done()
-				c.Read(make([]byte, 64))
-				c.Close()
-			}()
-		}
+		waitGo()
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
 	}()
-	waitGo()
-	served.Wait()
-	time.Sleep(50 * time.Millisecond)
-	if err := l.Close(); err != nil {
-		return fail("close listener: %v", err)
+	var served sync.WaitGroup
+	for {
+		c, err := l.Accept()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			return fail("accept: %v", err)
+		}
+		served.Add(1)
+		fmt.Printf("peer %d\n", c.RemoteAddr().(*net.TCPAddr).Port)
+		go func() {
+			defer served.Done()
+			c.Read(make([]byte, 64))
+			c.Close()
+		}()
 	}
-	fmt.Println("done")
-	return 0
+	served.Wait()
+	return closeListener(l)
 }
 
 // runClient connects to TT_ADDR and, as TT_MODE says:
