@@ -29,68 +29,49 @@
 
 #define MAX_FILTER 64
 
-/* rst bits in struct sockinfo */
-#define RST_RECEIVED 1
-#define RST_SENT 2
-
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* configuration, set by the loader before load */
+/* configuration, set by the loader before load. The kernel filters only
+ * on what is the same for every transition of a socket (family, namespace,
+ * ports), so a socket is either all in or all out, and user space, which
+ * follows each socket's owner and time in state (package sockets), never
+ * misses a transition of one it shows. States, processes and command
+ * names are filtered in user space. */
 const volatile __u8 filter_family = 0; /* 0: any, else AF_INET or AF_INET6 */
 const volatile __u32 filter_netns = 0;
-const volatile __u32 filter_states = 0; /* bit per state; 0: all */
-const volatile bool filter_pid = false;
 const volatile bool filter_lport = false;
 const volatile bool filter_rport = false;
-const volatile bool filter_comm = false;
-const volatile char comm_want[TASK_COMM_LEN] = {};
 /* wake user space only once this much is pending */
 const volatile __u64 wakeup_bytes = 256 * 1024;
 
-/* what is remembered of a socket between its transitions */
-struct sockinfo {
-	__u64 ts_ns;   /* entry into the current state */
-	__u64 cookie;
-	__u64 held_ts; /* time of a LISTEN -> SYN_RECV held back */
+/* a listener's owner: the kernel copies it to each child it clones */
+struct owner {
 	__u32 pid;
-	__u16 sport; /* local port, which the kernel zeroes at CLOSE */
-	__u8 rst;    /* RST_* seen while open */
-	__u8 held;   /* a LISTEN -> SYN_RECV waits for the child's addresses */
 	char comm[TASK_COMM_LEN];
 };
 
-/* a connection's addresses, ports and namespace */
-struct tuple {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u32 netns;
-	__u16 sport;
-	__u16 dport;
-	__u8 family;
-};
+/* the record type, named here so bpf2go emits it for the decoder's tests */
+const struct event *event_type __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20); /* resized by the loader */
 } events SEC(".maps");
 
-/* per-socket state lives in the socket itself: no hashing, no capacity to
- * run out of, and the kernel frees it with the socket, so it is bounded by
- * the sockets that exist. (An LRU hash with a delete at every CLOSE cost
- * about 400 ns more per transition under churn.)
- *
- * BPF_F_CLONE: the kernel copies a listener's entry to each child it
- * clones from it, before the child's LISTEN -> SYN_RECV. That is how a
- * server's child learns its listener's owner, exactly (SO_REUSEPORT
- * listeners share a port, so a table keyed by port could not tell them
- * apart), and the kernel's clone path allocates the child's entry, which
- * costs this program about 1 us per socket when it has to do it itself. */
+/* Socket storage for listeners only. BPF_F_CLONE: the kernel copies a
+ * listener's entry to each child it clones from it, before the child's
+ * LISTEN -> SYN_RECV. That is how a server's child learns its listener's
+ * owner, exactly (SO_REUSEPORT listeners share a port, so a table keyed by
+ * port could not tell them apart), at no cost to this program. Everything
+ * else a socket carries from one transition to the next (its owner, the
+ * time it entered its state) user space keeps: making storage for every
+ * client socket cost this program about 1.1 us per socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 	__type(key, int);
-	__type(value, struct sockinfo);
-} socks SEC(".maps");
+	__type(value, struct owner);
+} listeners SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -99,15 +80,6 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* room for the event being built: slot 0 for handle_set_state, 1 for
- * rescue_set_state, which may run while the first is midway */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, struct event);
-} scratch SEC(".maps");
-
 /* per CPU: bytes written since this CPU last woke the reader */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -115,6 +87,17 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } unwoken SEC(".maps");
+
+/* per CPU: the socket a RST was just sent from. A keepalive, orphan or
+ * FIN_WAIT2 timer sends its RST and closes the socket at once, in the same
+ * softirq, so the note is read by the very next transition on this CPU,
+ * which clears it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} reset_sent SEC(".maps");
 
 /* per CPU and per stack (task, interrupt): the call of the tracepoint
  * handle_set_state last ran for, see rescue_set_state */
@@ -131,13 +114,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ran);
 } ran SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FILTER);
-	__type(key, __u32);
-	__type(value, __u8);
-} pid_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -161,81 +137,29 @@ static __always_inline void count(__u32 idx)
 		(*c)++;
 }
 
-static __always_inline bool wanted(const struct event *e)
-{
-	if (filter_family && e->family != filter_family)
-		return false;
-	if (filter_netns && e->netns != filter_netns)
-		return false;
-	if (filter_states && !((filter_states >> (e->oldstate & 31)) & 1) &&
-	    !((filter_states >> (e->newstate & 31)) & 1))
-		return false;
-	if (filter_pid && !bpf_map_lookup_elem(&pid_filter, &e->pid))
-		return false;
-	if (filter_lport && !bpf_map_lookup_elem(&lport_filter, &e->sport))
-		return false;
-	if (filter_rport && !bpf_map_lookup_elem(&rport_filter, &e->dport))
-		return false;
-	if (filter_comm) {
-		for (int i = 0; i < TASK_COMM_LEN; i++) {
-			if (e->comm[i] != comm_want[i])
-				return false;
-			if (!e->comm[i])
-				break;
-		}
-	}
-	return true;
-}
-
 /* what user space needs to follow connections through their timewait
- * mini-sockets (package timewait), even where the filters drop it: where
- * one starts, a close that tells a local peer's parked FIN_WAIT2 got the
- * peer's FIN, and a handshake that may take over a followed tuple */
-static __always_inline bool for_follower(const struct event *e)
+ * mini-sockets (package timewait), even where the port filters drop it:
+ * where one starts, a close that tells a local peer's parked FIN_WAIT2 got
+ * the peer's FIN, and a handshake that may take over a followed tuple */
+static __always_inline bool for_follower(int old, int new, __u8 kind, __u8 cause)
 {
-	return e->kind == KIND_PARKED || e->newstate == STATE_TIME_WAIT ||
-	       (e->oldstate == TCP_LAST_ACK && e->cause == CAUSE_CLOSED) ||
-	       e->oldstate == TCP_SYN_SENT || e->oldstate == TCP_SYN_RECV;
+	return kind == KIND_PARKED || new == STATE_TIME_WAIT ||
+	       (old == TCP_LAST_ACK && cause == CAUSE_CLOSED) ||
+	       old == TCP_SYN_SENT || old == TCP_SYN_RECV;
 }
 
-/* filter, then send; wake the reader only when a batch is pending. What
- * the filters drop but the follower needs goes as a KIND_HINT (a followed
- * connection and what resolves it share family and namespace). With no
- * filter set, the verifier removes all of it. */
-static __always_inline void emit(struct event *e)
+/* the port filters. A child's ports are not set at LISTEN -> SYN_RECV, nor
+ * a client's local port at CLOSE -> SYN_SENT: those pass, and user space,
+ * which applies every filter again, decides once it knows them. */
+static __always_inline bool ports_wanted(__u16 sport, __u16 dport, bool child)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	__u8 kind = e->kind;
-	__u32 zero = 0;
-	__u64 *pending;
-	struct event *r;
-
-	if (kind == KIND_PARKED || !wanted(e)) {
-		if (!for_follower(e) || (filter_family && e->family != filter_family) ||
-		    (filter_netns && e->netns != filter_netns))
-			return;
-		if (kind == KIND_STATE)
-			e->kind = KIND_HINT;
-	}
-	/* bytes this CPU wrote since it last woke the reader: asking the ring
-	 * instead reads the consumer position, a cache line the reader
-	 * writes after every record */
-	pending = bpf_map_lookup_elem(&unwoken, &zero);
-	if (pending && (*pending += sizeof(*e)) >= wakeup_bytes) {
-		flags = BPF_RB_FORCE_WAKEUP;
-		*pending = 0;
-	}
-	/* reserve and copy here rather than bpf_ringbuf_output(): the
-	 * program's own copy is unrolled, the kernel's memcpy() is not, and
-	 * the difference is about 10 ns per record (make floor) */
-	r = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (r) {
-		__builtin_memcpy(r, e, sizeof(*e));
-		bpf_ringbuf_submit(r, flags);
-	} else {
-		count(COUNTER_LOST);
-	}
-	e->kind = kind;
+	if (child)
+		return true;
+	if (filter_lport && sport && !bpf_map_lookup_elem(&lport_filter, &sport))
+		return false;
+	if (filter_rport && !bpf_map_lookup_elem(&rport_filter, &dport))
+		return false;
+	return true;
 }
 
 static __always_inline bool v4mapped(const __u8 *a)
@@ -246,53 +170,7 @@ static __always_inline bool v4mapped(const __u8 *a)
 	return a[10] == 0xff && a[11] == 0xff;
 }
 
-/* addresses, ports and namespace, read straight from the BTF-typed socket
- * (the verifier makes these loads fault-safe; no helper call). The local
- * port is skc_num, which the kernel zeroes on the way to CLOSE: there the
- * caller passes the port it remembered, else inet_sport, which keeps it, is
- * read (a helper call). Anywhere else inet_sport equals skc_num. */
-static __always_inline void read_tuple(struct sock *sk, struct tuple *t, bool closing, __u16 known_port)
-{
-	__u16 family = sk->__sk_common.skc_family;
-
-	t->netns = sk->__sk_common.skc_net.net->ns.inum;
-	t->sport = sk->__sk_common.skc_num;
-	if (!t->sport && closing) {
-		t->sport = known_port;
-		if (!t->sport)
-			t->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
-	}
-	t->dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	if (family == AF_INET) {
-		t->family = AF_INET;
-		__builtin_memcpy(t->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
-		__builtin_memcpy(t->daddr, &sk->__sk_common.skc_daddr, 4);
-		return;
-	}
-	t->family = AF_INET6;
-	__builtin_memcpy(t->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
-	__builtin_memcpy(t->daddr, &sk->__sk_common.skc_v6_daddr, 16);
-	/* a dual-stack socket talking IPv4 is shown as IPv4 */
-	if (v4mapped(t->daddr) || v4mapped(t->saddr)) {
-		t->family = AF_INET;
-		__builtin_memcpy(t->saddr, &t->saddr[12], 4);
-		__builtin_memcpy(t->daddr, &t->daddr[12], 4);
-		__builtin_memset(&t->saddr[4], 0, 12);
-		__builtin_memset(&t->daddr[4], 0, 12);
-	}
-}
-
-static __always_inline void set_tuple(struct event *e, const struct tuple *t)
-{
-	__builtin_memcpy(e->saddr, t->saddr, 16);
-	__builtin_memcpy(e->daddr, t->daddr, 16);
-	e->sport = t->sport;
-	e->dport = t->dport;
-	e->family = t->family;
-	e->netns = t->netns;
-}
-
-static __always_inline __u8 close_cause(struct sock *sk, int old, __u8 rst)
+static __always_inline __u8 close_cause(struct sock *sk, int old, bool rst_sent)
 {
 	int err = sk->sk_err;
 
@@ -300,10 +178,11 @@ static __always_inline __u8 close_cause(struct sock *sk, int old, __u8 rst)
 		return CAUSE_CLOSED;
 	if (err == ECONNREFUSED)
 		return CAUSE_REFUSED;
-	if ((rst & RST_RECEIVED) || err == ECONNRESET || err == EPIPE)
+	/* tcp_reset() sets these before the socket goes to CLOSE */
+	if (err == ECONNRESET || err == EPIPE)
 		return CAUSE_RESET_RECEIVED;
 	/* a keepalive or orphan timeout sends its RST before the transition */
-	if (rst & RST_SENT)
+	if (rst_sent)
 		return CAUSE_RESET_SENT;
 	if (err == ETIMEDOUT)
 		return CAUSE_TIMEOUT;
@@ -336,131 +215,157 @@ static __always_inline bool by_owner(int old, int new)
 	       (old == TCP_LISTEN && new == TCP_CLOSE);
 }
 
-/* one transition; slot is the scratch slot to use */
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, __u32 slot)
+/* One transition, written straight into the ring. The record carries the
+ * owner only where the kernel knows it: the current task in a system call,
+ * or a child's listener's. User space carries it to the socket's other
+ * transitions and works out the time in each state (package sockets). */
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 {
-	struct sockinfo fresh = {}, *si;
+	__u64 flags = BPF_RB_NO_WAKEUP, now, skflags, cookie, *pending, *rst;
+	__u16 family, sport, dport;
 	struct task_struct *task;
-	struct tuple t = {};
-	__u8 cause;
-	__u64 now, skflags;
+	bool child, handoff, rst_sent = false;
+	struct owner *o;
 	struct event *e;
-	bool known, child, handoff;
-	__u8 rst;
+	__u32 zero = 0;
+	__u8 kind = KIND_STATE, cause = CAUSE_NONE;
 
 	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &slot);
-	if (!e)
-		return 0;
 	now = bpf_ktime_get_ns();
 
-	/* a server's child comes with a copy of its listener's entry (see
-	 * socks): only the owner in it is the child's */
-	child = oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV;
-	si = bpf_sk_storage_get(&socks, sk, 0, 0);
-	known = si != NULL && !child;
-	if (!si)
-		si = &fresh;
-	rst = known ? si->rst : 0;
-
-	/* skc_num is zeroed on the way to CLOSE; a reconnecting socket has
-	 * no port yet at SYN_SENT */
-	read_tuple(sk, &t, newstate == TCP_CLOSE, si->sport);
-	__builtin_memset(e, 0, sizeof(*e));
-	set_tuple(e, &t);
-	e->ts_ns = now;
-	e->kind = KIND_STATE;
-	e->oldstate = oldstate;
-	e->newstate = newstate;
-	e->cgroup = sk->sk_cgrp_data.cgroup->kn->id;
-	e->cookie = known ? si->cookie : bpf_get_socket_cookie(sk);
-	if (known && !si->held) {
-		e->dwell_ns = now - si->ts_ns;
-		e->flags = FLAG_DWELL;
+	rst = bpf_map_lookup_elem(&reset_sent, &zero);
+	if (rst && *rst) {
+		rst_sent = newstate == TCP_CLOSE && *rst == (__u64)sk;
+		*rst = 0;
 	}
+
+	/* an AF_INET6 socket may talk IPv4 (v4-mapped), which is shown as
+	 * IPv4: only user space can drop that one */
+	family = sk->__sk_common.skc_family;
+	if (filter_family == AF_INET6 && family == AF_INET)
+		return 0;
+	if (filter_netns && sk->__sk_common.skc_net.net->ns.inum != filter_netns)
+		return 0;
+
+	/* skc_num is zeroed on the way to CLOSE; inet_sport keeps the port
+	 * (a helper call, so read only there) */
+	sport = sk->__sk_common.skc_num;
+	if (!sport && newstate == TCP_CLOSE)
+		sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	child = oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV;
+
 	skflags = sk->__sk_common.skc_flags;
 	/* the kernel says FIN_WAIT2/CLOSING -> CLOSE when it hands the
 	 * connection to a timewait mini-socket: after the peer's FIN
 	 * (SOCK_DONE), or for an orphan whose FIN was acked (SOCK_DEAD) */
-	handoff = newstate == TCP_CLOSE && !rst && !sk->sk_err &&
+	handoff = newstate == TCP_CLOSE && !rst_sent && !sk->sk_err &&
 		  ((oldstate == TCP_CLOSING && (skflags & (1 << SOCK_DONE))) ||
 		   (oldstate == TCP_FIN_WAIT2 &&
 		    (skflags & ((1 << SOCK_DONE) | (1 << SOCK_DEAD)))));
 	if (newstate == TCP_CLOSE && !handoff)
-		e->cause = close_cause(sk, oldstate, rst);
+		cause = close_cause(sk, oldstate, rst_sent);
+	if (handoff && (skflags & (1 << SOCK_DONE))) {
+		/* the peer's FIN is in: TIME_WAIT starts now */
+		newstate = STATE_TIME_WAIT;
+	} else if (handoff) {
+		/* orphan, our FIN acked, no FIN from the peer yet: the
+		 * mini-socket waits in FIN_WAIT2, where no tracepoint fires.
+		 * User space follows it and reports how it ends. */
+		kind = KIND_PARKED;
+	}
+
+	if (kind == KIND_PARKED || !ports_wanted(sport, dport, child)) {
+		if (!for_follower(oldstate, newstate, kind, cause))
+			return 0;
+		if (kind == KIND_STATE)
+			kind = KIND_HINT;
+	}
+
+	/* bytes this CPU wrote since it last woke the reader: asking the ring
+	 * instead reads the consumer position, a cache line the reader
+	 * writes after every batch */
+	pending = bpf_map_lookup_elem(&unwoken, &zero);
+	if (pending && (*pending += sizeof(*e)) >= wakeup_bytes) {
+		flags = BPF_RB_FORCE_WAKEUP;
+		*pending = 0;
+	}
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_LOST);
+		return 0;
+	}
+	e->ts_ns = now;
+	/* the cookie is made by the first call of the helper and then kept
+	 * in the socket: read it in place after that */
+	cookie = sk->__sk_common.skc_cookie.counter;
+	e->cookie = cookie ? cookie : bpf_get_socket_cookie(sk);
+	e->dwell_ns = 0;
+	e->cgroup = sk->sk_cgrp_data.cgroup->kn->id;
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	e->sport = sport;
+	e->dport = dport;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->cause = cause;
+	e->kind = kind;
+	e->flags = 0;
+	e->pad[0] = 0;
+	e->pad[1] = 0;
+	e->pad2 = 0;
+	if (family == AF_INET) {
+		e->family = AF_INET;
+		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_daddr, 4);
+	} else {
+		e->family = AF_INET6;
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+		/* a dual-stack socket talking IPv4 is shown as IPv4 */
+		if (v4mapped(e->daddr) || v4mapped(e->saddr)) {
+			e->family = AF_INET;
+			__builtin_memcpy(e->saddr, &e->saddr[12], 4);
+			__builtin_memcpy(e->daddr, &e->daddr[12], 4);
+			__builtin_memset(&e->saddr[4], 0, 12);
+			__builtin_memset(&e->daddr[4], 0, 12);
+		}
+	}
 
 	/* who owns the socket: a close that aborts a live (not orphaned)
 	 * socket, or one that never connected, is a system call too. The
 	 * task's fields are read in place: bpf_get_current_comm() costs
 	 * about 60 ns here, two loads about 15. */
-	if (by_owner(oldstate, newstate) ||
-	    (newstate == TCP_CLOSE && !rst && !(skflags & (1 << SOCK_DEAD)) &&
-	     (e->cause == CAUSE_RESET_SENT ||
-	      (oldstate == TCP_SYN_SENT && e->cause == CAUSE_CLOSED)))) {
-		task = bpf_get_current_task_btf();
-		si->pid = task->tgid;
-		__builtin_memcpy(si->comm, task->comm, TASK_COMM_LEN);
-	}
-	e->pid = si->pid;
-	__builtin_memcpy(e->comm, si->comm, TASK_COMM_LEN);
-
-	/* the child's addresses are set only after LISTEN -> SYN_RECV:
-	 * hold that record back until the child's next transition */
 	if (child) {
-		si->held = 1;
-		si->held_ts = now;
-		si->ts_ns = now;
-		si->cookie = e->cookie;
-		si->rst = 0;
-		if (si == &fresh)
-			bpf_sk_storage_get(&socks, sk, si, BPF_SK_STORAGE_GET_F_CREATE);
-		return 0;
+		o = bpf_sk_storage_get(&listeners, sk, 0, 0);
+		if (o) {
+			e->pid = o->pid;
+			__builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
+		} else {
+			e->pid = 0;
+			__builtin_memset(e->comm, 0, TASK_COMM_LEN);
+		}
+	} else if (by_owner(oldstate, newstate) ||
+		   (newstate == TCP_CLOSE && !rst_sent && !(skflags & (1 << SOCK_DEAD)) &&
+		    (cause == CAUSE_RESET_SENT ||
+		     (oldstate == TCP_SYN_SENT && cause == CAUSE_CLOSED)))) {
+		task = bpf_get_current_task_btf();
+		e->pid = task->tgid;
+		__builtin_memcpy(e->comm, task->comm, TASK_COMM_LEN);
+		if (newstate == TCP_LISTEN) {
+			o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (o) {
+				o->pid = e->pid;
+				__builtin_memcpy(o->comm, e->comm, TASK_COMM_LEN);
+			}
+		}
+	} else {
+		e->pid = 0;
+		__builtin_memset(e->comm, 0, TASK_COMM_LEN);
 	}
-	if (si->held) {
-		cause = e->cause;
-		e->ts_ns = si->held_ts;
-		e->oldstate = TCP_LISTEN;
-		e->newstate = TCP_SYN_RECV;
-		e->cause = CAUSE_NONE;
-		emit(e);
-		si->held = 0;
-		e->ts_ns = now;
-		e->oldstate = oldstate;
-		e->newstate = newstate;
-		e->dwell_ns = now - si->ts_ns;
-		e->flags = FLAG_DWELL;
-		e->cause = cause;
-	}
-
-	if (newstate != TCP_CLOSE) {
-		si->ts_ns = now;
-		si->cookie = e->cookie;
-		si->sport = t.sport;
-		if (!known)
-			bpf_sk_storage_get(&socks, sk, si, BPF_SK_STORAGE_GET_F_CREATE);
-		emit(e);
-		return 0;
-	}
-
-	/* to CLOSE: the storage stays until the kernel frees the socket; a
-	 * socket that connects again starts from here */
-	if (known) {
-		si->ts_ns = now;
-		si->rst = 0;
-		si->held = 0;
-	}
-
-	if (handoff && (skflags & (1 << SOCK_DONE))) {
-		/* the peer's FIN is in: TIME_WAIT starts now */
-		e->newstate = STATE_TIME_WAIT;
-	} else if (handoff) {
-		/* orphan, our FIN acked, no FIN from the peer yet: the
-		 * mini-socket waits in FIN_WAIT2, where no tracepoint fires.
-		 * User space follows it and reports how it ends. */
-		e->kind = KIND_PARKED;
-	}
-	emit(e);
+	bpf_ringbuf_submit(e, flags);
 	return 0;
 }
 
@@ -503,7 +408,7 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 		r->sk = (__u64)sk;
 		r->states = oldstate << 8 | newstate;
 	}
-	return on_state(sk, oldstate, newstate, 0);
+	return on_state(sk, oldstate, newstate);
 }
 
 /* is r the note of this call? */
@@ -530,31 +435,23 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 	count(COUNTER_RESCUED);
-	return on_state(sk, oldstate, newstate, 1);
-}
-
-/* tcp_reset() fires this before the socket goes to CLOSE */
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(handle_receive_reset, struct sock *sk)
-{
-	struct sockinfo *si = bpf_sk_storage_get(&socks, sk, 0, 0);
-
-	if (si)
-		si->rst |= RST_RECEIVED;
-	return 0;
+	return on_state(sk, oldstate, newstate);
 }
 
 /* an active reset from a full socket; when it comes before the socket
- * goes to CLOSE (timeouts, memory pressure) it explains the close */
+ * goes to CLOSE (keepalive, orphan and FIN_WAIT2 timers, memory pressure)
+ * it explains the close. A reset received needs no program: tcp_reset()
+ * sets sk_err before the close. */
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(handle_send_reset, struct sock *sk)
 {
-	struct sockinfo *si;
+	__u32 zero = 0;
+	__u64 *rst;
 
 	if (!sk)
 		return 0;
-	si = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (si)
-		si->rst |= RST_SENT;
+	rst = bpf_map_lookup_elem(&reset_sent, &zero);
+	if (rst)
+		*rst = (__u64)sk;
 	return 0;
 }

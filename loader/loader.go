@@ -47,9 +47,10 @@ type Options struct {
 	RPorts []uint16
 }
 
-// Match says whether e passes the filters, as the BPF program's wanted()
-// decides for what the kernel reports. It is for the transitions user
-// space makes of followed timewait connections.
+// Match says whether e passes the filters. The BPF program applies only
+// the family, namespace and port filters, which hold for every transition
+// of a socket; the stream applies Match to every record once its owner is
+// known, and to the transitions it makes of followed timewait connections.
 func (o *Options) Match(e *events.Event) bool {
 	if o.Family != 0 && uint8(e.Family) != o.Family {
 		return false
@@ -114,7 +115,7 @@ func check() (*btf.Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read kernel BTF: %w", err)
 	}
-	for _, tp := range []string{"inet_sock_set_state", "tcp_receive_reset", "tcp_send_reset"} {
+	for _, tp := range []string{"inet_sock_set_state", "tcp_send_reset"} {
 		var fn *btf.Typedef
 		if err := spec.TypeByName("btf_trace_"+tp, &fn); err != nil {
 			return nil, fmt.Errorf("this kernel has no %s tracepoint: tcptrace needs Linux %d.%d or later with TCP tracepoints", tp, MinKernel[0], MinKernel[1])
@@ -212,28 +213,20 @@ func configure(spec *ebpf.CollectionSpec, o *Options) error {
 	default:
 		return fmt.Errorf("address family %d: want 4 or 6", o.Family)
 	}
-	var states uint32
-	for _, s := range o.States {
-		states |= 1 << (s & 31)
-	}
-	var comm [events.CommLen]byte
 	if len(o.Comm) >= events.CommLen {
 		return fmt.Errorf("command name %q: the kernel keeps at most %d bytes", o.Comm, events.CommLen-1)
 	}
-	copy(comm[:], o.Comm)
 	if len(o.PIDs) > maxFilter || len(o.LPorts) > maxFilter || len(o.RPorts) > maxFilter {
 		return fmt.Errorf("at most %d values per filter", maxFilter)
 	}
 
+	// states, processes and command names are filtered in user space
+	// (Match): see bpf/tcptrace.c
 	set := map[string]any{
 		"filter_family": family,
 		"filter_netns":  o.Netns,
-		"filter_states": states,
-		"filter_pid":    len(o.PIDs) > 0,
 		"filter_lport":  len(o.LPorts) > 0,
 		"filter_rport":  len(o.RPorts) > 0,
-		"filter_comm":   o.Comm != "",
-		"comm_want":     comm,
 		"wakeup_bytes":  o.WakeupBytes,
 	}
 	for name, v := range set {
@@ -249,11 +242,6 @@ const maxFilter = 64
 
 func (t *Tracer) fillFilters(o *Options) error {
 	one := uint8(1)
-	for _, p := range o.PIDs {
-		if err := t.objs.PidFilter.Put(p, one); err != nil {
-			return fmt.Errorf("set pid filter: %w", err)
-		}
-	}
 	for _, p := range o.LPorts {
 		if err := t.objs.LportFilter.Put(p, one); err != nil {
 			return fmt.Errorf("set local port filter: %w", err)
@@ -268,8 +256,8 @@ func (t *Tracer) fillFilters(o *Options) error {
 }
 
 // Links is how many BPF links Attach creates: two programs on
-// sock:inet_sock_set_state and one on each reset tracepoint.
-const Links = 4
+// sock:inet_sock_set_state and one on tcp:tcp_send_reset.
+const Links = 3
 
 // LinksHeld counts the BPF links process pid holds open: a process running
 // tcptrace is attached once it holds Links of them.
@@ -293,14 +281,13 @@ func (t *Tracer) Attach() error {
 	if err != nil {
 		return fmt.Errorf("open ring buffer: %w", err)
 	}
-	// reset handlers first, so no close loses its cause; then the two
+	// the reset handler first, so no close loses its cause; then the two
 	// programs of sock:inet_sock_set_state in the order the kernel must
 	// call them (the order of attachment): see bpf/tcptrace.c
 	for _, p := range []struct {
 		prog *ebpf.Program
 		name string
 	}{
-		{t.objs.HandleReceiveReset, "tcp:tcp_receive_reset"},
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
 		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
 		{t.objs.RescueSetState, "sock:inet_sock_set_state"},

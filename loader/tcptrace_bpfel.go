@@ -36,6 +36,12 @@ type tcptraceEvent struct {
 	Pad2     uint32
 }
 
+type tcptraceOwner struct {
+	_    structs.HostLayout
+	Pid  uint32
+	Comm [16]int8
+}
+
 type tcptraceRan struct {
 	_      structs.HostLayout
 	Ctx    uint64
@@ -44,44 +50,27 @@ type tcptraceRan struct {
 	Pad    uint32
 }
 
-type tcptraceSockinfo struct {
-	_      structs.HostLayout
-	TsNs   uint64
-	Cookie uint64
-	HeldTs uint64
-	Pid    uint32
-	Sport  uint16
-	Rst    uint8
-	Held   uint8
-	Comm   [16]int8
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcptraceMapCounters            = "counters"
-	tcptraceMapEvents              = "events"
-	tcptraceMapLportFilter         = "lport_filter"
-	tcptraceMapPidFilter           = "pid_filter"
-	tcptraceMapRan                 = "ran"
-	tcptraceMapRportFilter         = "rport_filter"
-	tcptraceMapScratch             = "scratch"
-	tcptraceMapSocks               = "socks"
-	tcptraceMapUnwoken             = "unwoken"
-	tcptraceProgHandleReceiveReset = "handle_receive_reset"
-	tcptraceProgHandleSendReset    = "handle_send_reset"
-	tcptraceProgHandleSetState     = "handle_set_state"
-	tcptraceProgRescueSetState     = "rescue_set_state"
-	tcptraceVarCommWant            = "comm_want"
-	tcptraceVarFilterComm          = "filter_comm"
-	tcptraceVarFilterFamily        = "filter_family"
-	tcptraceVarFilterLport         = "filter_lport"
-	tcptraceVarFilterNetns         = "filter_netns"
-	tcptraceVarFilterPid           = "filter_pid"
-	tcptraceVarFilterRport         = "filter_rport"
-	tcptraceVarFilterStates        = "filter_states"
-	tcptraceVarWakeupBytes         = "wakeup_bytes"
+	tcptraceMapCounters         = "counters"
+	tcptraceMapEvents           = "events"
+	tcptraceMapListeners        = "listeners"
+	tcptraceMapLportFilter      = "lport_filter"
+	tcptraceMapRan              = "ran"
+	tcptraceMapResetSent        = "reset_sent"
+	tcptraceMapRportFilter      = "rport_filter"
+	tcptraceMapUnwoken          = "unwoken"
+	tcptraceProgHandleSendReset = "handle_send_reset"
+	tcptraceProgHandleSetState  = "handle_set_state"
+	tcptraceProgRescueSetState  = "rescue_set_state"
+	tcptraceVarEventType        = "event_type"
+	tcptraceVarFilterFamily     = "filter_family"
+	tcptraceVarFilterLport      = "filter_lport"
+	tcptraceVarFilterNetns      = "filter_netns"
+	tcptraceVarFilterRport      = "filter_rport"
+	tcptraceVarWakeupBytes      = "wakeup_bytes"
 )
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -126,10 +115,9 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	HandleReceiveReset *ebpf.ProgramSpec `ebpf:"handle_receive_reset"`
-	HandleSendReset    *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
-	HandleSetState     *ebpf.ProgramSpec `ebpf:"handle_set_state"`
-	RescueSetState     *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
+	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
+	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -138,12 +126,11 @@ type tcptraceProgramSpecs struct {
 type tcptraceMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	LportFilter *ebpf.MapSpec `ebpf:"lport_filter"`
-	PidFilter   *ebpf.MapSpec `ebpf:"pid_filter"`
 	Ran         *ebpf.MapSpec `ebpf:"ran"`
+	ResetSent   *ebpf.MapSpec `ebpf:"reset_sent"`
 	RportFilter *ebpf.MapSpec `ebpf:"rport_filter"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
-	Socks       *ebpf.MapSpec `ebpf:"socks"`
 	Unwoken     *ebpf.MapSpec `ebpf:"unwoken"`
 }
 
@@ -151,14 +138,11 @@ type tcptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	CommWant     *ebpf.VariableSpec `ebpf:"comm_want"`
-	FilterComm   *ebpf.VariableSpec `ebpf:"filter_comm"`
+	EventType    *ebpf.VariableSpec `ebpf:"event_type"`
 	FilterFamily *ebpf.VariableSpec `ebpf:"filter_family"`
 	FilterLport  *ebpf.VariableSpec `ebpf:"filter_lport"`
 	FilterNetns  *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPid    *ebpf.VariableSpec `ebpf:"filter_pid"`
 	FilterRport  *ebpf.VariableSpec `ebpf:"filter_rport"`
-	FilterStates *ebpf.VariableSpec `ebpf:"filter_states"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -184,12 +168,11 @@ func (o *tcptraceObjects) Close() error {
 type tcptraceMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Events      *ebpf.Map `ebpf:"events"`
+	Listeners   *ebpf.Map `ebpf:"listeners"`
 	LportFilter *ebpf.Map `ebpf:"lport_filter"`
-	PidFilter   *ebpf.Map `ebpf:"pid_filter"`
 	Ran         *ebpf.Map `ebpf:"ran"`
+	ResetSent   *ebpf.Map `ebpf:"reset_sent"`
 	RportFilter *ebpf.Map `ebpf:"rport_filter"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
-	Socks       *ebpf.Map `ebpf:"socks"`
 	Unwoken     *ebpf.Map `ebpf:"unwoken"`
 }
 
@@ -197,12 +180,11 @@ func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Counters,
 		m.Events,
+		m.Listeners,
 		m.LportFilter,
-		m.PidFilter,
 		m.Ran,
+		m.ResetSent,
 		m.RportFilter,
-		m.Scratch,
-		m.Socks,
 		m.Unwoken,
 	)
 }
@@ -211,14 +193,11 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	CommWant     *ebpf.Variable `ebpf:"comm_want"`
-	FilterComm   *ebpf.Variable `ebpf:"filter_comm"`
+	EventType    *ebpf.Variable `ebpf:"event_type"`
 	FilterFamily *ebpf.Variable `ebpf:"filter_family"`
 	FilterLport  *ebpf.Variable `ebpf:"filter_lport"`
 	FilterNetns  *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPid    *ebpf.Variable `ebpf:"filter_pid"`
 	FilterRport  *ebpf.Variable `ebpf:"filter_rport"`
-	FilterStates *ebpf.Variable `ebpf:"filter_states"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
@@ -226,15 +205,13 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	HandleReceiveReset *ebpf.Program `ebpf:"handle_receive_reset"`
-	HandleSendReset    *ebpf.Program `ebpf:"handle_send_reset"`
-	HandleSetState     *ebpf.Program `ebpf:"handle_set_state"`
-	RescueSetState     *ebpf.Program `ebpf:"rescue_set_state"`
+	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
+	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
+	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
-		p.HandleReceiveReset,
 		p.HandleSendReset,
 		p.HandleSetState,
 		p.RescueSetState,

@@ -1,6 +1,8 @@
 // Package stream runs the pipeline from the kernel's ring buffer to a
 // writer: a reader goroutine decodes records into reused batches, and one
-// loop follows timewait connections, stamps wall-clock time and writes.
+// loop completes each with its socket's owner and time in state, applies
+// the filters, follows timewait connections, stamps wall-clock time and
+// writes.
 package stream
 
 import (
@@ -13,6 +15,7 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/sockets"
 	"github.com/tcptrace/tcptrace/timewait"
 )
 
@@ -36,9 +39,14 @@ type Config struct {
 	Latency time.Duration
 	// Warn reports a condition worth a line on stderr, once each.
 	Warn func(string)
-	// Follow configures the timewait follower; its Want should be the
-	// kernel's filters (loader.Options.Match).
+	// Follow configures the timewait follower. Its Want is the filters
+	// (loader.Options.Match): the kernel applies only those that hold
+	// for a whole socket, so Want is applied to every record, once its
+	// owner is known, and to what the follower makes.
 	Follow timewait.Options
+	// Sockets bounds the sockets whose owner and time in state are
+	// followed (sockets.DefaultMax if 0).
+	Sockets int
 }
 
 // Stats is what the stream did.
@@ -46,6 +54,7 @@ type Stats struct {
 	Events    uint64 // written
 	Lost      uint64 // transitions the kernel could not deliver, or undecodable records
 	Untracked uint64 // connections not followed: the follow table was full
+	Unknown   uint64 // sockets whose owner and time in state were not followed: the socket table was full
 	Rescued   uint64 // transitions the kernel skipped the main program for, handled anyway
 }
 
@@ -79,7 +88,12 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 
 	diag := sockdiag.NewProber()
 	defer diag.Close()
+	want := cfg.Follow.Want
+	if want == nil {
+		want = func(*events.Event) bool { return true }
+	}
 	follow := timewait.New(diag, cfg.Follow)
+	socks := sockets.New(cfg.Sockets)
 	clock := loader.NewWallClock()
 	var st Stats
 	var werr error
@@ -98,6 +112,18 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			stop = true
 		}
 		return nil
+	}
+	// a record with its owner known: filter it (a record the filters drop
+	// still goes to the follower, as a hint), follow it, show it
+	deliver := func(e *events.Event) error {
+		if e.Kind == events.Transition && !want(e) {
+			e.Kind = events.Hint
+		}
+		show, err := follow.Observe(e, emit)
+		if err == nil && show {
+			err = emit(e)
+		}
+		return err
 	}
 	startDrain := func() {
 		if detached {
@@ -139,9 +165,13 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		}
 		st.Lost = c.Lost
 		st.Untracked = follow.Untracked
+		st.Unknown = socks.Full
 		st.Rescued = c.Rescued
 		if st.Untracked > 0 {
 			warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
+		}
+		if st.Unknown > 0 {
+			warnOnce("unknown", "socket table full: owners and times in state of some sockets are not known")
 		}
 		if follow.Unfollowable > 0 {
 			warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", follow.LastErr))
@@ -155,6 +185,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		select {
 		case b, ok := <-full:
 			if !ok {
+				if err := socks.Flush(deliver); err != nil && werr == nil {
+					werr = err
+				}
 				checkCounts()
 				if err := cfg.Out.Flush(); err != nil && werr == nil {
 					werr = fmt.Errorf("write output: %w", err)
@@ -162,12 +195,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 				return st, werr
 			}
 			for i := range b.n {
-				e := &b.ev[i]
-				show, err := follow.Observe(e, emit)
-				if err == nil && show {
-					err = emit(e)
-				}
-				if err != nil && werr == nil {
+				if err := socks.Observe(&b.ev[i], deliver); err != nil && werr == nil {
 					werr = err
 				}
 			}

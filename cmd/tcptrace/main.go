@@ -207,6 +207,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if st.Untracked > 0 {
 		summary += fmt.Sprintf(", %d not followed past --tw-max", st.Untracked)
 	}
+	if st.Unknown > 0 {
+		summary += fmt.Sprintf(", %d sockets' owners not followed (table full)", st.Unknown)
+	}
 	fmt.Fprintln(stderr, summary)
 	return err
 }
