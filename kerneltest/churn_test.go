@@ -61,6 +61,9 @@ func TestChurnLosesNothing(t *testing.T) {
 	}
 	tr.stop()
 	r := tally(t, rec.evs, true)
+	if r.backwards+r.badDwell != 0 {
+		t.Errorf("%d transitions timed before their socket's previous one, %d with a time in state that is not the time since it", r.backwards, r.badDwell)
+	}
 	if r.clients != conns || r.children != conns || r.bad+r.badChildren != 0 {
 		t.Errorf("churn made %d connections; tcptrace saw %d clients and %d server sockets, %d incomplete",
 			conns, r.clients, r.children, r.bad+r.badChildren)
@@ -74,6 +77,9 @@ type tallied struct {
 	clients, children int
 	unreported        int // clients the kernel reported nothing of after FIN_WAIT1
 	bad, badChildren  int
+	// per socket, a transition timed before the one before it, or whose
+	// time in state is unknown or not the time since the one before it
+	backwards, badDwell int
 }
 
 // tally checks every socket's transitions: clients must show the textbook
@@ -81,11 +87,21 @@ type tallied struct {
 // first few that do not are logged as errors.
 func tally(t *testing.T, evs []compact, report bool) (r tallied) {
 	seqs := map[uint64][]string{}
+	last := map[uint64]uint64{}
 	var order []uint64
 	for _, e := range evs {
 		if _, ok := seqs[e.sock]; !ok {
 			order = append(order, e.sock)
+		} else if e.old != events.TimeWait { // TIME_WAIT's end is the follower's
+			prev := last[e.sock]
+			if e.mono < prev {
+				r.backwards++
+			}
+			if !e.dwellKnown || e.dwell != time.Duration(e.mono-prev) {
+				r.badDwell++
+			}
 		}
+		last[e.sock] = e.mono
 		seqs[e.sock] = append(seqs[e.sock], e.old.String()+"->"+e.new.String())
 	}
 	fail := func(n *int, format string, a ...any) {
@@ -126,8 +142,11 @@ func tally(t *testing.T, evs []compact, report bool) (r tallied) {
 
 // compact is what the churn test keeps of an event.
 type compact struct {
-	sock     uint64
-	old, new events.State
+	sock       uint64
+	mono       uint64
+	dwell      time.Duration
+	dwellKnown bool
+	old, new   events.State
 }
 
 // recorder is an output.Writer keeping compact events in a preallocated
@@ -139,7 +158,7 @@ type recorder struct {
 
 func (r *recorder) Write(e *events.Event) error {
 	r.mu.Lock()
-	r.evs = append(r.evs, compact{e.Sock, e.Old, e.New})
+	r.evs = append(r.evs, compact{e.Sock, e.Mono, e.Dwell, e.DwellKnown, e.Old, e.New})
 	r.mu.Unlock()
 	return nil
 }
