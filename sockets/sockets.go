@@ -31,8 +31,9 @@ type Table struct {
 	// children whose LISTEN -> SYN_RECV waits for their next transition:
 	// the kernel sets a child's addresses only after that one
 	held map[uint64]events.Event
-	// Full counts sockets not followed because max were: their owner and
-	// times in state stay unknown.
+	// Full counts the records of sockets not followed because max were:
+	// their owner and times in state stay unknown. A socket counts once
+	// per record, not once.
 	Full uint64
 }
 

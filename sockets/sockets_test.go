@@ -119,7 +119,7 @@ func TestFullTableCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	if tab.Full != 2 || tab.Len() != 2 {
-		t.Errorf("full %d, len %d; want 2 sockets not followed (socket 3, twice) and 2 followed", tab.Full, tab.Len())
+		t.Errorf("full %d, len %d; want 2 records of an unfollowed socket (socket 3, twice) and 2 sockets followed", tab.Full, tab.Len())
 	}
 	if got := out[len(out)-1]; got.PID != 0 || got.DwellKnown {
 		t.Errorf("unfollowed socket got owner %d, dwell known %v", got.PID, got.DwellKnown)

@@ -54,7 +54,7 @@ type Stats struct {
 	Events    uint64 // written
 	Lost      uint64 // transitions the kernel could not deliver, or undecodable records
 	Untracked uint64 // connections not followed: the follow table was full
-	Unknown   uint64 // sockets whose owner and time in state were not followed: the socket table was full
+	Unknown   uint64 // records whose owner and time in state are not known: their socket did not fit in the socket table
 	Rescued   uint64 // transitions the kernel skipped the main program for, handled anyway
 }
 

@@ -208,7 +208,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		summary += fmt.Sprintf(", %d not followed past --tw-max", st.Untracked)
 	}
 	if st.Unknown > 0 {
-		summary += fmt.Sprintf(", %d sockets' owners not followed (table full)", st.Unknown)
+		summary += fmt.Sprintf(", %d without owner or time in state (socket table full)", st.Unknown)
 	}
 	fmt.Fprintln(stderr, summary)
 	return err
