@@ -29,6 +29,12 @@
 
 #define MAX_FILTER 64
 
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* configuration, set by the loader before load. The kernel filters only
@@ -80,13 +86,31 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* per CPU: bytes written since this CPU last woke the reader */
+/* Per CPU: records made but not yet in the ring. Writing a record to the
+ * ring costs about 110 ns under churn on both CPUs (the ring's lock and
+ * positions, fresh cache lines, two helper calls, each return through the
+ * SRSO thunk); filling a slot here costs a few, and the ring takes BATCH
+ * records at once. Records wait here until the batch is full or user space
+ * runs flush_staging on the CPU, which it does before it reads the ring
+ * (about every 50 ms), so they reach the ring out of time order across
+ * CPUs: user space puts them back in order (package order). */
+struct staging {
+	__u32 n;       /* records in ev */
+	__u32 busy;    /* a program is filling ev or writing it out */
+	__u64 unwoken; /* bytes this CPU wrote since it last woke the reader */
+	/* the network namespace this CPU saw last, see netns_of() */
+	__u64 net_cookie;
+	__u32 net_inum;
+	__u32 pad;
+	struct event ev[BATCH];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} unwoken SEC(".maps");
+	__type(value, struct staging);
+} staging SEC(".maps");
 
 /* per CPU: the socket a RST was just sent from. A keepalive, orphan or
  * FIN_WAIT2 timer sends its RST and closes the socket at once, in the same
@@ -129,12 +153,34 @@ struct {
 	__type(value, __u8);
 } rport_filter SEC(".maps");
 
-static __always_inline void count(__u32 idx)
+static __always_inline void count(__u32 idx, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
 
 	if (c)
-		(*c)++;
+		*c += n;
+}
+
+/* Bytes this CPU wrote since it last woke the reader decide the wakeup:
+ * asking the ring instead reads the consumer position, a cache line the
+ * reader writes after every batch. */
+static __always_inline __u64 wakeup(struct staging *st, __u64 bytes)
+{
+	if ((st->unwoken += bytes) < wakeup_bytes)
+		return BPF_RB_NO_WAKEUP;
+	st->unwoken = 0;
+	return BPF_RB_FORCE_WAKEUP;
+}
+
+/* st->ev[0..n) to the ring, in one record; st->busy is held */
+static __always_inline void write_out(struct staging *st, __u32 n)
+{
+	__u64 size = (__u64)n * sizeof(struct event);
+
+	if (n == 0 || n > BATCH)
+		return;
+	if (bpf_ringbuf_output(&events, st->ev, size, wakeup(st, size)) < 0)
+		count(COUNTER_LOST, n);
 }
 
 /* what user space needs to follow connections through their timewait
@@ -265,104 +311,72 @@ static __always_inline __u16 closed_port(struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
-/* One transition, written straight into the ring. The record carries the
- * owner only where the kernel knows it: the current task in a system call,
- * or a child's listener's. User space carries it to the socket's other
- * transitions and works out the time in each state (package sockets). */
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
-				    struct task_struct *task)
+/* The namespace's inode number shares a cache line with its reference
+ * count, which every socket's creation and end write, on every CPU: under
+ * churn, reading it was a quarter of this program's time. Its cookie (set
+ * once, never reused) lies far from it, so each CPU keeps the inode number
+ * of the namespace it saw last, by cookie. Only a call that holds the
+ * staging (not one that interrupted the holder) touches that cache. */
+static __always_inline __u32 netns_of(struct sock *sk, struct staging *st, bool cached)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP, now, skflags, cookie, *pending, *rst;
-	__u16 family, sport, dport;
-	bool child, handoff, rst_sent = false;
+	struct net *net = sk->__sk_common.skc_net.net;
+	__u64 cookie;
+
+	if (!cached)
+		return net->ns.inum;
+	cookie = net->net_cookie;
+	if (cookie != st->net_cookie || !cookie) {
+		st->net_inum = net->ns.inum;
+		st->net_cookie = cookie;
+	}
+	return st->net_inum;
+}
+
+/* what fill() needs besides the socket: worked out by on_state */
+struct transition {
+	__u64 now;
+	__u64 skflags;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 cause;
+	__u8 kind;
+	__u32 netns;
+	bool child;
+	bool rst_sent;
+};
+
+/* One record. It carries the owner only where the kernel knows it: the
+ * current task in a system call, or a child's listener's. User space
+ * carries it to the socket's other transitions and works out the time in
+ * each state (package sockets). */
+static __always_inline void fill(struct event *e, struct sock *sk, struct transition *t,
+				 struct task_struct *task)
+{
+	__u64 cookie;
 	struct owner *o;
-	struct event *e;
-	__u32 zero = 0;
-	__u8 kind = KIND_STATE, cause = CAUSE_NONE;
 
-	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
-		return 0;
-
-	rst = bpf_map_lookup_elem(&reset_sent, &zero);
-	if (rst && *rst) {
-		rst_sent = newstate == TCP_CLOSE && *rst == (__u64)sk;
-		*rst = 0;
-	}
-
-	/* an AF_INET6 socket may talk IPv4 (v4-mapped), which is shown as
-	 * IPv4: only user space can drop that one */
-	family = sk->__sk_common.skc_family;
-	if (filter_family == AF_INET6 && family == AF_INET)
-		return 0;
-	if (filter_netns && sk->__sk_common.skc_net.net->ns.inum != filter_netns)
-		return 0;
-
-	sport = sk->__sk_common.skc_num;
-	if (!sport && newstate == TCP_CLOSE)
-		sport = closed_port(sk);
-	dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	child = oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV;
-
-	skflags = sk->__sk_common.skc_flags;
-	/* the kernel says FIN_WAIT2/CLOSING -> CLOSE when it hands the
-	 * connection to a timewait mini-socket: after the peer's FIN
-	 * (SOCK_DONE), or for an orphan whose FIN was acked (SOCK_DEAD) */
-	handoff = newstate == TCP_CLOSE && !rst_sent && !sk->sk_err &&
-		  ((oldstate == TCP_CLOSING && (skflags & (1 << SOCK_DONE))) ||
-		   (oldstate == TCP_FIN_WAIT2 &&
-		    (skflags & ((1 << SOCK_DONE) | (1 << SOCK_DEAD)))));
-	if (newstate == TCP_CLOSE && !handoff)
-		cause = close_cause(sk, oldstate, rst_sent);
-	if (handoff && (skflags & (1 << SOCK_DONE))) {
-		/* the peer's FIN is in: TIME_WAIT starts now */
-		newstate = STATE_TIME_WAIT;
-	} else if (handoff) {
-		/* orphan, our FIN acked, no FIN from the peer yet: the
-		 * mini-socket waits in FIN_WAIT2, where no tracepoint fires.
-		 * User space follows it and reports how it ends. */
-		kind = KIND_PARKED;
-	}
-
-	if (kind == KIND_PARKED || !ports_wanted(sport, dport, child)) {
-		if (!for_follower(oldstate, newstate, kind, cause))
-			return 0;
-		if (kind == KIND_STATE)
-			kind = KIND_HINT;
-	}
-	now = clock_for(sk, oldstate, newstate, cause, skflags);
-
-	/* bytes this CPU wrote since it last woke the reader: asking the ring
-	 * instead reads the consumer position, a cache line the reader
-	 * writes after every batch */
-	pending = bpf_map_lookup_elem(&unwoken, &zero);
-	if (pending && (*pending += sizeof(*e)) >= wakeup_bytes) {
-		flags = BPF_RB_FORCE_WAKEUP;
-		*pending = 0;
-	}
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count(COUNTER_LOST);
-		return 0;
-	}
-	e->ts_ns = now;
+	e->ts_ns = t->now;
 	/* the cookie is made by the first call of the helper and then kept
 	 * in the socket: read it in place after that */
 	cookie = sk->__sk_common.skc_cookie.counter;
 	e->cookie = cookie ? cookie : bpf_get_socket_cookie(sk);
 	e->dwell_ns = 0;
 	e->cgroup = sk->sk_cgrp_data.cgroup->kn->id;
-	e->netns = sk->__sk_common.skc_net.net->ns.inum;
-	e->sport = sport;
-	e->dport = dport;
-	e->oldstate = oldstate;
-	e->newstate = newstate;
-	e->cause = cause;
-	e->kind = kind;
+	e->netns = t->netns;
+	e->sport = t->sport;
+	e->dport = t->dport;
+	e->oldstate = t->oldstate;
+	e->newstate = t->newstate;
+	e->cause = t->cause;
+	e->kind = t->kind;
 	e->flags = 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
 	e->pad2 = 0;
-	if (family == AF_INET) {
+	if (t->family == AF_INET) {
 		e->family = AF_INET;
 		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
@@ -386,7 +400,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	 * socket, or one that never connected, is a system call too. The
 	 * task's fields are read in place: bpf_get_current_comm() costs
 	 * about 60 ns here, two loads about 15. */
-	if (child) {
+	if (t->child) {
 		o = bpf_sk_storage_get(&listeners, sk, 0, 0);
 		if (o) {
 			e->pid = o->pid;
@@ -395,15 +409,15 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			e->pid = 0;
 			__builtin_memset(e->comm, 0, TASK_COMM_LEN);
 		}
-	} else if (by_owner(oldstate, newstate) ||
-		   (newstate == TCP_CLOSE && !rst_sent && !(skflags & (1 << SOCK_DEAD)) &&
-		    (cause == CAUSE_RESET_SENT ||
-		     (oldstate == TCP_SYN_SENT && cause == CAUSE_CLOSED)))) {
+	} else if (by_owner(t->oldstate, t->newstate) ||
+		   (t->newstate == TCP_CLOSE && !t->rst_sent && !(t->skflags & (1 << SOCK_DEAD)) &&
+		    (t->cause == CAUSE_RESET_SENT ||
+		     (t->oldstate == TCP_SYN_SENT && t->cause == CAUSE_CLOSED)))) {
 		if (!task)
 			task = bpf_get_current_task_btf();
 		e->pid = task->tgid;
 		__builtin_memcpy(e->comm, task->comm, TASK_COMM_LEN);
-		if (newstate == TCP_LISTEN) {
+		if (t->newstate == TCP_LISTEN) {
 			o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 			if (o) {
 				o->pid = e->pid;
@@ -414,7 +428,120 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		e->pid = 0;
 		__builtin_memset(e->comm, 0, TASK_COMM_LEN);
 	}
-	bpf_ringbuf_submit(e, flags);
+}
+
+/* One transition, filtered, then staged, or if direct (this call
+ * interrupted one that holds the staging) written straight to the ring. */
+static __always_inline void record(struct sock *sk, int oldstate, int newstate,
+				   struct task_struct *task, struct staging *st, bool direct)
+{
+	struct transition t = {};
+	struct event *e;
+	__u64 *rst;
+	bool handoff;
+	__u32 zero = 0, n;
+
+	rst = bpf_map_lookup_elem(&reset_sent, &zero);
+	if (rst && *rst) {
+		t.rst_sent = newstate == TCP_CLOSE && *rst == (__u64)sk;
+		*rst = 0;
+	}
+
+	/* an AF_INET6 socket may talk IPv4 (v4-mapped), which is shown as
+	 * IPv4: only user space can drop that one */
+	t.family = sk->__sk_common.skc_family;
+	if (filter_family == AF_INET6 && t.family == AF_INET)
+		return;
+	t.netns = netns_of(sk, st, !direct);
+	if (filter_netns && t.netns != filter_netns)
+		return;
+
+	t.sport = sk->__sk_common.skc_num;
+	if (!t.sport && newstate == TCP_CLOSE)
+		t.sport = closed_port(sk);
+	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	t.child = oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV;
+
+	t.skflags = sk->__sk_common.skc_flags;
+	t.kind = KIND_STATE;
+	t.cause = CAUSE_NONE;
+	/* the kernel says FIN_WAIT2/CLOSING -> CLOSE when it hands the
+	 * connection to a timewait mini-socket: after the peer's FIN
+	 * (SOCK_DONE), or for an orphan whose FIN was acked (SOCK_DEAD) */
+	handoff = newstate == TCP_CLOSE && !t.rst_sent && !sk->sk_err &&
+		  ((oldstate == TCP_CLOSING && (t.skflags & (1 << SOCK_DONE))) ||
+		   (oldstate == TCP_FIN_WAIT2 &&
+		    (t.skflags & ((1 << SOCK_DONE) | (1 << SOCK_DEAD)))));
+	if (newstate == TCP_CLOSE && !handoff)
+		t.cause = close_cause(sk, oldstate, t.rst_sent);
+	if (handoff && (t.skflags & (1 << SOCK_DONE))) {
+		/* the peer's FIN is in: TIME_WAIT starts now */
+		newstate = STATE_TIME_WAIT;
+	} else if (handoff) {
+		/* orphan, our FIN acked, no FIN from the peer yet: the
+		 * mini-socket waits in FIN_WAIT2, where no tracepoint fires.
+		 * User space follows it and reports how it ends. */
+		t.kind = KIND_PARKED;
+	}
+	t.oldstate = oldstate;
+	t.newstate = newstate;
+
+	if (t.kind == KIND_PARKED || !ports_wanted(t.sport, t.dport, t.child)) {
+		if (!for_follower(oldstate, newstate, t.kind, t.cause))
+			return;
+		if (t.kind == KIND_STATE)
+			t.kind = KIND_HINT;
+	}
+
+	if (direct) {
+		/* this call interrupted one that is filling the staging (a
+		 * softirq in a system call's transition, see rescue_set_state) */
+		t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e) {
+			count(COUNTER_LOST, 1);
+			return;
+		}
+		fill(e, sk, &t, task);
+		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
+		return;
+	}
+	t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
+	n = st->n;
+	if (n >= BATCH) /* never: for the verifier */
+		n = 0;
+	fill(&st->ev[n], sk, &t, task);
+	if (++n == BATCH) {
+		write_out(st, n);
+		n = 0;
+	}
+	st->n = n;
+}
+
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
+				    struct task_struct *task)
+{
+	struct staging *st;
+	__u32 zero = 0;
+
+	if (sk->sk_protocol != IPPROTO_TCP || oldstate == newstate)
+		return 0;
+	st = bpf_map_lookup_elem(&staging, &zero);
+	if (!st)
+		return 0;
+	if (READ_ONCE(st->busy)) {
+		/* this call interrupted one that holds the staging (a softirq
+		 * in a system call's transition, see rescue_set_state) */
+		record(sk, oldstate, newstate, task, st, true);
+		return 0;
+	}
+	/* held before the clock is read: user space takes a staging found
+	 * not held as holding every record timed before flush_staging ran */
+	WRITE_ONCE(st->busy, 1);
+	barrier();
+	record(sk, oldstate, newstate, task, st, false);
+	barrier();
+	WRITE_ONCE(st->busy, 0);
 	return 0;
 }
 
@@ -483,8 +610,34 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 		r->ctx = 0;
 		return 0;
 	}
-	count(COUNTER_RESCUED);
+	count(COUNTER_RESCUED, 1);
 	return on_state(sk, oldstate, newstate, NULL);
+}
+
+/* Run by user space on each CPU (BPF_PROG_TEST_RUN with
+ * BPF_F_TEST_RUN_ON_CPU, from an IPI or with preemption off) before it
+ * reads the ring: writes out what the CPU has staged. Returns 1 if the
+ * staging was in use, when user space must try again later. */
+SEC("raw_tp")
+int flush_staging(void *ctx)
+{
+	struct staging *st;
+	__u32 zero = 0;
+
+	st = bpf_map_lookup_elem(&staging, &zero);
+	if (!st)
+		return 0;
+	if (READ_ONCE(st->busy))
+		return 1;
+	if (st->n) {
+		WRITE_ONCE(st->busy, 1);
+		barrier();
+		write_out(st, st->n);
+		st->n = 0;
+		barrier();
+		WRITE_ONCE(st->busy, 0);
+	}
+	return 0;
 }
 
 /* an active reset from a full socket; when it comes before the socket

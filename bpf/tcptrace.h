@@ -7,6 +7,10 @@
 
 #define TASK_COMM_LEN 16
 
+/* records a CPU stages before it writes them to the ring as one; a ring
+ * record holds 1 to BATCH struct events */
+#define BATCH 16
+
 /* record kinds */
 enum {
 	KIND_STATE = 1,  /* a state transition, to be printed */

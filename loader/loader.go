@@ -82,6 +82,8 @@ type Tracer struct {
 	more bool
 	// records that could not be decoded
 	bad atomic.Uint64
+	// possible CPUs: Settle flushes each one's staging
+	cpus int
 }
 
 // MinKernel is the oldest kernel the program is built for: tp_btf, ring
@@ -166,7 +168,11 @@ func Load(opts Options) (*Tracer, error) {
 	if err := configure(spec, &opts); err != nil {
 		return nil, err
 	}
-	t := &Tracer{}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count CPUs: %w", err)
+	}
+	t := &Tracer{cpus: cpus}
 	err = spec.LoadAndAssign(&t.objs, &ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
 	})
@@ -281,6 +287,11 @@ func (t *Tracer) Attach() error {
 	if err != nil {
 		return fmt.Errorf("open ring buffer: %w", err)
 	}
+	// records staged on a CPU reach the ring only when user space can
+	// flush them: find out now rather than lose them at exit
+	if _, _, _, err := t.Settle(); err != nil {
+		return err
+	}
 	// the reset handler first, so no close loses its cause; then the two
 	// programs of sock:inet_sock_set_state in the order the kernel must
 	// call them (the order of attachment): see bpf/tcptrace.c
@@ -302,10 +313,12 @@ func (t *Tracer) Attach() error {
 }
 
 // ReadBatch waits until the program wakes the reader, or at most wait,
-// then decodes up to len(evs) records into evs and returns how many. The
-// program wakes the reader only once WakeupBytes are pending, so wait
-// bounds the latency on a quiet system. It returns ErrClosed after Close.
-// A record that cannot be decoded is counted as lost.
+// then decodes into evs what the ring holds, up to len(evs) events, and
+// returns how many. A ring record holds one or more events (a CPU's staged
+// batch), in time order within the record but not across records: see
+// Settle. The program wakes the reader only once WakeupBytes are pending,
+// so wait bounds the latency on a quiet system. It returns ErrClosed after
+// Close. A record that cannot be decoded is counted as lost.
 func (t *Tracer) ReadBatch(evs []events.Event, wait time.Duration) (int, error) {
 	if !t.more {
 		if err := t.ring.wait(wait); err != nil {
@@ -313,14 +326,51 @@ func (t *Tracer) ReadBatch(evs []events.Event, wait time.Duration) (int, error) 
 		}
 	}
 	n := 0
-	_, t.more = t.ring.read(len(evs), func(rec []byte) {
-		if err := evs[n].Decode(rec); err != nil {
+	_, t.more = t.ring.read(len(evs)*events.RecordSize, func(rec []byte) {
+		if len(rec)%events.RecordSize != 0 {
 			t.bad.Add(1)
 			return
 		}
-		n++
+		for ; len(rec) > 0; rec = rec[events.RecordSize:] {
+			if err := evs[n].Decode(rec); err != nil {
+				t.bad.Add(1)
+				continue
+			}
+			n++
+		}
 	})
 	return n, nil
+}
+
+// Settle has every CPU write out the records it has staged
+// (flush_staging, run on each CPU), and returns the time it began and the
+// ring position that the reader must reach (Reached) to hold every record
+// timed before then, give or take TCP's own clock (see bpf/tcptrace.c's
+// clock_for). ok is false if some CPU's staging was in use: then try again
+// later.
+func (t *Tracer) Settle() (mono, pos uint64, ok bool, err error) {
+	mono = Monotonic()
+	ok = true
+	for cpu := range t.cpus {
+		ret, err := t.objs.FlushStaging.Run(&ebpf.RunOptions{
+			Flags: unix.BPF_F_TEST_RUN_ON_CPU,
+			CPU:   uint32(cpu),
+		})
+		switch {
+		case errors.Is(err, unix.ENXIO):
+			// an offline CPU runs no programs
+		case err != nil:
+			return 0, 0, false, fmt.Errorf("flush CPU %d's staged records: %w", cpu, err)
+		case ret != 0:
+			ok = false
+		}
+	}
+	return mono, t.ring.produced(), ok, nil
+}
+
+// Reached says whether the reader has read the ring up to pos.
+func (t *Tracer) Reached(pos uint64) bool {
+	return t.ring.consumed() >= pos
 }
 
 // Wake makes a waiting ReadBatch return.

@@ -113,32 +113,54 @@ func (r *ring) wait(timeout time.Duration) error {
 	return nil
 }
 
-// read calls fn for up to max committed records, in order, then publishes
-// the consumer position once. It returns how many it passed to fn and
-// whether it stopped at max, with more perhaps waiting. fn must not keep
-// the slice.
-func (r *ring) read(max int, fn func([]byte)) (n int, full bool) {
+// read calls fn for committed records, in order, as long as their lengths
+// add up to at most budget bytes, then publishes the consumer position
+// once. It returns the bytes it passed to fn and whether it stopped for
+// the budget, with more perhaps waiting. fn must not keep the slice.
+func (r *ring) read(budget int, fn func([]byte)) (used int, full bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed.Load() {
 		return 0, false
 	}
 	prod := atomic.LoadUint64(r.prodPos)
-	for r.cons < prod && n < max {
+	for r.cons < prod {
 		hdr := atomic.LoadUint32((*uint32)(unsafe.Pointer(&r.data[r.cons&r.mask])))
 		if hdr&ringBusy != 0 {
 			break // reserved but not committed yet: the records after it wait too
 		}
 		length := uint64(hdr &^ (ringBusy | ringDiscard))
 		if hdr&ringDiscard == 0 {
+			if used+int(length) > budget {
+				full = true
+				break
+			}
 			start := (r.cons + ringHdrSize) & r.mask
 			fn(r.data[start : start+length])
-			n++
+			used += int(length)
 		}
 		r.cons += (length + ringHdrSize + 7) &^ 7
 	}
 	atomic.StoreUint64(r.consPos, r.cons)
-	return n, n == max
+	return used, full
+}
+
+// produced is the producer position: every record reserved so far ends
+// at or before it.
+func (r *ring) produced() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed.Load() {
+		return 0
+	}
+	return atomic.LoadUint64(r.prodPos)
+}
+
+// consumed is the position the reader has read up to.
+func (r *ring) consumed() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cons
 }
 
 // wake makes a waiting reader return.

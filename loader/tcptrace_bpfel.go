@@ -50,6 +50,17 @@ type tcptraceRan struct {
 	Pad    uint32
 }
 
+type tcptraceStaging struct {
+	_         structs.HostLayout
+	N         uint32
+	Busy      uint32
+	Unwoken   uint64
+	NetCookie uint64
+	NetInum   uint32
+	Pad       uint32
+	Ev        [16]tcptraceEvent
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -61,7 +72,8 @@ const (
 	tcptraceMapRan              = "ran"
 	tcptraceMapResetSent        = "reset_sent"
 	tcptraceMapRportFilter      = "rport_filter"
-	tcptraceMapUnwoken          = "unwoken"
+	tcptraceMapStaging          = "staging"
+	tcptraceProgFlushStaging    = "flush_staging"
 	tcptraceProgHandleSendReset = "handle_send_reset"
 	tcptraceProgHandleSetState  = "handle_set_state"
 	tcptraceProgRescueSetState  = "rescue_set_state"
@@ -115,6 +127,7 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	FlushStaging    *ebpf.ProgramSpec `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
 	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
@@ -131,7 +144,7 @@ type tcptraceMapSpecs struct {
 	Ran         *ebpf.MapSpec `ebpf:"ran"`
 	ResetSent   *ebpf.MapSpec `ebpf:"reset_sent"`
 	RportFilter *ebpf.MapSpec `ebpf:"rport_filter"`
-	Unwoken     *ebpf.MapSpec `ebpf:"unwoken"`
+	Staging     *ebpf.MapSpec `ebpf:"staging"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -173,7 +186,7 @@ type tcptraceMaps struct {
 	Ran         *ebpf.Map `ebpf:"ran"`
 	ResetSent   *ebpf.Map `ebpf:"reset_sent"`
 	RportFilter *ebpf.Map `ebpf:"rport_filter"`
-	Unwoken     *ebpf.Map `ebpf:"unwoken"`
+	Staging     *ebpf.Map `ebpf:"staging"`
 }
 
 func (m *tcptraceMaps) Close() error {
@@ -185,7 +198,7 @@ func (m *tcptraceMaps) Close() error {
 		m.Ran,
 		m.ResetSent,
 		m.RportFilter,
-		m.Unwoken,
+		m.Staging,
 	)
 }
 
@@ -205,6 +218,7 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
 	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
@@ -212,6 +226,7 @@ type tcptracePrograms struct {
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.FlushStaging,
 		p.HandleSendReset,
 		p.HandleSetState,
 		p.RescueSetState,

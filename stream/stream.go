@@ -13,6 +13,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/order"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/sockets"
@@ -22,6 +23,8 @@ import (
 // Source is the kernel side: loader.Tracer.
 type Source interface {
 	ReadBatch(evs []events.Event, wait time.Duration) (int, error)
+	Settle() (mono, pos uint64, ok bool, err error)
+	Reached(pos uint64) bool
 	Wake()
 	Detach() error
 	Pending() int
@@ -63,6 +66,24 @@ const batchSize = 256
 // maxDefer bounds how often a sock_diag poll waits for the ring to drain.
 const maxDefer = 3
 
+// The reader settles the tracer (loader.Tracer.Settle) every Latency, or
+// sooner once it holds settleAt records: records wait in its order buffer
+// until then, so settleAt bounds that buffer's memory under load.
+const settleAt = 4096
+
+// slack is how much earlier than a settle a record may be timed that was
+// not staged yet: TCP's own clock dates some transitions from when
+// processing of their segment began, microseconds before (bpf/tcptrace.c).
+const slack = 5 * time.Millisecond
+
+// holdMax: past this many held records the reader releases what is older
+// than slack even if the tracer could not settle, rather than grow.
+const holdMax = 16 * settleAt
+
+// reachWait bounds how long a settle waits for records that other CPUs
+// reserved in the ring before it but had not committed yet.
+const reachWait = 20 * time.Millisecond
+
 type batch struct {
 	n  int
 	ev [batchSize]events.Event
@@ -84,7 +105,8 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		free <- new(batch)
 	}
 	var draining atomic.Bool
-	go read(src, full, free, &draining, cfg.Latency)
+	rd := &reader{src: src, full: full, free: free, draining: &draining, wait: cfg.Latency}
+	go rd.run()
 
 	diag := sockdiag.NewProber()
 	defer diag.Close()
@@ -173,6 +195,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		if st.Unknown > 0 {
 			warnOnce("unknown", "socket table full: owners and times in state of some sockets are not known")
 		}
+		if err := rd.err.Load(); err != nil {
+			warnOnce("settle", fmt.Sprintf("%v: records from different CPUs may be out of order", *err))
+		}
 		if follow.Unfollowable > 0 {
 			warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", follow.LastErr))
 		}
@@ -214,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			// the ring may hold what resolves the due connections more
 			// precisely (a peer's close): read it first, unless it never
 			// empties
-			if src.Pending() > 0 && deferred < maxDefer {
+			if (src.Pending() > 0 || rd.held.Load() > 0) && deferred < maxDefer {
 				deferred++
 				src.Wake()
 				poll.Reset(time.Millisecond)
@@ -238,27 +263,105 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	}
 }
 
-// read decodes records into batches until the ring is closed or, once
+// reader decodes records, puts them back in time order (package order)
+// and hands them on in batches, until the ring is closed or, once
 // draining, empty.
-func read(src Source, full, free chan *batch, draining *atomic.Bool, wait time.Duration) {
-	b := <-free
+type reader struct {
+	src      Source
+	full     chan *batch
+	free     chan *batch
+	draining *atomic.Bool
+	wait     time.Duration
+
+	held atomic.Int64          // records in the order buffer
+	err  atomic.Pointer[error] // the last settle's error, for a warning
+
+	buf order.Buffer
+	in  [batchSize]events.Event
+	out *batch
+}
+
+func (r *reader) run() {
+	r.out = <-r.free
+	last := time.Now()
 	for {
-		n, err := src.ReadBatch(b.ev[:], wait)
-		if err != nil {
-			close(full)
+		if !r.readInto(r.wait) {
+			close(r.full)
 			return
 		}
-		if n > 0 {
-			b.n = n
-			full <- b
-			b = <-free
+		final := r.draining.Load()
+		if !final && r.buf.Len() < settleAt && time.Since(last) < r.wait {
 			continue
 		}
-		// after Detach nothing new arrives: once the ring is empty the
-		// stream has everything
-		if draining.Load() && src.Pending() == 0 {
-			close(full)
-			return
+		last = time.Now()
+		mono, ok, err := r.settle()
+		if err != nil {
+			r.err.Store(&err)
 		}
+		switch {
+		case final && (err != nil || ok && r.src.Pending() == 0):
+			// after Detach nothing new arrives, and the flushed ring
+			// is empty: the stream has everything (or, if the CPUs
+			// cannot be flushed, all it will get)
+			r.buf.Release(^uint64(0), r.send)
+			r.push()
+			close(r.full)
+			return
+		case final:
+			continue
+		case ok || r.buf.Len() > holdMax:
+			r.buf.Release(mono-uint64(slack), r.send)
+		}
+		r.push()
+		r.held.Store(int64(r.buf.Len()))
+	}
+}
+
+// readInto reads what the ring holds into the order buffer, waiting at
+// most wait for it; false once the ring is closed.
+func (r *reader) readInto(wait time.Duration) bool {
+	n, err := r.src.ReadBatch(r.in[:], wait)
+	if err != nil {
+		return false
+	}
+	r.buf.Add(r.in[:n])
+	return true
+}
+
+// settle flushes every CPU's staged records and reads the ring up to
+// them. ok says that the buffer then holds every record timed before mono
+// (less slack).
+func (r *reader) settle() (mono uint64, ok bool, err error) {
+	mono, pos, ok, err := r.src.Settle()
+	if err != nil {
+		return 0, false, err
+	}
+	deadline := time.Now().Add(reachWait)
+	for !r.src.Reached(pos) {
+		if time.Now().After(deadline) {
+			return mono, false, nil
+		}
+		if !r.readInto(0) {
+			return mono, false, nil
+		}
+	}
+	return mono, ok, nil
+}
+
+// send copies a released record into the outgoing batch.
+func (r *reader) send(e *events.Event) {
+	r.out.ev[r.out.n] = *e
+	r.out.n++
+	if r.out.n == batchSize {
+		r.full <- r.out
+		r.out = <-r.free
+	}
+}
+
+// push hands on a partly filled batch.
+func (r *reader) push() {
+	if r.out.n > 0 {
+		r.full <- r.out
+		r.out = <-r.free
 	}
 }

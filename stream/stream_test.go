@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -11,15 +12,21 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 )
 
-// fakeSource serves queued records in batches.
+// fakeSource serves queued records in batches. Records in staged are
+// still on a CPU: Settle moves them to the ring. Settle says every record
+// timed before now is in the ring.
 type fakeSource struct {
 	mu       sync.Mutex
 	recs     []events.Event
+	staged   []events.Event
+	now      uint64
+	produced uint64
+	consumed uint64
 	detached bool
 }
 
 func newFake(n int) *fakeSource {
-	s := &fakeSource{}
+	s := &fakeSource{now: 1 << 62, produced: uint64(n)}
 	for i := range n {
 		s.recs = append(s.recs, events.Event{
 			Kind: events.Transition, Sock: uint64(i + 1), Family: 4, Mono: uint64(i),
@@ -34,11 +41,27 @@ func (s *fakeSource) ReadBatch(evs []events.Event, wait time.Duration) (int, err
 	s.mu.Lock()
 	n := copy(evs, s.recs)
 	s.recs = s.recs[n:]
+	s.consumed += uint64(n)
 	s.mu.Unlock()
 	if n == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	return n, nil
+}
+
+func (s *fakeSource) Settle() (uint64, uint64, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.recs = append(s.recs, s.staged...)
+	s.produced += uint64(len(s.staged))
+	s.staged = nil
+	return s.now, s.produced, true, nil
+}
+
+func (s *fakeSource) Reached(pos uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.consumed >= pos
 }
 
 func (s *fakeSource) Wake()         {}
@@ -52,9 +75,21 @@ func (s *fakeSource) Counts() (loader.Counts, error)      { return loader.Counts
 func (s *fakeSource) Forget(*events.Event) error          { return nil }
 func (s *fakeSource) Promote(*events.Event, uint64) error { return nil }
 
-type sink struct{ n, flushes int }
+type sink struct {
+	n, flushes int
+	monos      []uint64
+	after      int    // call stop after this many writes, if set
+	stop       func() // ...
+}
 
-func (w *sink) Write(*events.Event) error { w.n++; return nil }
+func (w *sink) Write(e *events.Event) error {
+	w.n++
+	w.monos = append(w.monos, e.Mono)
+	if w.n == w.after {
+		w.stop()
+	}
+	return nil
+}
 func (w *sink) Flush() error              { w.flushes++; return nil }
 func (w *sink) Close() error              { return nil }
 
@@ -84,5 +119,34 @@ func TestCount(t *testing.T) {
 	}
 	if out.n != 10 || st.Events != 10 {
 		t.Errorf("wrote %d, counted %d; want 10", out.n, st.Events)
+	}
+}
+
+// Two CPUs' batches reach the ring out of time order, and a third record
+// is still staged on a CPU: the stream writes all of them in time order,
+// those before the settle's time (less slack) first, the rest when it
+// stops.
+func TestOrderAcrossCPUs(t *testing.T) {
+	ms := uint64(time.Millisecond)
+	src := newFake(0)
+	for _, m := range []uint64{20, 40, 10, 30} { // CPU 1's batch, then CPU 0's
+		src.recs = append(src.recs, events.Event{Kind: events.Transition, Sock: m, Mono: m * ms,
+			Family: 4, LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1"),
+			Old: events.SynSent, New: events.Established})
+	}
+	src.produced = 4
+	src.staged = []events.Event{src.recs[0]}
+	src.staged[0].Mono, src.staged[0].Sock = 50*ms, 50
+	src.now = 35*ms + uint64(slack)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &sink{after: 3, stop: cancel}
+	st, err := Run(ctx, Config{Source: src, Out: out, Latency: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []uint64{10 * ms, 20 * ms, 30 * ms, 40 * ms, 50 * ms}
+	if st.Events != 5 || !slices.Equal(out.monos, want) {
+		t.Errorf("wrote %d events at %v, want %v", st.Events, out.monos, want)
 	}
 }

@@ -250,7 +250,7 @@ func waitAttached(pid int) error {
 }
 
 // programs are tcptrace's BPF programs, as the kernel names them.
-var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset"}
+var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset", "flush_staging"}
 
 // cost is what the BPF programs took in one run.
 type cost struct {
