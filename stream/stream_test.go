@@ -90,8 +90,9 @@ func (w *sink) Write(e *events.Event) error {
 	}
 	return nil
 }
-func (w *sink) Flush() error              { w.flushes++; return nil }
-func (w *sink) Close() error              { return nil }
+
+func (w *sink) Flush() error { w.flushes++; return nil }
+func (w *sink) Close() error { return nil }
 
 // Stopping drains what the kernel produced: nothing captured is lost.
 func TestStopDrains(t *testing.T) {
