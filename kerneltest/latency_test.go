@@ -10,9 +10,11 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 )
 
-// On an idle system the program does not wake the reader for each event;
-// the reader looks at the ring every 50 ms instead. Every event must still
-// reach the output within 200 ms of the transition.
+// On an idle system the program does not wake the reader for each event,
+// and each CPU keeps its records staged until it has 16; the reader
+// settles every 50 ms instead (flushes every CPU's staged records, reads
+// the ring, releases what is older than the settle). Every event must
+// still reach the output within 200 ms of the transition.
 func TestLatencyWhenIdle(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)

@@ -68,21 +68,22 @@ const maxDefer = 3
 
 // The reader settles the tracer (loader.Tracer.Settle) every Latency, or
 // sooner once it holds settleAt records: records wait in its order buffer
-// until then, so settleAt bounds that buffer's memory under load.
-const settleAt = 4096
+// until then, so settleAt bounds that buffer's memory under load (about
+// 170 bytes a record).
+const settleAt = 1024
 
 // slack is how much earlier than a settle a record may be timed that was
 // not staged yet: TCP's own clock dates some transitions from when
 // processing of their segment began, microseconds before (bpf/tcptrace.c).
-const slack = 5 * time.Millisecond
+const slack = time.Millisecond
+
+// settleTries bounds how often one settle retries a CPU whose staging was
+// in use: a program holds it for a few hundred nanoseconds.
+const settleTries = 8
 
 // holdMax: past this many held records the reader releases what is older
 // than slack even if the tracer could not settle, rather than grow.
-const holdMax = 16 * settleAt
-
-// reachWait bounds how long a settle waits for records that other CPUs
-// reserved in the ring before it but had not committed yet.
-const reachWait = 20 * time.Millisecond
+const holdMax = 64 * settleAt
 
 type batch struct {
 	n  int
@@ -284,68 +285,91 @@ type reader struct {
 func (r *reader) run() {
 	r.out = <-r.free
 	last := time.Now()
+	// a settle the reader has not read up to yet
+	var mark struct {
+		mono, pos  uint64
+		set, final bool // final: made after Detach
+	}
 	for {
-		if !r.readInto(r.wait) {
+		wait := r.wait
+		if mark.set {
+			// only a record reserved and not yet committed stands
+			// between the reader and the mark: it comes within
+			// microseconds, with no wakeup
+			wait = time.Millisecond
+		}
+		if _, open := r.readInto(wait); !open {
 			close(r.full)
 			return
 		}
 		final := r.draining.Load()
-		if !final && r.buf.Len() < settleAt && time.Since(last) < r.wait {
+		if mark.set && r.src.Reached(mark.pos) {
+			mark.set = false
+			if mark.final && r.src.Pending() == 0 {
+				// after Detach nothing new arrives, and the flushed
+				// ring is empty: the stream has everything
+				r.buf.Release(^uint64(0), r.send)
+				r.push()
+				close(r.full)
+				return
+			}
+			r.buf.Release(mark.mono-uint64(slack), r.send)
+			r.push()
+		}
+		if r.buf.Len() > holdMax {
+			// no settle gets through: release rather than grow
+			r.buf.Release(loader.Monotonic()-uint64(slack+r.wait), r.send)
+			r.push()
+		}
+		r.held.Store(int64(r.buf.Len()))
+		if mark.set || !final && r.buf.Len() < settleAt && time.Since(last) < r.wait {
 			continue
 		}
 		last = time.Now()
-		mono, ok, err := r.settle()
-		if err != nil {
-			r.err.Store(&err)
-		}
+		mono, pos, ok, err := r.settle()
 		switch {
-		case final && (err != nil || ok && r.src.Pending() == 0):
-			// after Detach nothing new arrives, and the flushed ring
-			// is empty: the stream has everything (or, if the CPUs
-			// cannot be flushed, all it will get)
+		case err != nil && final:
+			// the CPUs cannot be flushed: what the ring has is all
+			// the stream will get
+			for r.src.Pending() > 0 {
+				if _, open := r.readInto(0); !open {
+					break
+				}
+			}
 			r.buf.Release(^uint64(0), r.send)
 			r.push()
 			close(r.full)
 			return
-		case final:
-			continue
-		case ok || r.buf.Len() > holdMax:
-			r.buf.Release(mono-uint64(slack), r.send)
+		case err != nil:
+			r.err.Store(&err)
+		case ok:
+			mark.mono, mark.pos, mark.set, mark.final = mono, pos, true, final
 		}
-		r.push()
-		r.held.Store(int64(r.buf.Len()))
 	}
 }
 
 // readInto reads what the ring holds into the order buffer, waiting at
-// most wait for it; false once the ring is closed.
-func (r *reader) readInto(wait time.Duration) bool {
+// most wait for it, and returns how many records it read; false once the
+// ring is closed.
+func (r *reader) readInto(wait time.Duration) (int, bool) {
 	n, err := r.src.ReadBatch(r.in[:], wait)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	r.buf.Add(r.in[:n])
-	return true
+	return n, true
 }
 
-// settle flushes every CPU's staged records and reads the ring up to
-// them. ok says that the buffer then holds every record timed before mono
-// (less slack).
-func (r *reader) settle() (mono uint64, ok bool, err error) {
-	mono, pos, ok, err := r.src.Settle()
-	if err != nil {
-		return 0, false, err
-	}
-	deadline := time.Now().Add(reachWait)
-	for !r.src.Reached(pos) {
-		if time.Now().After(deadline) {
-			return mono, false, nil
-		}
-		if !r.readInto(0) {
-			return mono, false, nil
+// settle flushes every CPU's staged records. Once the reader has read the
+// ring up to pos, the buffer holds every record timed before mono (less
+// slack). ok is false if a CPU's staging stayed in use.
+func (r *reader) settle() (mono, pos uint64, ok bool, err error) {
+	for range settleTries {
+		if mono, pos, ok, err = r.src.Settle(); err != nil || ok {
+			break
 		}
 	}
-	return mono, ok, nil
+	return mono, pos, ok, err
 }
 
 // send copies a released record into the outgoing batch.
