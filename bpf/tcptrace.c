@@ -3,8 +3,8 @@
 /* tcptrace: every TCP state transition, attributed to the owning process.
  *
  * Attached as tp_btf to sock:inet_sock_set_state (no tracefs needed, and the
- * tracepoint's own field assignment never runs), plus tcp:tcp_receive_reset
- * and tcp:tcp_send_reset to tell why a connection closed. See
+ * tracepoint's own field assignment never runs), plus tcp:tcp_send_reset to
+ * tell why a connection closed. See
  * ../shared/KERNEL.md for what the kernel reports, measured. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -172,6 +172,21 @@ static __always_inline __u64 wakeup(struct staging *st, __u64 bytes)
 	return BPF_RB_FORCE_WAKEUP;
 }
 
+/* The staging's busy flag, held while a program fills the staging or
+ * writes it out. A call that finds it held interrupted the holder on this
+ * CPU, and must not touch the staging. */
+static __always_inline void hold(struct staging *st)
+{
+	WRITE_ONCE(st->busy, 1);
+	barrier();
+}
+
+static __always_inline void let_go(struct staging *st)
+{
+	barrier();
+	WRITE_ONCE(st->busy, 0);
+}
+
 /* st->ev[0..n) to the ring, in one record; st->busy is held */
 static __always_inline void write_out(struct staging *st, __u32 n)
 {
@@ -332,7 +347,7 @@ static __always_inline __u32 netns_of(struct sock *sk, struct staging *st, bool 
 	return st->net_inum;
 }
 
-/* what fill() needs besides the socket: worked out by on_state */
+/* what fill() needs besides the socket: worked out by record() */
 struct transition {
 	__u64 now;
 	__u64 skflags;
@@ -493,10 +508,8 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 			t.kind = KIND_HINT;
 	}
 
+	t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
 	if (direct) {
-		/* this call interrupted one that is filling the staging (a
-		 * softirq in a system call's transition, see rescue_set_state) */
-		t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(COUNTER_LOST, 1);
@@ -506,7 +519,6 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
 		return;
 	}
-	t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
 	n = st->n;
 	if (n >= BATCH) /* never: for the verifier */
 		n = 0;
@@ -537,11 +549,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	}
 	/* held before the clock is read: user space takes a staging found
 	 * not held as holding every record timed before flush_staging ran */
-	WRITE_ONCE(st->busy, 1);
-	barrier();
+	hold(st);
 	record(sk, oldstate, newstate, task, st, false);
-	barrier();
-	WRITE_ONCE(st->busy, 0);
+	let_go(st);
 	return 0;
 }
 
@@ -630,12 +640,10 @@ int flush_staging(void *ctx)
 	if (READ_ONCE(st->busy))
 		return 1;
 	if (st->n) {
-		WRITE_ONCE(st->busy, 1);
-		barrier();
+		hold(st);
 		write_out(st, st->n);
 		st->n = 0;
-		barrier();
-		WRITE_ONCE(st->busy, 0);
+		let_go(st);
 	}
 	return 0;
 }

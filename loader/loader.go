@@ -365,12 +365,14 @@ func (t *Tracer) Settle() (mono, pos uint64, ok bool, err error) {
 			ok = false
 		}
 	}
-	return mono, t.ring.produced(), ok, nil
+	prod, _ := t.ring.positions()
+	return mono, prod, ok, nil
 }
 
 // Reached says whether the reader has read the ring up to pos.
 func (t *Tracer) Reached(pos uint64) bool {
-	return t.ring.consumed() >= pos
+	_, cons := t.ring.positions()
+	return cons >= pos
 }
 
 // Wake makes a waiting ReadBatch return.

@@ -81,14 +81,21 @@ func newRing(fd int, size int) (*ring, error) {
 	return r, nil
 }
 
-// pending is the number of bytes not read yet.
-func (r *ring) pending() int {
+// positions are the producer's (every record reserved so far ends at or
+// before it) and the reader's; both 0 once closed.
+func (r *ring) positions() (prod, cons uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed.Load() {
-		return 0
+		return 0, 0
 	}
-	return int(atomic.LoadUint64(r.prodPos) - r.cons)
+	return atomic.LoadUint64(r.prodPos), r.cons
+}
+
+// pending is the number of bytes not read yet.
+func (r *ring) pending() int {
+	prod, cons := r.positions()
+	return int(prod - cons)
 }
 
 // wait blocks until the program wakes the reader, wake is called, or the
@@ -143,24 +150,6 @@ func (r *ring) read(budget int, fn func([]byte)) (used int, full bool) {
 	}
 	atomic.StoreUint64(r.consPos, r.cons)
 	return used, full
-}
-
-// produced is the producer position: every record reserved so far ends
-// at or before it.
-func (r *ring) produced() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed.Load() {
-		return 0
-	}
-	return atomic.LoadUint64(r.prodPos)
-}
-
-// consumed is the position the reader has read up to.
-func (r *ring) consumed() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.cons
 }
 
 // wake makes a waiting reader return.

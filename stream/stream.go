@@ -298,7 +298,7 @@ func (r *reader) run() {
 			// microseconds, with no wakeup
 			wait = time.Millisecond
 		}
-		if _, open := r.readInto(wait); !open {
+		if !r.readInto(wait) {
 			close(r.full)
 			return
 		}
@@ -308,18 +308,14 @@ func (r *reader) run() {
 			if mark.final && r.src.Pending() == 0 {
 				// after Detach nothing new arrives, and the flushed
 				// ring is empty: the stream has everything
-				r.buf.Release(^uint64(0), r.send)
-				r.push()
-				close(r.full)
+				r.finish()
 				return
 			}
-			r.buf.Release(mark.mono-uint64(slack), r.send)
-			r.push()
+			r.release(mark.mono - uint64(slack))
 		}
 		if r.buf.Len() > holdMax {
 			// no settle gets through: release rather than grow
-			r.buf.Release(loader.Monotonic()-uint64(slack+r.wait), r.send)
-			r.push()
+			r.release(loader.Monotonic() - uint64(slack+r.wait))
 		}
 		r.held.Store(int64(r.buf.Len()))
 		if mark.set || !final && r.buf.Len() < settleAt && time.Since(last) < r.wait {
@@ -331,14 +327,9 @@ func (r *reader) run() {
 		case err != nil && final:
 			// the CPUs cannot be flushed: what the ring has is all
 			// the stream will get
-			for r.src.Pending() > 0 {
-				if _, open := r.readInto(0); !open {
-					break
-				}
+			for r.src.Pending() > 0 && r.readInto(0) {
 			}
-			r.buf.Release(^uint64(0), r.send)
-			r.push()
-			close(r.full)
+			r.finish()
 			return
 		case err != nil:
 			r.err.Store(&err)
@@ -349,15 +340,14 @@ func (r *reader) run() {
 }
 
 // readInto reads what the ring holds into the order buffer, waiting at
-// most wait for it, and returns how many records it read; false once the
-// ring is closed.
-func (r *reader) readInto(wait time.Duration) (int, bool) {
+// most wait for it; false once the ring is closed.
+func (r *reader) readInto(wait time.Duration) bool {
 	n, err := r.src.ReadBatch(r.in[:], wait)
 	if err != nil {
-		return 0, false
+		return false
 	}
 	r.buf.Add(r.in[:n])
-	return n, true
+	return true
 }
 
 // settle flushes every CPU's staged records. Once the reader has read the
@@ -380,6 +370,18 @@ func (r *reader) send(e *events.Event) {
 		r.full <- r.out
 		r.out = <-r.free
 	}
+}
+
+// release hands on every held record timed before mark, in time order.
+func (r *reader) release(mark uint64) {
+	r.buf.Release(mark, r.send)
+	r.push()
+}
+
+// finish hands on everything held and ends the stream of batches.
+func (r *reader) finish() {
+	r.release(^uint64(0))
+	close(r.full)
 }
 
 // push hands on a partly filled batch.
