@@ -29,8 +29,11 @@ type Table struct {
 	max  int
 	live map[uint64]entry
 	// children whose LISTEN -> SYN_RECV waits for their next transition:
-	// the kernel sets a child's addresses only after that one
-	held map[uint64]events.Event
+	// the kernel sets a child's addresses only after that one. Pointers,
+	// recycled through spare: a record is too big for a map to hold
+	// inline, so storing values would allocate one per child.
+	held  map[uint64]*events.Event
+	spare []*events.Event
 	// Full counts the records of sockets not followed because max were:
 	// their owner and times in state stay unknown. A socket counts once
 	// per record, not once.
@@ -42,7 +45,7 @@ func New(max int) *Table {
 	if max <= 0 {
 		max = DefaultMax
 	}
-	return &Table{max: max, live: make(map[uint64]entry), held: make(map[uint64]events.Event)}
+	return &Table{max: max, live: make(map[uint64]entry), held: make(map[uint64]*events.Event)}
 }
 
 // Len is the number of sockets followed.
@@ -58,13 +61,17 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 			return next(e)
 		}
 		t.live[e.Sock] = entry{since: e.Mono, pid: e.PID, comm: e.Comm}
-		t.held[e.Sock] = *e
+		h := t.take()
+		*h = *e
+		t.held[e.Sock] = h
 		return nil
 	}
 	if h, ok := t.held[e.Sock]; ok {
 		delete(t.held, e.Sock)
 		h.Family, h.LAddr, h.RAddr, h.LPort, h.RPort = e.Family, e.LAddr, e.RAddr, e.LPort, e.RPort
-		if err := next(&h); err != nil {
+		err := next(h)
+		t.spare = append(t.spare, h)
+		if err != nil {
 			return err
 		}
 	}
@@ -88,6 +95,16 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 	return next(e)
 }
 
+// take returns a spare record, or a new one.
+func (t *Table) take() *events.Event {
+	if n := len(t.spare); n > 0 {
+		h := t.spare[n-1]
+		t.spare = t.spare[:n-1]
+		return h
+	}
+	return new(events.Event)
+}
+
 // room says whether a socket not yet followed can be.
 func (t *Table) room(sock uint64) bool {
 	if _, ok := t.live[sock]; ok || len(t.live) < t.max {
@@ -101,14 +118,14 @@ func (t *Table) room(sock uint64) bool {
 // came (it was lost, or the trace ended first), without their addresses.
 // They go in the order they happened.
 func (t *Table) Flush(next func(*events.Event) error) error {
-	held := make([]events.Event, 0, len(t.held))
+	held := make([]*events.Event, 0, len(t.held))
 	for _, h := range t.held {
 		held = append(held, h)
 	}
 	clear(t.held)
-	slices.SortFunc(held, func(a, b events.Event) int { return cmp.Compare(a.Mono, b.Mono) })
-	for i := range held {
-		if err := next(&held[i]); err != nil {
+	slices.SortFunc(held, func(a, b *events.Event) int { return cmp.Compare(a.Mono, b.Mono) })
+	for _, h := range held {
+		if err := next(h); err != nil {
 			return err
 		}
 	}

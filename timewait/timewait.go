@@ -95,6 +95,11 @@ type Follower struct {
 	due        queue
 	perNetns   map[uint32]int
 	parked     int // entries waiting in FIN_WAIT2; the rest are in TIME_WAIT
+	// made is the transition being emitted, and spare the entries of
+	// ended connections, for reuse: at a connection churn's rate, a new
+	// one each time keeps the collector busy
+	made  events.Event
+	spare []*entry
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
 	// Unfollowable counts connections given up because their namespace
@@ -172,7 +177,8 @@ func (f *Follower) add(e *events.Event, since, next uint64) bool {
 	if replaced {
 		f.remove(old)
 	}
-	en := &entry{ev: *e, since: since, next: next, ends: since + uint64(f.life(e))}
+	en := f.newEntry()
+	*en = entry{ev: *e, since: since, next: next, ends: since + uint64(f.life(e))}
 	f.byTuple[t] = en
 	if waitingFIN {
 		f.parked++
@@ -181,6 +187,19 @@ func (f *Follower) add(e *events.Event, since, next uint64) bool {
 	return true
 }
 
+// maxSpare bounds the ended entries kept for reuse (about 200 bytes each).
+const maxSpare = 1024
+
+func (f *Follower) newEntry() *entry {
+	if n := len(f.spare); n > 0 {
+		en := f.spare[n-1]
+		f.spare = f.spare[:n-1]
+		return en
+	}
+	return new(entry)
+}
+
+// remove stops following en; en may be reused at once.
 func (f *Follower) remove(en *entry) {
 	delete(f.byTuple, tupleOf(&en.ev))
 	if en.ev.New != events.TimeWait {
@@ -188,6 +207,9 @@ func (f *Follower) remove(en *entry) {
 	}
 	if en.index >= 0 {
 		heap.Remove(&f.due, en.index)
+	}
+	if len(f.spare) < maxSpare {
+		f.spare = append(f.spare, en)
 	}
 	ns := en.ev.Netns
 	if f.perNetns[ns]--; f.perNetns[ns] <= 0 {
@@ -213,7 +235,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.Sock != e.Sock {
 			ev := f.transition(en, e.Mono, events.Close, events.CauseReused)
 			f.remove(en)
-			if err := f.show(&ev, emit); err != nil {
+			if err := f.show(ev, emit); err != nil {
 				return false, err
 			}
 		}
@@ -246,8 +268,8 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 // enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
 func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
 	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
-	f.add(&ev, now, now+uint64(TimeWaitLen+expirySlack))
-	return f.show(&ev, emit)
+	f.add(ev, now, now+uint64(TimeWaitLen+expirySlack))
+	return f.show(ev, emit)
 }
 
 // Next is when Poll has something to check, or 0 when nothing is followed.
@@ -303,7 +325,7 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 			}
 			ev := f.transition(en, now, events.Close, cause)
 			f.remove(en)
-			if err := f.show(&ev, emit); err != nil {
+			if err := f.show(ev, emit); err != nil {
 				return err
 			}
 		}
@@ -311,9 +333,11 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 	return nil
 }
 
-// transition builds the event for a followed connection's next state.
-func (f *Follower) transition(en *entry, now uint64, to events.State, cause events.Cause) events.Event {
-	ev := en.ev
+// transition builds the event for a followed connection's next state, in
+// f.made: it is valid until the next call.
+func (f *Follower) transition(en *entry, now uint64, to events.State, cause events.Cause) *events.Event {
+	f.made = en.ev
+	ev := &f.made
 	ev.Kind = events.Transition
 	ev.Old = events.FinWait2
 	if en.ev.New == events.TimeWait {
