@@ -17,10 +17,18 @@ import (
 // the kernel reads that consumer position on every reserve, so under load
 // the cache line moved between CPUs once per event. This reader publishes
 // its position once per batch, and decodes records where they lie.
+//
+// The kernel lets a reader map the data pages twice in a row, so that a
+// record that wraps around the end reads whole; cilium/ebpf does. Every
+// page of the mapping counts in the reader's RSS, so that doubles the
+// ring's share of it (16 MiB for the default 8 MiB ring) for pages that
+// exist once. This reader maps them once and copies the few records that
+// wrap.
 type ring struct {
 	consMap []byte  // consumer page, read-write
-	prodMap []byte  // producer page, then the data pages mapped twice
-	data    []byte  // the data, twice, so a record that wraps reads whole
+	prodMap []byte  // producer page, then the data pages
+	data    []byte  // the data pages
+	wrapped []byte  // a record that wraps, copied whole
 	mask    uint64  // data size - 1
 	cons    uint64  // our position, published at the end of each batch
 	consPos *uint64 // in consMap
@@ -49,7 +57,7 @@ func newRing(fd int, size int) (*ring, error) {
 	if r.consMap, err = unix.Mmap(fd, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return nil, fmt.Errorf("map ring consumer page: %w", err)
 	}
-	if r.prodMap, err = unix.Mmap(fd, int64(page), page+2*size, unix.PROT_READ, unix.MAP_SHARED); err != nil {
+	if r.prodMap, err = unix.Mmap(fd, int64(page), page+size, unix.PROT_READ, unix.MAP_SHARED); err != nil {
 		r.close()
 		return nil, fmt.Errorf("map ring data: %w", err)
 	}
@@ -142,14 +150,26 @@ func (r *ring) read(budget int, fn func([]byte)) (used int, full bool) {
 				full = true
 				break
 			}
-			start := (r.cons + ringHdrSize) & r.mask
-			fn(r.data[start : start+length])
+			fn(r.record(r.cons+ringHdrSize, length))
 			used += int(length)
 		}
 		r.cons += (length + ringHdrSize + 7) &^ 7
 	}
 	atomic.StoreUint64(r.consPos, r.cons)
 	return used, full
+}
+
+// record returns the length bytes at position pos, copied if they wrap
+// around the end of the data.
+func (r *ring) record(pos, length uint64) []byte {
+	start := pos & r.mask
+	end := start + length
+	if end <= uint64(len(r.data)) {
+		return r.data[start:end]
+	}
+	r.wrapped = append(r.wrapped[:0], r.data[start:]...)
+	r.wrapped = append(r.wrapped, r.data[:end-uint64(len(r.data))]...)
+	return r.wrapped
 }
 
 // wake makes a waiting reader return.
