@@ -45,7 +45,8 @@ struct event {
 	__u64 cookie;   /* socket cookie: stable for the socket's life, kept by
 	                 * its timewait mini-socket, shown by `ss -e` as sk: */
 	__u64 dwell_ns; /* time in the old state, if FLAG_DWELL */
-	__u64 cgroup;   /* cgroup v2 id of the socket */
+	__u64 cgroup;   /* cgroup v2 id of the owner where fill() reads the
+	                 * owner, else 0: user space carries it */
 	__u32 pid;      /* owning process (tgid), 0 when unknown */
 	__u32 netns;    /* network namespace inode */
 	__u8 saddr[16]; /* IPv4 in the first 4 bytes */

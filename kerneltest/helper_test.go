@@ -31,7 +31,9 @@ func TestMain(m *testing.M) {
 	case clientComm:
 		os.Exit(runClient())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	unmountCgroups()
+	os.Exit(code)
 }
 
 const (
@@ -270,16 +272,95 @@ func (n *netns) sysctl(t *testing.T, key, value string) {
 	}
 }
 
-// proc is a client or server process in a namespace.
+// The cgroup v2 hierarchy, where each client and server process gets a
+// cgroup of its own: mounted by the tests if nothing has mounted it.
+var cgroups struct {
+	once    sync.Once
+	root    string
+	mounted bool
+	err     error
+	n       int
+	sync.Mutex
+}
+
+func cgroupRoot(t *testing.T) string {
+	t.Helper()
+	cgroups.once.Do(func() {
+		mounts, err := os.ReadFile("/proc/self/mounts")
+		if err != nil {
+			cgroups.err = err
+			return
+		}
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[2] == "cgroup2" {
+				cgroups.root = f[1]
+				return
+			}
+		}
+		if cgroups.root, err = os.MkdirTemp("", "tcptrace-cgroup2"); err != nil {
+			cgroups.err = err
+			return
+		}
+		if err := unix.Mount("none", cgroups.root, "cgroup2", 0, ""); err != nil {
+			cgroups.err = fmt.Errorf("mount cgroup2: %w", err)
+			return
+		}
+		cgroups.mounted = true
+	})
+	if cgroups.err != nil {
+		t.Fatalf("cgroup v2 hierarchy: %v", cgroups.err)
+	}
+	return cgroups.root
+}
+
+func unmountCgroups() {
+	if cgroups.mounted {
+		unix.Unmount(cgroups.root, unix.MNT_DETACH)
+		os.Remove(cgroups.root)
+	}
+}
+
+// newCgroup makes a cgroup and returns its directory, open, and its id:
+// the directory's inode number. It is removed once its process has gone.
+func newCgroup(t *testing.T) (*os.File, uint64) {
+	t.Helper()
+	cgroups.Lock()
+	cgroups.n++
+	dir := filepath.Join(cgroupRoot(t), fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), cgroups.n))
+	cgroups.Unlock()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("make cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		// the process may take a moment to leave it
+		for i := 0; i < 100 && os.Remove(dir) != nil; i++ {
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatalf("open cgroup: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatalf("stat cgroup: %v", err)
+	}
+	return f, st.Ino
+}
+
+// proc is a client or server process in a namespace, in a cgroup of its
+// own.
 type proc struct {
-	t     *testing.T
-	role  string
-	cmd   *exec.Cmd
-	pid   uint32
-	stdin io.WriteCloser
-	lines chan string
-	errb  *strings.Builder
-	done  chan error
+	t      *testing.T
+	role   string
+	cmd    *exec.Cmd
+	pid    uint32
+	cgroup uint64
+	stdin  io.WriteCloser
+	lines  chan string
+	errb   *strings.Builder
+	done   chan error
 }
 
 // start runs a role in the namespace; it waits for go().
@@ -289,6 +370,9 @@ func (n *netns) start(t *testing.T, role, mode, addr string, pause time.Duration
 	cmd.Env = append(os.Environ(), "TT_MODE="+mode, "TT_ADDR="+addr,
 		"TT_PAUSE_MS="+strconv.Itoa(int(pause/time.Millisecond)))
 	p := &proc{t: t, role: role, cmd: cmd, lines: make(chan string, 8), errb: &strings.Builder{}, done: make(chan error, 1)}
+	cg, id := newCgroup(t)
+	p.cgroup = id
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	cmd.Stderr = p.errb
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {

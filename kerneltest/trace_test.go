@@ -196,7 +196,8 @@ func has(evs []events.Event, sock []events.Event, old, new events.State) bool {
 	return false
 }
 
-// checkSeq asserts a socket's exact transitions, each owned by p.
+// checkSeq asserts a socket's exact transitions, each owned by p and in
+// p's cgroup.
 func checkSeq(t *testing.T, name string, sock []events.Event, p *proc, want ...string) {
 	t.Helper()
 	var got []string
@@ -210,6 +211,9 @@ func checkSeq(t *testing.T, name string, sock []events.Event, p *proc, want ...s
 	for _, e := range sock {
 		if e.PID != p.pid || e.CommString() != p.role {
 			t.Errorf("%s: %s owned by pid %d %q, want %d %q", name, arrow(e), e.PID, e.CommString(), p.pid, p.role)
+		}
+		if e.Cgroup != p.cgroup {
+			t.Errorf("%s: %s in cgroup %d, want %d", name, arrow(e), e.Cgroup, p.cgroup)
 		}
 	}
 }

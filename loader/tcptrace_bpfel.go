@@ -37,9 +37,11 @@ type tcptraceEvent struct {
 }
 
 type tcptraceOwner struct {
-	_    structs.HostLayout
-	Pid  uint32
-	Comm [16]int8
+	_      structs.HostLayout
+	Cgroup uint64
+	Pid    uint32
+	Comm   [16]int8
+	_      [4]byte
 }
 
 type tcptraceRan struct {

@@ -1,5 +1,5 @@
 // Package sockets keeps what tcptrace knows of each live socket between
-// its transitions: who owns it and when it entered its state. The kernel
+// its transitions: who owns it, its cgroup and when it entered its state. The kernel
 // reports the owner only where it knows it, in a system call on the socket
 // or, for a server's child, from its listener; the transitions that
 // arriving packets make run in whatever task a softirq interrupted. Keeping
@@ -19,9 +19,10 @@ import (
 const DefaultMax = 1 << 18
 
 type entry struct {
-	since uint64 // when the socket entered its state, CLOCK_MONOTONIC
-	pid   uint32
-	comm  [events.CommLen]byte
+	since  uint64 // when the socket entered its state, CLOCK_MONOTONIC
+	cgroup uint64
+	pid    uint32
+	comm   [events.CommLen]byte
 }
 
 // Table follows sockets by cookie. It is not safe for concurrent use.
@@ -52,15 +53,15 @@ func New(max int) *Table {
 func (t *Table) Len() int { return len(t.live) }
 
 // Observe completes e, a record from the kernel in ring order, with its
-// socket's owner and its time in the old state, and passes it to next. A
-// child's LISTEN -> SYN_RECV is held back and passed, with the child's
-// addresses, just before the child's next transition.
+// socket's owner, cgroup and time in the old state, and passes it to
+// next. A child's LISTEN -> SYN_RECV is held back and passed, with the
+// child's addresses, just before the child's next transition.
 func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 	if e.Old == events.Listen && e.New == events.SynRecv {
 		if !t.room(e.Sock) {
 			return next(e)
 		}
-		t.live[e.Sock] = entry{since: e.Mono, pid: e.PID, comm: e.Comm}
+		t.live[e.Sock] = entry{since: e.Mono, cgroup: e.Cgroup, pid: e.PID, comm: e.Comm}
 		h := t.take()
 		*h = *e
 		t.held[e.Sock] = h
@@ -83,6 +84,13 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		en.pid, en.comm = e.PID, e.Comm
 	} else if en.pid != 0 {
 		e.PID, e.Comm = en.pid, en.comm
+	}
+	// apart from the owner: a child of a listener that predates the
+	// tracer has a cgroup but no owner
+	if e.Cgroup != 0 {
+		en.cgroup = e.Cgroup
+	} else {
+		e.Cgroup = en.cgroup
 	}
 	// the kernel is done with the socket: a timewait mini-socket, if any,
 	// is package timewait's

@@ -85,6 +85,33 @@ func TestChildHeldForItsAddresses(t *testing.T) {
 	}
 }
 
+// The cgroup comes with the owner, but also alone: the child of a listener
+// that predates the tracer has a cgroup and no owner.
+func TestCgroupCarried(t *testing.T) {
+	tab := New(0)
+	var out sink
+	child := rec(7, 500, events.Listen, events.SynRecv, 0, "")
+	child.Cgroup = 77
+	est := rec(7, 520, events.SynRecv, events.Established, 0, "")
+	fin := rec(7, 600, events.Established, events.FinWait1, 9, "server")
+	fin.Cgroup = 78 // the socket went to a process in another cgroup
+	fin2 := rec(7, 610, events.FinWait1, events.FinWait2, 0, "")
+	for _, e := range []events.Event{child, est, fin, fin2} {
+		if err := tab.Observe(&e, out.next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []uint64{77, 77, 78, 78}
+	if len(out) != len(want) {
+		t.Fatalf("got %d events, want %d", len(out), len(want))
+	}
+	for i, e := range out {
+		if e.Cgroup != want[i] {
+			t.Errorf("event %d (%v -> %v): cgroup %d, want %d", i, e.Old, e.New, e.Cgroup, want[i])
+		}
+	}
+}
+
 func TestFlushPassesHeldInOrder(t *testing.T) {
 	tab := New(0)
 	var out sink
