@@ -92,9 +92,11 @@ struct {
  * positions, fresh cache lines, two helper calls, each return through the
  * SRSO thunk); filling a slot here costs a few, and the ring takes BATCH
  * records at once. Records wait here until the batch is full or user space
- * runs flush_staging on the CPU, which it does before it reads the ring
- * (about every 50 ms), so they reach the ring out of time order across
- * CPUs: user space puts them back in order (package order). */
+ * runs flush_staging on the CPU (about every 50 ms), so they reach the
+ * ring out of time order across CPUs. Each carries its CPU (src), and
+ * each CPU's staged records reach the ring in time order: user space puts
+ * them back in order by the latest time each CPU has reached (package
+ * order). */
 struct staging {
 	__u32 n;       /* records in ev */
 	__u32 busy;    /* a program is filling ev or writing it out */
@@ -102,8 +104,8 @@ struct staging {
 	/* the network namespace this CPU saw last, see netns_of() */
 	__u64 net_cookie;
 	__u32 net_inum;
-	__u32 pad;
-	struct event ev[BATCH];
+	__u32 src;     /* this CPU + 1, set by flush_staging */
+	struct event ev[BATCH + 1]; /* + 1: flush_staging's mark */
 };
 
 struct {
@@ -188,15 +190,16 @@ static __always_inline void let_go(struct staging *st)
 	WRITE_ONCE(st->busy, 0);
 }
 
-/* st->ev[0..n) to the ring, in one record; st->busy is held */
-static __always_inline void write_out(struct staging *st, __u32 n)
+/* st->ev[0..n) to the ring, in one record, of which records are
+ * transitions (the rest a mark); st->busy is held */
+static __always_inline void write_out(struct staging *st, __u32 n, __u32 records)
 {
 	__u64 size = (__u64)n * sizeof(struct event);
 
-	if (n == 0 || n > BATCH)
+	if (n == 0 || n > BATCH + 1)
 		return;
 	if (bpf_ringbuf_output(&events, st->ev, size, wakeup(st, size)) < 0)
-		count(COUNTER_LOST, n);
+		count(COUNTER_LOST, records);
 }
 
 /* what user space needs to follow connections through their timewait
@@ -369,7 +372,7 @@ struct transition {
  * listener's. User space carries them to the socket's other transitions
  * and works out the time in each state (package sockets). */
 static __always_inline void fill(struct event *e, struct sock *sk, struct transition *t,
-				 struct task_struct *task)
+				 struct task_struct *task, __u32 src)
 {
 	__u64 cookie;
 	struct owner *o;
@@ -390,7 +393,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	e->flags = 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
-	e->pad2 = 0;
+	e->src = src;
 	if (t->family == AF_INET) {
 		e->family = AF_INET;
 		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -526,16 +529,16 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 			count(COUNTER_LOST, 1);
 			return;
 		}
-		fill(e, sk, &t, task);
+		fill(e, sk, &t, task, 0);
 		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
 		return;
 	}
 	n = st->n;
 	if (n >= BATCH) /* never: for the verifier */
 		n = 0;
-	fill(&st->ev[n], sk, &t, task);
+	fill(&st->ev[n], sk, &t, task, st->src);
 	if (++n == BATCH) {
-		write_out(st, n);
+		write_out(st, n, n);
 		n = 0;
 	}
 	st->n = n;
@@ -636,26 +639,38 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 }
 
 /* Run by user space on each CPU (BPF_PROG_TEST_RUN with
- * BPF_F_TEST_RUN_ON_CPU, from an IPI or with preemption off) before it
- * reads the ring: writes out what the CPU has staged. Returns 1 if the
- * staging was in use, when user space must try again later. */
+ * BPF_F_TEST_RUN_ON_CPU, from an IPI or with preemption off): writes out
+ * what the CPU has staged, followed by a mark with the time. Every record
+ * of this CPU timed before the mark is then in the ring before it: those
+ * staged are in this write or earlier ones; a call that interrupted a
+ * holder wrote its record at once; and a holder that has read the clock
+ * but not staged its record yet holds the staging, when this returns 1
+ * and user space tries again later. */
 SEC("raw_tp")
 int flush_staging(void *ctx)
 {
 	struct staging *st;
-	__u32 zero = 0;
+	struct event *m;
+	__u32 zero = 0, n;
 
 	st = bpf_map_lookup_elem(&staging, &zero);
 	if (!st)
 		return 0;
+	st->src = bpf_get_smp_processor_id() + 1;
 	if (READ_ONCE(st->busy))
 		return 1;
-	if (st->n) {
-		hold(st);
-		write_out(st, st->n);
-		st->n = 0;
-		let_go(st);
-	}
+	hold(st);
+	n = st->n;
+	if (n > BATCH) /* never: for the verifier */
+		n = 0;
+	m = &st->ev[n];
+	__builtin_memset(m, 0, sizeof(*m));
+	m->kind = KIND_MARK;
+	m->src = st->src;
+	m->ts_ns = bpf_ktime_get_ns();
+	write_out(st, n + 1, n);
+	st->n = 0;
+	let_go(st);
 	return 0;
 }
 

@@ -18,6 +18,9 @@ enum {
 	                  * not printed, tells user space to follow it */
 	KIND_HINT = 3,   /* a transition the filters drop, sent because user
 	                  * space needs it to follow timewait connections */
+	KIND_MARK = 4,   /* written by flush_staging: every record of CPU
+	                  * src - 1 timed before ts_ns is in the ring before
+	                  * it. Only ts_ns and src are set. */
 };
 
 /* record flags */
@@ -61,7 +64,8 @@ struct event {
 	__u8 flags;
 	__u8 pad[2];
 	char comm[TASK_COMM_LEN]; /* owning process, empty when unknown */
-	__u32 pad2;
+	__u32 src; /* CPU + 1 whose staging the record came through; 0 if it
+	            * was written straight to the ring */
 };
 
 /* per-CPU counters read by user space */

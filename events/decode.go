@@ -30,6 +30,7 @@ const (
 	offKind   = 80
 	offFlags  = 81
 	offComm   = 84
+	offSrc    = 100
 )
 
 // record flags, as in bpf/tcptrace.h
@@ -48,6 +49,10 @@ func (e *Event) Decode(b []byte) error {
 	}
 	le := binary.LittleEndian
 	kind := Kind(b[offKind])
+	if kind == Mark {
+		*e = Event{Kind: Mark, Mono: le.Uint64(b[offTs:]), Src: le.Uint32(b[offSrc:])}
+		return nil
+	}
 	if kind != Transition && kind != Parked && kind != Hint {
 		return fmt.Errorf("decode record: unknown kind %d", kind)
 	}
@@ -81,6 +86,7 @@ func (e *Event) Decode(b []byte) error {
 	e.New = State(b[offNew])
 	e.Cause = Cause(b[offCause])
 	e.Kind = kind
+	e.Src = le.Uint32(b[offSrc:])
 	copy(e.Comm[:], b[offComm:offComm+CommLen])
 	return nil
 }
@@ -91,6 +97,11 @@ func (e *Event) Encode(b []byte) {
 	clear(b[:RecordSize])
 	le := binary.LittleEndian
 	le.PutUint64(b[offTs:], e.Mono)
+	le.PutUint32(b[offSrc:], e.Src)
+	b[offKind] = byte(e.Kind)
+	if e.Kind == Mark {
+		return
+	}
 	le.PutUint64(b[offCookie:], e.Sock)
 	le.PutUint64(b[offDwell:], uint64(e.Dwell))
 	le.PutUint64(b[offCgroup:], e.Cgroup)
@@ -112,7 +123,6 @@ func (e *Event) Encode(b []byte) {
 	b[offOld] = byte(e.Old)
 	b[offNew] = byte(e.New)
 	b[offCause] = byte(e.Cause)
-	b[offKind] = byte(e.Kind)
 	if e.DwellKnown {
 		b[offFlags] |= flagDwell
 	}

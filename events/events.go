@@ -131,6 +131,9 @@ const (
 	// Hint is a transition the filters drop, sent because the timewait
 	// follower needs it: not shown.
 	Hint Kind = 3
+	// Mark says every record of CPU Src-1 timed before Mono is in the
+	// ring before it; only Mono and Src are set. Package order uses it.
+	Mark Kind = 4
 )
 
 // Family is the address family as shown: 4 or 6.
@@ -159,9 +162,12 @@ type Event struct {
 	Dwell      time.Duration
 	DwellKnown bool
 	// PID and Comm name the owning process; 0 and empty when unknown.
-	PID    uint32
-	Comm   [CommLen]byte
-	Netns  uint32
+	PID   uint32
+	Comm  [CommLen]byte
+	Netns uint32
+	// Src is the CPU, plus one, whose staging the record came through;
+	// 0 if it was written straight to the ring (see package order).
+	Src    uint32
 	Cgroup uint64
 	Family Family
 	LAddr  netip.Addr

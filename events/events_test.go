@@ -69,7 +69,10 @@ func TestDecodeRoundTrip(t *testing.T) {
 	unknown := sample()
 	unknown.DwellKnown, unknown.Dwell = false, 0
 	unknown.Old = 99
-	for _, want := range []Event{sample(), v6, unknown} {
+	staged := sample()
+	staged.Src = 2
+	mark := Event{Kind: Mark, Mono: 123456789, Src: 1}
+	for _, want := range []Event{sample(), v6, unknown, staged, mark} {
 		b := make([]byte, RecordSize)
 		want.Encode(b)
 		var got Event
@@ -99,14 +102,21 @@ func TestDecodeLayout(t *testing.T) {
 	b[77], b[78], b[79] = 9, 7, 1
 	b[80] = 1 // KIND_STATE
 	copy(b[84:], "nginx")
+	b[100] = 3 // src: CPU 2
 	var e Event
 	if err := e.Decode(b); err != nil {
 		t.Fatal(err)
 	}
-	got := [...]any{e.Mono, e.Sock, e.PID, e.LAddr.String(), e.RAddr.String(), e.LPort, e.RPort, e.Family, e.Old, e.New, e.Cause, e.CommString(), e.DwellKnown}
-	want := [...]any{uint64(1), uint64(0x1a2b), uint32(4242), "127.0.0.1", "127.0.0.2", uint16(8080), uint16(80), Family(4), LastAck, Close, CauseClosed, "nginx", false}
+	got := [...]any{e.Mono, e.Sock, e.PID, e.LAddr.String(), e.RAddr.String(), e.LPort, e.RPort, e.Family, e.Old, e.New, e.Cause, e.CommString(), e.DwellKnown, e.Src}
+	want := [...]any{uint64(1), uint64(0x1a2b), uint32(4242), "127.0.0.1", "127.0.0.2", uint16(8080), uint16(80), Family(4), LastAck, Close, CauseClosed, "nginx", false, uint32(3)}
 	if got != want {
 		t.Errorf("decoded %v, want %v", got, want)
+	}
+	// a mark has only its time and CPU; its family is 0
+	clear(b)
+	b[0], b[80], b[100] = 7, 4, 2
+	if err := e.Decode(b); err != nil || e != (Event{Kind: Mark, Mono: 7, Src: 2}) {
+		t.Errorf("mark decoded as %+v, %v", e, err)
 	}
 }
 

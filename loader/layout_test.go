@@ -36,6 +36,7 @@ func TestRecordLayout(t *testing.T) {
 		{"kind", unsafe.Offsetof(e.Kind), 80},
 		{"flags", unsafe.Offsetof(e.Flags), 81},
 		{"comm", unsafe.Offsetof(e.Comm), 84},
+		{"src", unsafe.Offsetof(e.Src), 100},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)

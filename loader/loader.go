@@ -288,8 +288,11 @@ func (t *Tracer) Attach() error {
 		return fmt.Errorf("open ring buffer: %w", err)
 	}
 	// records staged on a CPU reach the ring only when user space can
-	// flush them: find out now rather than lose them at exit
-	if _, _, _, err := t.Settle(); err != nil {
+	// flush them: find out now rather than lose them at exit. Before the
+	// programs run, this also puts every online CPU's first mark in the
+	// ring ahead of any record, so the reader knows every CPU from the
+	// start (package order).
+	if _, err := t.Settle(); err != nil {
 		return err
 	}
 	// the reset handler first, so no close loses its cause; then the two
@@ -342,14 +345,12 @@ func (t *Tracer) ReadBatch(evs []events.Event, wait time.Duration) (int, error) 
 	return n, nil
 }
 
-// Settle has every CPU write out the records it has staged
-// (flush_staging, run on each CPU), and returns the time it began and the
-// ring position that the reader must reach (Reached) to hold every record
-// timed before then, give or take TCP's own clock (see bpf/tcptrace.c's
-// clock_for). ok is false if some CPU's staging was in use: then try again
-// later.
-func (t *Tracer) Settle() (mono, pos uint64, ok bool, err error) {
-	mono = Monotonic()
+// Settle has every CPU write out the records it has staged, followed by
+// a mark (flush_staging, run on each CPU): once the reader has read a
+// CPU's mark, it holds every record of that CPU timed before the mark
+// (package order). ok is false if some CPU's staging was in use, and
+// wrote no mark: then try again later.
+func (t *Tracer) Settle() (ok bool, err error) {
 	ok = true
 	for cpu := range t.cpus {
 		ret, err := t.objs.FlushStaging.Run(&ebpf.RunOptions{
@@ -360,19 +361,12 @@ func (t *Tracer) Settle() (mono, pos uint64, ok bool, err error) {
 		case errors.Is(err, unix.ENXIO):
 			// an offline CPU runs no programs
 		case err != nil:
-			return 0, 0, false, fmt.Errorf("flush CPU %d's staged records: %w", cpu, err)
+			return false, fmt.Errorf("flush CPU %d's staged records: %w", cpu, err)
 		case ret != 0:
 			ok = false
 		}
 	}
-	prod, _ := t.ring.positions()
-	return mono, prod, ok, nil
-}
-
-// Reached says whether the reader has read the ring up to pos.
-func (t *Tracer) Reached(pos uint64) bool {
-	_, cons := t.ring.positions()
-	return cons >= pos
+	return ok, nil
 }
 
 // Wake makes a waiting ReadBatch return.

@@ -33,7 +33,7 @@ type tcptraceEvent struct {
 	Flags    uint8
 	Pad      [2]uint8
 	Comm     [16]int8
-	Pad2     uint32
+	Src      uint32
 }
 
 type tcptraceOwner struct {
@@ -59,8 +59,8 @@ type tcptraceStaging struct {
 	Unwoken   uint64
 	NetCookie uint64
 	NetInum   uint32
-	Pad       uint32
-	Ev        [16]tcptraceEvent
+	Src       uint32
+	Ev        [17]tcptraceEvent
 }
 
 // Names of all BPF objects in the ELF.

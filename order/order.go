@@ -3,10 +3,15 @@
 // bpf/tcptrace.c), so the ring holds each CPU's records in order but
 // interleaves the CPUs a batch at a time: a connection whose transitions
 // ran on two CPUs can arrive out of order, and the socket table and the
-// timewait follower need every socket's transitions in order. A Buffer
-// holds records until the tracer has settled (loader.Tracer.Settle), when
-// every record timed before the settle is in hand, and releases those
-// sorted by time.
+// timewait follower need every socket's transitions in order.
+//
+// Every staged record says which CPU it came through, and a CPU's staged
+// records arrive in the order of their times; a flush of a CPU's staging
+// (loader.Tracer.Settle) ends with a mark, after every record of that CPU
+// timed before it. So once a record or a mark of each CPU has been read,
+// every record timed before the earliest of the CPUs' latest times is in
+// hand: a Buffer releases those, sorted by time. It holds a few batches
+// under load, however far behind the reader is.
 package order
 
 import (
@@ -20,16 +25,47 @@ import (
 type Buffer struct {
 	evs []events.Event
 	idx []int32 // scratch: the records being released
+	// latest[c] is the latest time CPU c's staged records or marks have
+	// reached; 0 for a CPU not seen yet
+	latest []uint64
 }
 
-// Add copies evs in.
+// Add copies evs in and takes note of how far each CPU has got. Marks
+// are noted, not kept. Records written straight to the ring (Src 0) say
+// nothing of their CPU: they interrupted a program that may stage an
+// earlier record after them.
 func (b *Buffer) Add(evs []events.Event) {
-	b.evs = append(b.evs, evs...)
+	for i := range evs {
+		e := &evs[i]
+		if e.Src != 0 {
+			c := int(e.Src - 1)
+			if c >= len(b.latest) {
+				b.latest = append(b.latest, make([]uint64, c+1-len(b.latest))...)
+			}
+			b.latest[c] = max(b.latest[c], e.Mono)
+		}
+		if e.Kind != events.Mark {
+			b.evs = append(b.evs, *e)
+		}
+	}
 }
 
 // Len is how many records are held.
 func (b *Buffer) Len() int {
 	return len(b.evs)
+}
+
+// Settled is the earliest of the latest times of the CPUs seen: every
+// record timed before it has been added, give or take TCP's own clock
+// (see bpf/tcptrace.c's clock_for). 0 until a CPU is seen.
+func (b *Buffer) Settled() uint64 {
+	var t uint64
+	for _, l := range b.latest {
+		if l != 0 && (t == 0 || l < t) {
+			t = l
+		}
+	}
+	return t
 }
 
 // Release passes fn every held record timed before mark, in time order

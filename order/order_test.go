@@ -58,3 +58,44 @@ func TestReleaseBeforeEverything(t *testing.T) {
 		t.Fatalf("held %d, want 1", b.Len())
 	}
 }
+
+func staged(mono, sock uint64, cpu uint32) events.Event {
+	return events.Event{Mono: mono, Sock: sock, Src: cpu + 1}
+}
+
+func mark(mono uint64, cpu uint32) events.Event {
+	return events.Event{Kind: events.Mark, Mono: mono, Src: cpu + 1}
+}
+
+// Settled follows the CPU that is furthest behind; marks move a CPU on
+// and are not held; records written straight to the ring move nothing.
+func TestSettledByEachCPU(t *testing.T) {
+	var b Buffer
+	if b.Settled() != 0 {
+		t.Fatalf("settled %d before any CPU was seen, want 0", b.Settled())
+	}
+	b.Add([]events.Event{mark(5, 0), mark(6, 1)}) // the first settle
+	if got := b.Settled(); got != 5 {
+		t.Fatalf("settled %d after the marks, want 5", got)
+	}
+	b.Add([]events.Event{staged(20, 2, 1), staged(40, 4, 1)})
+	b.Add([]events.Event{staged(10, 1, 0), staged(30, 3, 0)})
+	b.Add([]events.Event{ev(35, 9)}) // direct, from an interrupt on CPU 0
+	if got := b.Settled(); got != 30 {
+		t.Fatalf("settled %d, want 30 (CPU 0's latest)", got)
+	}
+	if got, want := released(&b, b.Settled()), []uint64{1, 2}; !slices.Equal(got, want) {
+		t.Fatalf("released %v, want %v", got, want)
+	}
+	// CPU 0 stays quiet until a settle marks it at 50
+	b.Add([]events.Event{staged(45, 5, 1), mark(50, 0), mark(51, 1)})
+	if got := b.Settled(); got != 50 {
+		t.Fatalf("settled %d after the second settle, want 50", got)
+	}
+	if got, want := released(&b, b.Settled()), []uint64{3, 9, 4, 5}; !slices.Equal(got, want) {
+		t.Fatalf("released %v, want %v", got, want)
+	}
+	if b.Len() != 0 {
+		t.Fatalf("held %d, want 0: marks are not records", b.Len())
+	}
+}

@@ -23,8 +23,7 @@ import (
 // Source is the kernel side: loader.Tracer.
 type Source interface {
 	ReadBatch(evs []events.Event, wait time.Duration) (int, error)
-	Settle() (mono, pos uint64, ok bool, err error)
-	Reached(pos uint64) bool
+	Settle() (ok bool, err error)
 	Wake()
 	Detach() error
 	Pending() int
@@ -66,19 +65,20 @@ const batchSize = 256
 // maxDefer bounds how often a sock_diag poll waits for the ring to drain.
 const maxDefer = 3
 
-// The reader settles the tracer (loader.Tracer.Settle) every Latency, or
-// sooner once it holds settleAt records: records wait in its order buffer
-// until then, so settleAt bounds that buffer's memory under load (about
-// 170 bytes a record).
+// The reader settles the tracer (loader.Tracer.Settle) every Latency, so
+// that records staged on a quiet CPU come out, or sooner once it holds
+// settleAt records, as it does when some CPU goes quiet under load: the
+// order buffer can release no record newer than that CPU's last one.
 const settleAt = 1024
 
-// slack is how much earlier than a settle a record may be timed that was
-// not staged yet: TCP's own clock dates some transitions from when
-// processing of their segment began, microseconds before (bpf/tcptrace.c).
+// slack is how much earlier than a CPU's latest record or mark a record
+// of that CPU may be timed that was not read yet: TCP's own clock dates
+// some transitions from when processing of their segment began,
+// microseconds before (bpf/tcptrace.c).
 const slack = time.Millisecond
 
-// settleTries bounds how often one settle retries a CPU whose staging was
-// in use: a program holds it for a few hundred nanoseconds.
+// settleTries bounds how often the last settle, after Detach, retries a
+// CPU whose staging was in use (no program runs then: none should be).
 const settleTries = 8
 
 // holdMax: past this many held records the reader releases what is older
@@ -285,58 +285,55 @@ type reader struct {
 func (r *reader) run() {
 	r.out = <-r.free
 	last := time.Now()
-	// a settle the reader has not read up to yet
-	var mark struct {
-		mono, pos  uint64
-		set, final bool // final: made after Detach
-	}
+	settled := false
 	for {
 		wait := r.wait
-		if mark.set {
-			// only a record reserved and not yet committed stands
-			// between the reader and the mark: it comes within
-			// microseconds, with no wakeup
-			wait = time.Millisecond
+		if settled {
+			// the marks are in the ring, with no wakeup
+			wait = 0
 		}
 		if !r.readInto(wait) {
 			close(r.full)
 			return
 		}
-		final := r.draining.Load()
-		if mark.set && r.src.Reached(mark.pos) {
-			mark.set = false
-			if mark.final && r.src.Pending() == 0 {
-				// after Detach nothing new arrives, and the flushed
-				// ring is empty: the stream has everything
-				r.finish()
-				return
-			}
-			r.release(mark.mono - uint64(slack))
+		if r.draining.Load() {
+			r.drain()
+			return
+		}
+		if t := r.buf.Settled(); t > uint64(slack) {
+			r.release(t - uint64(slack))
 		}
 		if r.buf.Len() > holdMax {
 			// no settle gets through: release rather than grow
 			r.release(loader.Monotonic() - uint64(slack+r.wait))
 		}
 		r.held.Store(int64(r.buf.Len()))
-		if mark.set || !final && r.buf.Len() < settleAt && time.Since(last) < r.wait {
+		since := time.Since(last)
+		settled = false
+		if since < time.Millisecond || r.buf.Len() < settleAt && since < r.wait {
 			continue
 		}
 		last = time.Now()
-		mono, pos, ok, err := r.settle()
-		switch {
-		case err != nil && final:
-			// the CPUs cannot be flushed: what the ring has is all
-			// the stream will get
-			for r.src.Pending() > 0 && r.readInto(0) {
-			}
-			r.finish()
-			return
-		case err != nil:
+		// a CPU whose staging was in use wrote no mark: the next settle
+		// tries again
+		if _, err := r.src.Settle(); err != nil {
 			r.err.Store(&err)
-		case ok:
-			mark.mono, mark.pos, mark.set, mark.final = mono, pos, true, final
+		}
+		settled = true
+	}
+}
+
+// drain, once the programs are detached: every CPU writes out what it has
+// staged, the reader reads the ring to its end and hands on everything.
+func (r *reader) drain() {
+	for range settleTries {
+		if ok, err := r.src.Settle(); err != nil || ok {
+			break
 		}
 	}
+	for r.src.Pending() > 0 && r.readInto(0) {
+	}
+	r.finish()
 }
 
 // readInto reads what the ring holds into the order buffer, waiting at
@@ -348,18 +345,6 @@ func (r *reader) readInto(wait time.Duration) bool {
 	}
 	r.buf.Add(r.in[:n])
 	return true
-}
-
-// settle flushes every CPU's staged records. Once the reader has read the
-// ring up to pos, the buffer holds every record timed before mono (less
-// slack). ok is false if a CPU's staging stayed in use.
-func (r *reader) settle() (mono, pos uint64, ok bool, err error) {
-	for range settleTries {
-		if mono, pos, ok, err = r.src.Settle(); err != nil || ok {
-			break
-		}
-	}
-	return mono, pos, ok, err
 }
 
 // send copies a released record into the outgoing batch.

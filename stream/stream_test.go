@@ -12,24 +12,29 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 )
 
-// fakeSource serves queued records in batches. Records in staged are
-// still on a CPU: Settle moves them to the ring. Settle says every record
-// timed before now is in the ring.
+// fakeSource serves queued records in batches of at most chunk (if set),
+// as staged on CPU 0 unless they say otherwise. The ring starts with a
+// mark for each of cpus, as loader.Tracer.Attach leaves it. Records in
+// staged are still on their CPU: Settle moves them to the ring, followed
+// by a mark at now for each CPU.
 type fakeSource struct {
 	mu       sync.Mutex
 	recs     []events.Event
 	staged   []events.Event
 	now      uint64
-	produced uint64
-	consumed uint64
+	cpus     int
+	chunk    int
 	detached bool
 }
 
 func newFake(n int) *fakeSource {
-	s := &fakeSource{now: 1 << 62, produced: uint64(n)}
+	s := &fakeSource{now: 1 << 62, cpus: 2}
+	for c := range s.cpus {
+		s.recs = append(s.recs, events.Event{Kind: events.Mark, Mono: 1, Src: uint32(c + 1)})
+	}
 	for i := range n {
 		s.recs = append(s.recs, events.Event{
-			Kind: events.Transition, Sock: uint64(i + 1), Family: 4, Mono: uint64(i),
+			Kind: events.Transition, Sock: uint64(i + 1), Family: 4, Mono: uint64(i), Src: 1,
 			LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1"),
 			Old: events.SynSent, New: events.Established,
 		})
@@ -39,9 +44,11 @@ func newFake(n int) *fakeSource {
 
 func (s *fakeSource) ReadBatch(evs []events.Event, wait time.Duration) (int, error) {
 	s.mu.Lock()
+	if s.chunk > 0 && len(evs) > s.chunk {
+		evs = evs[:s.chunk]
+	}
 	n := copy(evs, s.recs)
 	s.recs = s.recs[n:]
-	s.consumed += uint64(n)
 	s.mu.Unlock()
 	if n == 0 {
 		time.Sleep(time.Millisecond)
@@ -49,19 +56,15 @@ func (s *fakeSource) ReadBatch(evs []events.Event, wait time.Duration) (int, err
 	return n, nil
 }
 
-func (s *fakeSource) Settle() (uint64, uint64, bool, error) {
+func (s *fakeSource) Settle() (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.recs = append(s.recs, s.staged...)
-	s.produced += uint64(len(s.staged))
 	s.staged = nil
-	return s.now, s.produced, true, nil
-}
-
-func (s *fakeSource) Reached(pos uint64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.consumed >= pos
+	for c := range s.cpus {
+		s.recs = append(s.recs, events.Event{Kind: events.Mark, Mono: s.now, Src: uint32(c + 1)})
+	}
+	return true, nil
 }
 
 func (s *fakeSource) Wake()         {}
@@ -123,21 +126,23 @@ func TestCount(t *testing.T) {
 	}
 }
 
-// Two CPUs' batches reach the ring out of time order, and a third record
-// is still staged on a CPU: the stream writes all of them in time order,
-// those before the settle's time (less slack) first, the rest when it
-// stops.
+// Two CPUs' batches reach the ring out of time order, and a record is
+// still staged on CPU 0: the stream writes all of them in time order.
+// Before any settle, it writes what both CPUs have passed (10 and 20 ms,
+// before CPU 0's 30 less slack); the rest once a settle marks both CPUs
+// at 35 ms (30) or the stream stops (40 and the staged 50).
 func TestOrderAcrossCPUs(t *testing.T) {
 	ms := uint64(time.Millisecond)
 	src := newFake(0)
-	for _, m := range []uint64{20, 40, 10, 30} { // CPU 1's batch, then CPU 0's
-		src.recs = append(src.recs, events.Event{Kind: events.Transition, Sock: m, Mono: m * ms,
+	rec := func(m uint64, cpu uint32) events.Event {
+		return events.Event{Kind: events.Transition, Sock: m, Mono: m * ms, Src: cpu + 1,
 			Family: 4, LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1"),
-			Old: events.SynSent, New: events.Established})
+			Old: events.SynSent, New: events.Established}
 	}
-	src.produced = 4
-	src.staged = []events.Event{src.recs[0]}
-	src.staged[0].Mono, src.staged[0].Sock = 50*ms, 50
+	// CPU 1's batch, then CPU 0's, read one batch at a time
+	src.recs = append(src.recs, rec(20, 1), rec(40, 1), rec(10, 0), rec(30, 0))
+	src.chunk = 2
+	src.staged = []events.Event{rec(50, 0)}
 	src.now = 35*ms + uint64(slack)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
