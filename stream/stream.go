@@ -310,6 +310,7 @@ func (r *reader) run() {
 		r.held.Store(int64(r.buf.Len()))
 		since := time.Since(last)
 		settled = false
+		// a settle IPIs every CPU: at most one a millisecond
 		if since < time.Millisecond || r.buf.Len() < settleAt && since < r.wait {
 			continue
 		}
@@ -327,7 +328,12 @@ func (r *reader) run() {
 // staged, the reader reads the ring to its end and hands on everything.
 func (r *reader) drain() {
 	for range settleTries {
-		if ok, err := r.src.Settle(); err != nil || ok {
+		ok, err := r.src.Settle()
+		if err != nil {
+			// what the ring holds is all the stream will get
+			r.err.Store(&err)
+		}
+		if err != nil || ok {
 			break
 		}
 	}
