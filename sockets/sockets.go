@@ -1,10 +1,11 @@
 // Package sockets keeps what tcptrace knows of each live socket between
-// its transitions: who owns it, its cgroup and when it entered its state. The kernel
-// reports the owner only where it knows it, in a system call on the socket
-// or, for a server's child, from its listener; the transitions that
-// arriving packets make run in whatever task a softirq interrupted. Keeping
-// this here rather than in per-socket BPF storage saves the BPF program
-// about 100 ns per transition (see the README's overhead section).
+// its transitions: who owns it, the owner's cgroup and when it entered its
+// state. The kernel reports the owner only where it knows it, in a system
+// call on the socket or, for a server's child, from its listener; the
+// transitions that arriving packets make run in whatever task a softirq
+// interrupted. Keeping this here rather than in per-socket BPF storage
+// saves the BPF program about 100 ns per transition (see the README's
+// overhead section).
 package sockets
 
 import (
