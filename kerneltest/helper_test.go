@@ -324,9 +324,10 @@ func unmountCgroups() {
 // the directory's inode number. It is removed once its process has gone.
 func newCgroup(t *testing.T) (*os.File, uint64) {
 	t.Helper()
+	root := cgroupRoot(t)
 	cgroups.Lock()
 	cgroups.n++
-	dir := filepath.Join(cgroupRoot(t), fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), cgroups.n))
+	dir := filepath.Join(root, fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), cgroups.n))
 	cgroups.Unlock()
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatalf("make cgroup: %v", err)
