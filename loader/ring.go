@@ -89,21 +89,14 @@ func newRing(fd int, size int) (*ring, error) {
 	return r, nil
 }
 
-// positions are the producer's (every record reserved so far ends at or
-// before it) and the reader's; both 0 once closed.
-func (r *ring) positions() (prod, cons uint64) {
+// pending is the number of bytes not read yet; 0 once closed.
+func (r *ring) pending() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed.Load() {
-		return 0, 0
+		return 0
 	}
-	return atomic.LoadUint64(r.prodPos), r.cons
-}
-
-// pending is the number of bytes not read yet.
-func (r *ring) pending() int {
-	prod, cons := r.positions()
-	return int(prod - cons)
+	return int(atomic.LoadUint64(r.prodPos) - r.cons)
 }
 
 // wait blocks until the program wakes the reader, wake is called, or the
