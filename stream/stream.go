@@ -111,10 +111,6 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 
 	diag := sockdiag.NewProber()
 	defer diag.Close()
-	want := cfg.Follow.Want
-	if want == nil {
-		want = func(*events.Event) bool { return true }
-	}
 	follow := timewait.New(diag, cfg.Follow)
 	socks := sockets.New(cfg.Sockets)
 	clock := loader.NewWallClock()
@@ -139,7 +135,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	// a record with its owner known: filter it (a record the filters drop
 	// still goes to the follower, as a hint), follow it, show it
 	deliver := func(e *events.Event) error {
-		if e.Kind == events.Transition && !want(e) {
+		if e.Kind == events.Transition && !follow.Wants(e) {
 			e.Kind = events.Hint
 		}
 		show, err := follow.Observe(e, emit)

@@ -218,9 +218,14 @@ func (f *Follower) remove(en *entry) {
 	}
 }
 
+// Wants says whether the filters (Options.Want) pass e.
+func (f *Follower) Wants(e *events.Event) bool {
+	return f.opts.Want(e)
+}
+
 // show emits a transition the follower made, if the filters want it.
 func (f *Follower) show(ev *events.Event, emit func(*events.Event) error) error {
-	if !f.opts.Want(ev) {
+	if !f.Wants(ev) {
 		return nil
 	}
 	return emit(ev)
