@@ -8,7 +8,8 @@
 #define TASK_COMM_LEN 16
 
 /* records a CPU stages before it writes them to the ring as one; a ring
- * record holds 1 to BATCH struct events */
+ * record holds 1 to BATCH struct events, plus a mark when flush_staging
+ * wrote it */
 #define BATCH 16
 
 /* record kinds */
