@@ -12,8 +12,9 @@ import (
 
 // On an idle system the program does not wake the reader for each event,
 // and each CPU keeps its records staged until it has 16; the reader
-// settles every 50 ms instead (flushes every CPU's staged records, reads
-// the ring, releases what is older than the settle). Every event must
+// settles every 50 ms instead (flushes every CPU's staged records and
+// its mark, reads the ring, releases what every CPU's mark has passed).
+// Every event must
 // still reach the output within 200 ms of the transition.
 func TestLatencyWhenIdle(t *testing.T) {
 	t.Parallel()
