@@ -14,8 +14,8 @@ import (
 // and each CPU keeps its records staged until it has 16; the reader
 // settles every 50 ms instead (flushes every CPU's staged records and
 // its mark, reads the ring, releases what every CPU's mark has passed).
-// Every event must
-// still reach the output within 200 ms of the transition.
+// Every event must still reach the output within 200 ms of the
+// transition.
 func TestLatencyWhenIdle(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
