@@ -1,5 +1,6 @@
 # tcptrace. `make build` needs only Go: the BPF object is committed.
-# `make generate` needs clang 14 (Debian bookworm's) and, for vmlinux.h,
+# `make generate` needs clang 14 (Debian bookworm's; the libbpf headers are
+# vendored in bpf/include) and, for vmlinux.h,
 # bpftool: apt-get install -y clang-14 llvm bpftool
 
 GO ?= go

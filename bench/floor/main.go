@@ -74,7 +74,7 @@ func run(src, inc, clang, churn string, dur time.Duration) error {
 	var base float64
 	for i, p := range pieces {
 		obj := filepath.Join(dir, fmt.Sprintf("v%d.o", i))
-		args := []string{"-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I" + inc, "-c", src, "-o", obj}
+		args := []string{"-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I" + inc, "-I" + filepath.Join(inc, "bpf", "include"), "-c", src, "-o", obj}
 		if p.define != "" {
 			args = append(args, "-D"+p.define)
 		}
