@@ -16,6 +16,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
 
 #define EPIPE 32
 #define ECONNABORTED 103
@@ -50,15 +51,20 @@ const volatile bool filter_rport = false;
 /* wake user space only once this much is pending */
 const volatile __u64 wakeup_bytes = 256 * 1024;
 
-/* a listener's owner: the kernel copies it to each child it clones */
+/* A listener's owner: the kernel copies it to each child it clones. In
+ * a child, holder is the last process noted receiving or sending on it
+ * (note_holder), 0 until one does. */
 struct owner {
 	__u64 cgroup;
+	__u64 listener; /* the listener's cookie */
 	__u32 pid;
+	__u32 holder;
 	char comm[TASK_COMM_LEN];
 };
 
 /* the record type, named here so bpf2go emits it for the decoder's tests */
 const struct event *event_type __attribute__((unused));
+const struct holder *holder_type __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -382,7 +388,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	 * in the socket: read it in place after that */
 	cookie = sk->__sk_common.skc_cookie.counter;
 	e->cookie = cookie ? cookie : bpf_get_socket_cookie(sk);
-	e->dwell_ns = 0;
+	e->ref = 0;
 	e->netns = t->netns;
 	e->sport = t->sport;
 	e->dport = t->dport;
@@ -390,9 +396,9 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	e->newstate = t->newstate;
 	e->cause = t->cause;
 	e->kind = t->kind;
-	e->flags = 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
+	e->pad[2] = 0;
 	e->src = src;
 	if (t->family == AF_INET) {
 		e->family = AF_INET;
@@ -427,6 +433,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 		if (o) {
 			e->cgroup = o->cgroup;
 			e->pid = o->pid;
+			e->ref = o->listener;
 			__builtin_memcpy(e->comm, o->comm, TASK_COMM_LEN);
 		} else {
 			/* a listener from before the tracer: the child,
@@ -443,12 +450,16 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 			task = bpf_get_current_task_btf();
 		e->cgroup = task->cgroups->dfl_cgrp->kn->id;
 		e->pid = task->tgid;
-		__builtin_memcpy(e->comm, task->comm, TASK_COMM_LEN);
+		/* the process's name, not the thread's (prctl(PR_SET_NAME)
+		 * renames a thread): what ps and ss -p show */
+		__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
 		if (t->newstate == TCP_LISTEN) {
 			o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 			if (o) {
 				o->cgroup = e->cgroup;
+				o->listener = e->cookie;
 				o->pid = e->pid;
+				o->holder = 0;
 				__builtin_memcpy(o->comm, e->comm, TASK_COMM_LEN);
 			}
 		}
@@ -636,6 +647,156 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 	}
 	count(COUNTER_RESCUED, 1);
 	return on_state(sk, oldstate, newstate, NULL);
+}
+
+/* a KIND_HOLDER record: the current process holds sk now */
+static __always_inline void fill_holder(struct event *e, struct sock *sk, struct task_struct *task,
+					__u32 tgid, __u32 src)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = KIND_HOLDER;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cookie = sk->__sk_common.skc_cookie.counter;
+	e->cgroup = task->cgroups->dfl_cgrp->kn->id;
+	e->pid = tgid;
+	e->src = src;
+	__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
+}
+
+/* A server's connection is owned by whoever accepted it, or was handed
+ * it (fork, SCM_RIGHTS), which no state transition shows: the process
+ * that receives or sends on it does. Only a server's children carry the
+ * listeners storage (cloned from their listener), so for every other
+ * socket this costs a protocol check and one pointer load; for a child,
+ * a compare, and a record only when the holder changes, once per accept
+ * in the common case. */
+static __always_inline void note_holder(struct sock *sk)
+{
+	struct task_struct *task;
+	struct staging *st;
+	struct owner *o;
+	struct event *e;
+	__u32 zero = 0, tgid, n;
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return;
+	o = bpf_sk_storage_get(&listeners, sk, 0, 0);
+	/* no cookie: no transition of it was recorded (the filters) */
+	if (!o || !sk->__sk_common.skc_cookie.counter)
+		return;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	/* the listener's own storage has listener == its cookie; a child's
+	 * has its listener's */
+	if (o->holder == tgid || o->listener == sk->__sk_common.skc_cookie.counter)
+		return;
+	o->holder = tgid;
+	st = bpf_map_lookup_elem(&staging, &zero);
+	if (!st)
+		return;
+	task = bpf_get_current_task_btf();
+	if (READ_ONCE(st->busy)) {
+		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+		if (!e) {
+			count(COUNTER_LOST, 1);
+			return;
+		}
+		fill_holder(e, sk, task, tgid, 0);
+		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
+		return;
+	}
+	hold(st);
+	n = st->n;
+	if (n >= BATCH) /* never: for the verifier */
+		n = 0;
+	fill_holder(&st->ev[n], sk, task, tgid, st->src);
+	if (++n == BATCH) {
+		write_out(st, n, n);
+		n = 0;
+	}
+	st->n = n;
+	let_go(st);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(note_recv, struct sock *sk, int ret, int flags)
+{
+	note_holder(sk);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(note_send, struct sock *sk, int ret, int flags)
+{
+	note_holder(sk);
+	return 0;
+}
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* Every open file of a TCP socket, with the process that holds it: run by
+ * user space when tracing starts (sockets older than the tracer) and when
+ * it must find who holds a socket no transition named. A listener from
+ * before the tracer gets the listeners storage here, so that its children
+ * name it. */
+SEC("iter/task_file")
+int dump_holders(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct task_struct *leader;
+	struct holder h = {};
+	struct socket *sock;
+	struct sock *sk, *sub;
+	struct owner *o;
+
+	if (!task || !file)
+		return 0;
+	if ((file->f_inode->i_mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = sock->sk;
+	if (!sk || sk->sk_type != 1 /* SOCK_STREAM */)
+		return 0;
+	if (sk->sk_protocol == IPPROTO_MPTCP) {
+		/* an MPTCP socket (Go listens with MPTCP by default) holds a
+		 * plain TCP socket, its first subflow: that is the one the
+		 * tracepoint reports. Read through helpers: the verifier
+		 * does not follow that pointer. */
+		sub = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+		if (!sub || BPF_CORE_READ(sub, sk_protocol) != IPPROTO_TCP)
+			return 0;
+		h.cookie = BPF_CORE_READ(sub, __sk_common.skc_cookie.counter);
+		h.netns = BPF_CORE_READ(sub, __sk_common.skc_net.net, ns.inum);
+		h.lport = BPF_CORE_READ(sub, __sk_common.skc_num);
+		h.state = BPF_CORE_READ(sub, __sk_common.skc_state);
+	} else if (sk->sk_protocol == IPPROTO_TCP) {
+		h.cookie = bpf_get_socket_cookie(sk);
+		h.netns = sk->__sk_common.skc_net.net->ns.inum;
+		h.lport = sk->__sk_common.skc_num;
+		h.state = sk->__sk_common.skc_state;
+	} else {
+		return 0;
+	}
+	leader = task->group_leader;
+	h.start_ns = leader->start_time;
+	h.cgroup = task->cgroups->dfl_cgrp->kn->id;
+	h.pid = task->tgid;
+	h.fd = ctx->fd;
+	__builtin_memcpy(h.comm, leader->comm, TASK_COMM_LEN);
+	if (h.state == TCP_LISTEN && sk->sk_protocol == IPPROTO_TCP) {
+		o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (o && !o->listener) {
+			o->cgroup = h.cgroup;
+			o->listener = h.cookie;
+			o->pid = h.pid;
+			__builtin_memcpy(o->comm, h.comm, TASK_COMM_LEN);
+		}
+	}
+	bpf_seq_write(ctx->meta->seq, &h, sizeof(h));
+	return 0;
 }
 
 /* Run by user space on each CPU (BPF_PROG_TEST_RUN with

@@ -22,11 +22,10 @@ enum {
 	KIND_MARK = 4,   /* written by flush_staging: every record of CPU
 	                  * src - 1 timed before ts_ns is in the ring before
 	                  * it. Only ts_ns and src are set. */
-};
-
-/* record flags */
-enum {
-	FLAG_DWELL = 1 << 0, /* dwell_ns is known */
+	KIND_HOLDER = 5, /* a process other than the last one noted received
+	                  * or sent on a server's connection: it holds the
+	                  * socket now (it accepted it, or was handed it). Only
+	                  * ts_ns, cookie, cgroup, pid, comm and src are set. */
 };
 
 /* why a connection reached CLOSE */
@@ -48,7 +47,8 @@ struct event {
 	__u64 ts_ns;    /* CLOCK_MONOTONIC */
 	__u64 cookie;   /* socket cookie: stable for the socket's life, kept by
 	                 * its timewait mini-socket, shown by `ss -e` as sk: */
-	__u64 dwell_ns; /* time in the old state, if FLAG_DWELL */
+	__u64 ref;      /* LISTEN -> SYN_RECV: the cookie of the listener the
+	                 * child came from, 0 if not known; else 0 */
 	__u64 cgroup;   /* cgroup v2 id of the owner where fill() reads the
 	                 * owner, else 0: user space carries it */
 	__u32 pid;      /* owning process (tgid), 0 when unknown */
@@ -62,11 +62,27 @@ struct event {
 	__u8 newstate;
 	__u8 cause;
 	__u8 kind;
-	__u8 flags;
-	__u8 pad[2];
-	char comm[TASK_COMM_LEN]; /* owning process, empty when unknown */
+	__u8 pad[3];
+	char comm[TASK_COMM_LEN]; /* owning process's name (its thread group
+	                           * leader's comm, as ps shows), empty when
+	                           * unknown */
 	__u32 src; /* CPU + 1 whose staging the record came through; 0 if it
 	            * was written straight to the ring */
+};
+
+/* One open file of a TCP socket, written by the dump_holders iterator:
+ * who holds which socket when tracing starts, or when user space asks. */
+struct holder {
+	__u64 cookie;
+	__u64 start_ns; /* the holding process's start, CLOCK_MONOTONIC */
+	__u64 cgroup;   /* its cgroup v2 id */
+	__u32 pid;      /* tgid */
+	__u32 netns;
+	__u32 fd;
+	__u16 lport;
+	__u8 state;
+	__u8 pad;
+	char comm[TASK_COMM_LEN]; /* thread group leader's */
 };
 
 /* per-CPU counters read by user space */

@@ -15,7 +15,7 @@ const RecordSize = 104
 const (
 	offTs     = 0
 	offCookie = 8
-	offDwell  = 16
+	offRef    = 16
 	offCgroup = 24
 	offPid    = 32
 	offNetns  = 36
@@ -28,13 +28,9 @@ const (
 	offNew    = 78
 	offCause  = 79
 	offKind   = 80
-	offFlags  = 81
 	offComm   = 84
 	offSrc    = 100
 )
-
-// record flags, as in bpf/tcptrace.h
-const flagDwell = 1 << 0
 
 const (
 	afInet  = 2
@@ -53,6 +49,12 @@ func (e *Event) Decode(b []byte) error {
 		*e = Event{Kind: Mark, Mono: le.Uint64(b[offTs:]), Src: le.Uint32(b[offSrc:])}
 		return nil
 	}
+	if kind == Holding {
+		*e = Event{Kind: Holding, Mono: le.Uint64(b[offTs:]), Sock: le.Uint64(b[offCookie:]),
+			Cgroup: le.Uint64(b[offCgroup:]), PID: le.Uint32(b[offPid:]), Src: le.Uint32(b[offSrc:])}
+		copy(e.Comm[:], b[offComm:offComm+CommLen])
+		return nil
+	}
 	if kind != Transition && kind != Parked && kind != Hint {
 		return fmt.Errorf("decode record: unknown kind %d", kind)
 	}
@@ -68,15 +70,13 @@ func (e *Event) Decode(b []byte) error {
 	default:
 		return fmt.Errorf("decode record: unknown address family %d", b[offFamily])
 	}
-	flags := b[offFlags]
 	e.Mono = le.Uint64(b[offTs:])
 	e.Time = time.Time{}
 	e.Sock = le.Uint64(b[offCookie:])
-	e.DwellKnown = flags&flagDwell != 0
+	// the time in state is worked out in user space (package sockets)
+	e.DwellKnown = false
 	e.Dwell = 0
-	if e.DwellKnown {
-		e.Dwell = time.Duration(le.Uint64(b[offDwell:]))
-	}
+	e.Listener = le.Uint64(b[offRef:])
 	e.Cgroup = le.Uint64(b[offCgroup:])
 	e.PID = le.Uint32(b[offPid:])
 	e.Netns = le.Uint32(b[offNetns:])
@@ -103,7 +103,13 @@ func (e *Event) Encode(b []byte) {
 		return
 	}
 	le.PutUint64(b[offCookie:], e.Sock)
-	le.PutUint64(b[offDwell:], uint64(e.Dwell))
+	if e.Kind == Holding {
+		le.PutUint64(b[offCgroup:], e.Cgroup)
+		le.PutUint32(b[offPid:], e.PID)
+		copy(b[offComm:], e.Comm[:])
+		return
+	}
+	le.PutUint64(b[offRef:], e.Listener)
 	le.PutUint64(b[offCgroup:], e.Cgroup)
 	le.PutUint32(b[offPid:], e.PID)
 	le.PutUint32(b[offNetns:], e.Netns)
@@ -123,8 +129,56 @@ func (e *Event) Encode(b []byte) {
 	b[offOld] = byte(e.Old)
 	b[offNew] = byte(e.New)
 	b[offCause] = byte(e.Cause)
-	if e.DwellKnown {
-		b[offFlags] |= flagDwell
-	}
 	copy(b[offComm:], e.Comm[:])
+}
+
+// HolderSize is sizeof(struct holder) in bpf/tcptrace.h.
+const HolderSize = 56
+
+// Offsets of struct holder's fields.
+const (
+	offHCookie = 0
+	offHStart  = 8
+	offHCgroup = 16
+	offHPid    = 24
+	offHNetns  = 28
+	offHFd     = 32
+	offHLport  = 36
+	offHState  = 38
+	offHComm   = 40
+)
+
+// Holder is one open file of a TCP socket: a process that holds it.
+type Holder struct {
+	Sock uint64
+	// Start is when the holding process started, CLOCK_MONOTONIC: of
+	// several holders, the youngest is taken (package sockets).
+	Start  uint64
+	Cgroup uint64
+	PID    uint32
+	Netns  uint32
+	FD     uint32
+	LPort  uint16
+	State  State
+	Comm   [CommLen]byte
+}
+
+// DecodeHolder fills h from one record of the holders dump.
+func (h *Holder) DecodeHolder(b []byte) error {
+	if len(b) < HolderSize {
+		return fmt.Errorf("decode holder: %d bytes, want %d", len(b), HolderSize)
+	}
+	le := binary.LittleEndian
+	*h = Holder{
+		Sock:   le.Uint64(b[offHCookie:]),
+		Start:  le.Uint64(b[offHStart:]),
+		Cgroup: le.Uint64(b[offHCgroup:]),
+		PID:    le.Uint32(b[offHPid:]),
+		Netns:  le.Uint32(b[offHNetns:]),
+		FD:     le.Uint32(b[offHFd:]),
+		LPort:  le.Uint16(b[offHLport:]),
+		State:  State(b[offHState]),
+	}
+	copy(h.Comm[:], b[offHComm:offHComm+CommLen])
+	return nil
 }

@@ -134,6 +134,11 @@ const (
 	// Mark says every record of CPU Src-1 timed before Mono is in the
 	// ring before it; only Mono and Src are set. Package order uses it.
 	Mark Kind = 4
+	// Holding says process PID received or sent on server connection
+	// Sock: it holds it now (it accepted it, or was handed it). Only
+	// Mono, Sock, PID, Comm, Cgroup and Src are set. Package sockets
+	// takes it; it is never shown.
+	Holding Kind = 5
 )
 
 // Family is the address family as shown: 4 or 6.
@@ -161,7 +166,9 @@ type Event struct {
 	// Dwell is the time spent in Old; meaningful only if DwellKnown.
 	Dwell      time.Duration
 	DwellKnown bool
-	// PID and Comm name the owning process; 0 and empty when unknown.
+	// PID and Comm name the owning process, the one that holds the
+	// socket (see the README's "The owner"); 0 and empty when unknown.
+	// Comm is the process's name (its main thread's), as ps shows it.
 	PID   uint32
 	Comm  [CommLen]byte
 	Netns uint32
@@ -178,6 +185,9 @@ type Event struct {
 	New    State
 	Cause  Cause
 	Kind   Kind
+	// Listener is, on a server connection's LISTEN -> SYN_RECV, the
+	// cookie of the listener it came from (0 if not known).
+	Listener uint64
 }
 
 // CommString returns the owner's command name.

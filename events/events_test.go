@@ -72,9 +72,15 @@ func TestDecodeRoundTrip(t *testing.T) {
 	staged := sample()
 	staged.Src = 2
 	mark := Event{Kind: Mark, Mono: 123456789, Src: 1}
-	for _, want := range []Event{sample(), v6, unknown, staged, mark} {
+	child := sample()
+	child.Old, child.New, child.Listener = Listen, SynRecv, 0x5eed
+	holding := Event{Kind: Holding, Mono: 5, Sock: 6699, PID: 77, Cgroup: 3, Src: 2}
+	copy(holding.Comm[:], "nginx")
+	for _, want := range []Event{sample(), v6, unknown, staged, mark, child, holding} {
 		b := make([]byte, RecordSize)
 		want.Encode(b)
+		// the time in state is not part of a record (package sockets)
+		want.Dwell, want.DwellKnown = 0, false
 		var got Event
 		got.Dwell = time.Hour // must be reset
 		if err := got.Decode(b); err != nil {

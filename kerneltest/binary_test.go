@@ -76,8 +76,12 @@ exec "$0" "$@"`
 // waitAttached waits until the process holds all its BPF links.
 func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 	t.Helper()
+	want, err := loader.ExpectedLinks()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if loader.LinksHeld(pid) == loader.Links {
+		if loader.LinksHeld(pid) == want {
 			return
 		}
 	}

@@ -21,7 +21,7 @@ func TestRecordLayout(t *testing.T) {
 	}{
 		{"ts_ns", unsafe.Offsetof(e.TsNs), 0},
 		{"cookie", unsafe.Offsetof(e.Cookie), 8},
-		{"dwell_ns", unsafe.Offsetof(e.DwellNs), 16},
+		{"ref", unsafe.Offsetof(e.Ref), 16},
 		{"cgroup", unsafe.Offsetof(e.Cgroup), 24},
 		{"pid", unsafe.Offsetof(e.Pid), 32},
 		{"netns", unsafe.Offsetof(e.Netns), 36},
@@ -34,9 +34,33 @@ func TestRecordLayout(t *testing.T) {
 		{"newstate", unsafe.Offsetof(e.Newstate), 78},
 		{"cause", unsafe.Offsetof(e.Cause), 79},
 		{"kind", unsafe.Offsetof(e.Kind), 80},
-		{"flags", unsafe.Offsetof(e.Flags), 81},
 		{"comm", unsafe.Offsetof(e.Comm), 84},
 		{"src", unsafe.Offsetof(e.Src), 100},
+	} {
+		if f.got != f.want {
+			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)
+		}
+	}
+}
+
+func TestHolderLayout(t *testing.T) {
+	var h tcptraceHolder
+	if got := unsafe.Sizeof(h); got != events.HolderSize {
+		t.Fatalf("sizeof(struct holder) = %d, decoder expects %d", got, events.HolderSize)
+	}
+	for _, f := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"cookie", unsafe.Offsetof(h.Cookie), 0},
+		{"start_ns", unsafe.Offsetof(h.StartNs), 8},
+		{"cgroup", unsafe.Offsetof(h.Cgroup), 16},
+		{"pid", unsafe.Offsetof(h.Pid), 24},
+		{"netns", unsafe.Offsetof(h.Netns), 28},
+		{"fd", unsafe.Offsetof(h.Fd), 32},
+		{"lport", unsafe.Offsetof(h.Lport), 36},
+		{"state", unsafe.Offsetof(h.State), 38},
+		{"comm", unsafe.Offsetof(h.Comm), 40},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)

@@ -6,6 +6,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -73,9 +74,43 @@ func (o *Options) Match(e *events.Event) bool {
 	return o.Comm == "" || string(e.CommBytes()) == o.Comm // compared without a copy
 }
 
+// objects are the maps and the programs every kernel loads.
+type objects struct {
+	tcptraceMaps
+	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
+	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
+	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
+	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
+	DumpHolders     *ebpf.Program `ebpf:"dump_holders"`
+}
+
+func (o *objects) Close() error {
+	return errors.Join(o.tcptraceMaps.Close(), closeAll(o.HandleSetState, o.RescueSetState,
+		o.HandleSendReset, o.FlushStaging, o.DumpHolders))
+}
+
+// notes are the programs that note who holds a server's connection, on
+// sock:sock_recv_length and sock:sock_send_length (Linux 6.3): loaded
+// where the kernel has them.
+type notes struct {
+	NoteRecv *ebpf.Program `ebpf:"note_recv"`
+	NoteSend *ebpf.Program `ebpf:"note_send"`
+}
+
+func closeAll(progs ...*ebpf.Program) error {
+	var errs []error
+	for _, p := range progs {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Tracer is the loaded program, its links and its reader.
 type Tracer struct {
-	objs  tcptraceObjects
+	objs  objects
+	notes notes
 	links []link.Link
 	ring  *ring
 	// the last batch stopped at its size: read again before waiting
@@ -118,13 +153,21 @@ func check() (*btf.Spec, error) {
 		return nil, fmt.Errorf("read kernel BTF: %w", err)
 	}
 	for _, tp := range []string{"inet_sock_set_state", "tcp_send_reset"} {
-		var fn *btf.Typedef
-		if err := spec.TypeByName("btf_trace_"+tp, &fn); err != nil {
+		if !hasTracepoint(spec, tp) {
 			return nil, fmt.Errorf("this kernel has no %s tracepoint: tcptrace needs Linux %d.%d or later with TCP tracepoints", tp, MinKernel[0], MinKernel[1])
 		}
 	}
 	return spec, nil
 }
+
+func hasTracepoint(kernel *btf.Spec, tp string) bool {
+	var fn *btf.Typedef
+	return kernel.TypeByName("btf_trace_"+tp, &fn) == nil
+}
+
+// NotesHolders says whether the kernel has the tracepoints that tell who
+// holds a server's connection once it is accepted or handed on.
+func (t *Tracer) NotesHolders() bool { return t.notes.NoteRecv != nil }
 
 func checkPrivileges() error {
 	if os.Geteuid() == 0 {
@@ -173,9 +216,17 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, fmt.Errorf("count CPUs: %w", err)
 	}
 	t := &Tracer{cpus: cpus}
-	err = spec.LoadAndAssign(&t.objs, &ebpf.CollectionOptions{
-		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
-	})
+	copts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
+	if hasTracepoint(kernel, "sock_recv_length") && hasTracepoint(kernel, "sock_send_length") {
+		all := struct {
+			objects
+			notes
+		}{}
+		err = spec.LoadAndAssign(&all, copts)
+		t.objs, t.notes = all.objects, all.notes
+	} else {
+		err = spec.LoadAndAssign(&t.objs, copts)
+	}
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
@@ -262,11 +313,31 @@ func (t *Tracer) fillFilters(o *Options) error {
 }
 
 // Links is how many BPF links Attach creates: two programs on
-// sock:inet_sock_set_state and one on tcp:tcp_send_reset.
-const Links = 3
+// sock:inet_sock_set_state, one on tcp:tcp_send_reset, and where the
+// kernel has them (NotesHolders), one each on sock:sock_recv_length and
+// sock:sock_send_length.
+func (t *Tracer) Links() int {
+	if t.NotesHolders() {
+		return 5
+	}
+	return 3
+}
+
+// ExpectedLinks is how many links a tracer attaches on this kernel: a
+// process running tcptrace is attached once it holds that many (LinksHeld).
+func ExpectedLinks() (int, error) {
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		return 0, fmt.Errorf("read kernel BTF: %w", err)
+	}
+	if hasTracepoint(kernel, "sock_recv_length") && hasTracepoint(kernel, "sock_send_length") {
+		return 5, nil
+	}
+	return 3, nil
+}
 
 // LinksHeld counts the BPF links process pid holds open: a process running
-// tcptrace is attached once it holds Links of them.
+// tcptrace is attached once it holds ExpectedLinks of them.
 func LinksHeld(pid int) int {
 	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
 	fds, _ := os.ReadDir(dir)
@@ -305,7 +376,12 @@ func (t *Tracer) Attach() error {
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
 		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
 		{t.objs.RescueSetState, "sock:inet_sock_set_state"},
+		{t.notes.NoteRecv, "sock:sock_recv_length"},
+		{t.notes.NoteSend, "sock:sock_send_length"},
 	} {
+		if p.prog == nil {
+			continue
+		}
 		l, err := link.AttachTracing(link.TracingOptions{Program: p.prog, AttachType: ebpf.AttachTraceRawTp})
 		if err != nil {
 			return fmt.Errorf("attach %s: %w", p.name, err)
@@ -390,8 +466,37 @@ func (t *Tracer) Close() error {
 	if t.ring != nil {
 		errs = append(errs, t.ring.close())
 	}
-	errs = append(errs, t.objs.Close())
+	errs = append(errs, t.objs.Close(), closeAll(t.notes.NoteRecv, t.notes.NoteSend))
 	return errors.Join(errs...)
+}
+
+// Holders lists every open file of a TCP socket on the host, with the
+// process that holds it, by running the dump_holders iterator over every
+// task's files. It costs a walk of every open file on the host: a few
+// milliseconds per hundred thousand. A listener it finds that predates
+// the tracer gets its storage here, so that its children name it.
+func (t *Tracer) Holders() ([]events.Holder, error) {
+	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpHolders})
+	if err != nil {
+		return nil, fmt.Errorf("attach the holders iterator: %w", err)
+	}
+	defer it.Close()
+	rd, err := it.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open the holders iterator: %w", err)
+	}
+	defer rd.Close()
+	raw, err := io.ReadAll(rd)
+	if err != nil {
+		return nil, fmt.Errorf("read the holders iterator: %w", err)
+	}
+	hs := make([]events.Holder, len(raw)/events.HolderSize)
+	for i := range hs {
+		if err := hs[i].DecodeHolder(raw[i*events.HolderSize:]); err != nil {
+			return nil, err
+		}
+	}
+	return hs, nil
 }
 
 // Counts are what the kernel side could not deliver or follow.

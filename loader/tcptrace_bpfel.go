@@ -17,7 +17,7 @@ type tcptraceEvent struct {
 	_        structs.HostLayout
 	TsNs     uint64
 	Cookie   uint64
-	DwellNs  uint64
+	Ref      uint64
 	Cgroup   uint64
 	Pid      uint32
 	Netns    uint32
@@ -30,18 +30,32 @@ type tcptraceEvent struct {
 	Newstate uint8
 	Cause    uint8
 	Kind     uint8
-	Flags    uint8
-	Pad      [2]uint8
+	Pad      [3]uint8
 	Comm     [16]int8
 	Src      uint32
 }
 
+type tcptraceHolder struct {
+	_       structs.HostLayout
+	Cookie  uint64
+	StartNs uint64
+	Cgroup  uint64
+	Pid     uint32
+	Netns   uint32
+	Fd      uint32
+	Lport   uint16
+	State   uint8
+	Pad     uint8
+	Comm    [16]int8
+}
+
 type tcptraceOwner struct {
-	_      structs.HostLayout
-	Cgroup uint64
-	Pid    uint32
-	Comm   [16]int8
-	_      [4]byte
+	_        structs.HostLayout
+	Cgroup   uint64
+	Listener uint64
+	Pid      uint32
+	Holder   uint32
+	Comm     [16]int8
 }
 
 type tcptraceRan struct {
@@ -75,15 +89,19 @@ const (
 	tcptraceMapResetSent        = "reset_sent"
 	tcptraceMapRportFilter      = "rport_filter"
 	tcptraceMapStaging          = "staging"
+	tcptraceProgDumpHolders     = "dump_holders"
 	tcptraceProgFlushStaging    = "flush_staging"
 	tcptraceProgHandleSendReset = "handle_send_reset"
 	tcptraceProgHandleSetState  = "handle_set_state"
+	tcptraceProgNoteRecv        = "note_recv"
+	tcptraceProgNoteSend        = "note_send"
 	tcptraceProgRescueSetState  = "rescue_set_state"
 	tcptraceVarEventType        = "event_type"
 	tcptraceVarFilterFamily     = "filter_family"
 	tcptraceVarFilterLport      = "filter_lport"
 	tcptraceVarFilterNetns      = "filter_netns"
 	tcptraceVarFilterRport      = "filter_rport"
+	tcptraceVarHolderType       = "holder_type"
 	tcptraceVarWakeupBytes      = "wakeup_bytes"
 )
 
@@ -129,9 +147,12 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	DumpHolders     *ebpf.ProgramSpec `ebpf:"dump_holders"`
 	FlushStaging    *ebpf.ProgramSpec `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	NoteRecv        *ebpf.ProgramSpec `ebpf:"note_recv"`
+	NoteSend        *ebpf.ProgramSpec `ebpf:"note_send"`
 	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
 
@@ -158,6 +179,7 @@ type tcptraceVariableSpecs struct {
 	FilterLport  *ebpf.VariableSpec `ebpf:"filter_lport"`
 	FilterNetns  *ebpf.VariableSpec `ebpf:"filter_netns"`
 	FilterRport  *ebpf.VariableSpec `ebpf:"filter_rport"`
+	HolderType   *ebpf.VariableSpec `ebpf:"holder_type"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -213,6 +235,7 @@ type tcptraceVariables struct {
 	FilterLport  *ebpf.Variable `ebpf:"filter_lport"`
 	FilterNetns  *ebpf.Variable `ebpf:"filter_netns"`
 	FilterRport  *ebpf.Variable `ebpf:"filter_rport"`
+	HolderType   *ebpf.Variable `ebpf:"holder_type"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
@@ -220,17 +243,23 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	DumpHolders     *ebpf.Program `ebpf:"dump_holders"`
 	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
+	NoteRecv        *ebpf.Program `ebpf:"note_recv"`
+	NoteSend        *ebpf.Program `ebpf:"note_send"`
 	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.DumpHolders,
 		p.FlushStaging,
 		p.HandleSendReset,
 		p.HandleSetState,
+		p.NoteRecv,
+		p.NoteSend,
 		p.RescueSetState,
 	)
 }

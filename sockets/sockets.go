@@ -1,11 +1,24 @@
 // Package sockets keeps what tcptrace knows of each live socket between
-// its transitions: who owns it, the owner's cgroup and when it entered its
-// state. The kernel reports the owner only where it knows it, in a system
-// call on the socket or, for a server's child, from its listener; the
-// transitions that arriving packets make run in whatever task a softirq
-// interrupted. Keeping this here rather than in per-socket BPF storage
-// saves the BPF program about 100 ns per transition (see the README's
-// overhead section).
+// its transitions: the process that holds it, that process's cgroup and
+// when the socket entered its state.
+//
+// The owner of a socket is a process that holds it: one with an open file
+// for it, as `ss -p` shows. The kernel names it where it can (a system
+// call on the socket runs in that process); the transitions that arriving
+// packets make run in whatever task a softirq interrupted. A server's
+// connection is a harder case: it is made from a listener, in softirq,
+// before anyone has accepted it, and the process that accepts it (a
+// worker), or is handed it later (fork, SCM_RIGHTS), is often not the one
+// that called listen() (a master, a supervisor, a parent that exited when
+// it daemonized). So a server connection's records are held here until a
+// process is seen to hold it: the kernel reports the first receive or send
+// of each new holder (events.Holding), and a close names its caller. If
+// none comes within HoldFor, the records go out with the best owner known
+// then: a process that the holders dump (loader.Tracer.Holders) shows
+// holding the connection itself, else one holding its listener.
+//
+// Keeping this here rather than in per-socket BPF storage saves the BPF
+// program about 100 ns per transition (see the README's overhead section).
 package sockets
 
 import (
@@ -16,102 +29,477 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 )
 
-// DefaultMax bounds the sockets followed at once: about 64 bytes each.
+// DefaultMax bounds the sockets followed at once: about 80 bytes each.
 const DefaultMax = 1 << 18
 
-type entry struct {
-	since  uint64 // when the socket entered its state, CLOCK_MONOTONIC
+// DefaultHoldFor bounds how long a server connection's records wait for
+// the process that accepts it.
+const DefaultHoldFor = 100 * time.Millisecond
+
+// maxHeld bounds the records held for one connection: past it, they go
+// out with the best owner known.
+const maxHeld = 6
+
+// Options configure a Table.
+type Options struct {
+	// Max bounds the sockets followed (DefaultMax if 0).
+	Max int
+	// HoldFor bounds how long a server connection's records wait for
+	// their holder (DefaultHoldFor if 0).
+	HoldFor time.Duration
+	// Holders lists who holds which TCP socket now
+	// (loader.Tracer.Holders). Nil means only the records tell.
+	Holders func() ([]events.Holder, error)
+}
+
+// owner is a process that holds a socket.
+type owner struct {
 	cgroup uint64
 	pid    uint32
 	comm   [events.CommLen]byte
 }
 
+func ownerOf(e *events.Event) owner { return owner{cgroup: e.Cgroup, pid: e.PID, comm: e.Comm} }
+
+func holderOwner(h *events.Holder) owner { return owner{cgroup: h.Cgroup, pid: h.PID, comm: h.Comm} }
+
+func (o owner) set(e *events.Event) { e.Cgroup, e.PID, e.Comm = o.cgroup, o.pid, o.comm }
+
+type entry struct {
+	since uint64 // when the socket entered its state, CLOCK_MONOTONIC
+	owner
+	listener   uint64 // a server connection's listener, by cookie
+	sinceKnown bool   // false for a socket older than the tracer
+	child      bool   // a server connection, made from a listener
+}
+
+// listener is what is known of a listening socket.
+type listener struct {
+	netns   uint32
+	lport   uint16
+	creator owner // who called listen(), or held it when the tracer began
+	// acceptor is the last process seen to take a connection from it
+	acceptor owner
+	// holders, from the last holders dump: nil if none was made since
+	// the listener appeared
+	holders []events.Holder
+}
+
+type portKey struct {
+	netns uint32
+	lport uint16
+}
+
+// pending is a server connection waiting for its holder.
+type pending struct {
+	recs     []*events.Event
+	deadline uint64 // CLOCK_MONOTONIC
+}
+
 // Table follows sockets by cookie. It is not safe for concurrent use.
 type Table struct {
-	max  int
-	live map[uint64]entry
-	// children whose LISTEN -> SYN_RECV waits for their next transition:
-	// the kernel sets a child's addresses only after that one. Pointers,
-	// recycled through spare: a record is too big for a map to hold
-	// inline, so storing values would allocate one per child.
-	held  map[uint64]*events.Event
-	spare []*events.Event
+	max     int
+	holdFor uint64
+	dump    func() ([]events.Holder, error)
+
+	live      map[uint64]entry
+	listeners map[uint64]*listener
+	// listeners by port, for the children of a listener older than the
+	// tracer, which carry no listener cookie
+	byPort map[portKey]uint64
+	pend   map[uint64]*pending
+	// records and pendings are recycled: a record is too big for a map to
+	// hold inline, so storing values would allocate one per child
+	spare     []*events.Event
+	sparePend []*pending
+	lastDump  uint64
+
 	// Full counts the records of sockets not followed because max were:
 	// their owner and times in state stay unknown. A socket counts once
 	// per record, not once.
 	Full uint64
+	// Dumps counts the holders dumps made; DumpErr is the last one's
+	// error, if it failed.
+	Dumps   uint64
+	DumpErr error
 }
 
-// New returns a table of at most max sockets (DefaultMax if max <= 0).
-func New(max int) *Table {
-	if max <= 0 {
-		max = DefaultMax
+// New returns a table configured by opts.
+func New(opts Options) *Table {
+	if opts.Max <= 0 {
+		opts.Max = DefaultMax
 	}
-	return &Table{max: max, live: make(map[uint64]entry), held: make(map[uint64]*events.Event)}
+	if opts.HoldFor <= 0 {
+		opts.HoldFor = DefaultHoldFor
+	}
+	return &Table{
+		max:       opts.Max,
+		holdFor:   uint64(opts.HoldFor),
+		dump:      opts.Holders,
+		live:      make(map[uint64]entry),
+		listeners: make(map[uint64]*listener),
+		byPort:    make(map[portKey]uint64),
+		pend:      make(map[uint64]*pending),
+	}
 }
 
 // Len is the number of sockets followed.
 func (t *Table) Len() int { return len(t.live) }
 
+// Pending is the number of server connections whose records wait for
+// their holder.
+func (t *Table) Pending() int { return len(t.pend) }
+
+// Seed takes the sockets that exist when tracing begins, from a holders
+// dump: their owners are known from their first transition on, their
+// times in state are not. Of several holders of one socket, the youngest
+// process is taken (a forked worker rather than its master).
+func (t *Table) Seed(hs []events.Holder) {
+	t.takeDump(hs)
+	for _, h := range youngestPerSocket(hs) {
+		if h.State == events.Listen || h.Sock == 0 {
+			continue
+		}
+		if _, ok := t.live[h.Sock]; ok || !t.room(h.Sock) {
+			continue
+		}
+		t.live[h.Sock] = entry{owner: holderOwner(&h)}
+	}
+}
+
+// youngestPerSocket keeps, of each socket's holders, the youngest.
+func youngestPerSocket(hs []events.Holder) map[uint64]events.Holder {
+	out := make(map[uint64]events.Holder)
+	for _, h := range hs {
+		if o, ok := out[h.Sock]; !ok || h.Start > o.Start {
+			out[h.Sock] = h
+		}
+	}
+	return out
+}
+
+// takeDump records every listener's holders from a dump; a listener
+// older than the tracer is learnt here.
+func (t *Table) takeDump(hs []events.Holder) {
+	for _, l := range t.listeners {
+		l.holders = l.holders[:0]
+	}
+	for _, h := range hs {
+		if h.State != events.Listen {
+			continue
+		}
+		key := portKey{h.Netns, h.LPort}
+		id := h.Sock
+		if id == 0 {
+			// never given a cookie: known by its port only
+			id = t.byPort[key]
+		}
+		l := t.listeners[id]
+		if l == nil {
+			if id == 0 {
+				id = uint64(1)<<63 | uint64(h.Netns)<<16 | uint64(h.LPort)
+			}
+			l = &listener{netns: h.Netns, lport: h.LPort, creator: holderOwner(&h)}
+			t.listeners[id] = l
+		}
+		if _, ok := t.byPort[key]; !ok {
+			t.byPort[key] = id
+		}
+		l.holders = append(l.holders, h)
+	}
+}
+
 // Observe completes e, a record from the kernel in ring order, with its
 // socket's owner, cgroup and time in the old state, and passes it to
-// next. A child's LISTEN -> SYN_RECV is held back and passed, with the
-// child's addresses, just before the child's next transition.
+// next. A server connection's records wait until its holder is known
+// (see the package comment), or until Expire.
 func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
+	if e.Kind == events.Holding {
+		return t.holding(e, next)
+	}
 	if e.Old == events.Listen && e.New == events.SynRecv {
 		if !t.room(e.Sock) {
 			return next(e)
 		}
-		t.live[e.Sock] = entry{since: e.Mono, cgroup: e.Cgroup, pid: e.PID, comm: e.Comm}
-		h := t.take()
-		*h = *e
-		t.held[e.Sock] = h
+		t.live[e.Sock] = entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener, child: true}
+		t.hold(e)
 		return nil
 	}
-	if h, ok := t.held[e.Sock]; ok {
-		delete(t.held, e.Sock)
-		h.Family, h.LAddr, h.RAddr, h.LPort, h.RPort = e.Family, e.LAddr, e.RAddr, e.LPort, e.RPort
-		err := next(h)
-		t.spare = append(t.spare, h)
-		if err != nil {
-			return err
-		}
-	}
 	en, known := t.live[e.Sock]
-	if known && e.Mono >= en.since {
+	if known && en.sinceKnown && e.Mono >= en.since {
 		e.Dwell, e.DwellKnown = time.Duration(e.Mono-en.since), true
 	}
-	if e.PID != 0 {
-		en.pid, en.comm = e.PID, e.Comm
-	} else if en.pid != 0 {
-		e.PID, e.Comm = en.pid, en.comm
+	p := t.pend[e.Sock]
+	if p != nil {
+		// the kernel sets a child's addresses only after its first
+		// transition: take them from this one
+		if h := p.recs[0]; h.Old == events.Listen && h.New == events.SynRecv && h.RPort == 0 {
+			h.Family, h.LAddr, h.RAddr, h.LPort, h.RPort = e.Family, e.LAddr, e.RAddr, e.LPort, e.RPort
+		}
+		if en.listener == 0 {
+			en.listener = t.byPort[portKey{e.Netns, e.LPort}]
+		}
+	}
+	final := e.New == events.Close || e.New == events.TimeWait || e.Kind == events.Parked
+	kept := false
+	switch {
+	case e.PID != 0:
+		// a system call on the socket: its caller holds it
+		en.owner = ownerOf(e)
+		if p != nil {
+			t.live[e.Sock] = en
+			if err := t.release(e.Sock, en.owner, next); err != nil {
+				return err
+			}
+		}
+	case p != nil && !final && len(p.recs) < maxHeld:
+		t.keep(p, e)
+		kept = true
+	case p != nil:
+		// the connection ends with no holder seen (a reset before
+		// accept), or holds too much: the best owner known now
+		t.live[e.Sock] = en
+		en.owner = t.fallback(e.Sock)
+		if err := t.release(e.Sock, en.owner, next); err != nil {
+			return err
+		}
+		en.owner.set(e)
+	case en.pid != 0:
+		en.owner.set(e)
 	}
 	// apart from the owner: a child of a listener that predates the
 	// tracer has a cgroup but no owner
-	if e.Cgroup != 0 {
-		en.cgroup = e.Cgroup
-	} else {
+	if e.Cgroup == 0 {
 		e.Cgroup = en.cgroup
+	} else if en.cgroup == 0 {
+		en.cgroup = e.Cgroup
 	}
-	// the kernel is done with the socket: a timewait mini-socket, if any,
-	// is package timewait's
-	if e.New == events.Close || e.New == events.TimeWait || e.Kind == events.Parked {
-		delete(t.live, e.Sock)
-	} else if known || t.room(e.Sock) {
-		en.since = e.Mono
-		t.live[e.Sock] = en
+	t.track(e, en, known)
+	if e.New == events.Listen {
+		t.listen(e)
+	} else if e.Old == events.Listen && e.New == events.Close {
+		t.unlisten(e.Sock)
+	}
+	if kept {
+		return nil
 	}
 	return next(e)
 }
 
-// take returns a spare record, or a new one.
-func (t *Table) take() *events.Event {
-	if n := len(t.spare); n > 0 {
-		h := t.spare[n-1]
-		t.spare = t.spare[:n-1]
-		return h
+// track updates the socket's entry after e: the kernel is done with it
+// at CLOSE, or when a timewait mini-socket takes over (package timewait's).
+func (t *Table) track(e *events.Event, en entry, known bool) {
+	if e.New == events.Close || e.New == events.TimeWait || e.Kind == events.Parked {
+		delete(t.live, e.Sock)
+		return
 	}
-	return new(events.Event)
+	if known || t.room(e.Sock) {
+		en.since, en.sinceKnown = e.Mono, true
+		t.live[e.Sock] = en
+	}
+}
+
+// listen learns a listener from its CLOSE -> LISTEN, made by the process
+// that called listen().
+func (t *Table) listen(e *events.Event) {
+	l := &listener{netns: e.Netns, lport: e.LPort, creator: ownerOf(e)}
+	t.listeners[e.Sock] = l
+	t.byPort[portKey{e.Netns, e.LPort}] = e.Sock
+}
+
+func (t *Table) unlisten(sock uint64) {
+	l := t.listeners[sock]
+	if l == nil {
+		return
+	}
+	delete(t.listeners, sock)
+	if key := (portKey{l.netns, l.lport}); t.byPort[key] == sock {
+		delete(t.byPort, key)
+	}
+}
+
+// holding takes a Holding record: e.PID received or sent on a server
+// connection, so it holds it; the connection's held records go out named
+// for it.
+func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
+	en, known := t.live[e.Sock]
+	if !known {
+		return nil
+	}
+	en.owner = ownerOf(e)
+	t.live[e.Sock] = en
+	if l := t.listenerOf(e.Sock, en); l != nil {
+		l.acceptor = en.owner
+	}
+	if t.pend[e.Sock] != nil {
+		return t.release(e.Sock, en.owner, next)
+	}
+	return nil
+}
+
+// hold starts holding a server connection's first record.
+func (t *Table) hold(e *events.Event) {
+	var p *pending
+	if n := len(t.sparePend); n > 0 {
+		p, t.sparePend = t.sparePend[n-1], t.sparePend[:n-1]
+	} else {
+		p = &pending{}
+	}
+	p.deadline = e.Mono + t.holdFor
+	t.keep(p, e)
+	t.pend[e.Sock] = p
+}
+
+// keep adds a copy of e to the records p holds.
+func (t *Table) keep(p *pending, e *events.Event) {
+	var h *events.Event
+	if n := len(t.spare); n > 0 {
+		h, t.spare = t.spare[n-1], t.spare[:n-1]
+	} else {
+		h = new(events.Event)
+	}
+	*h = *e
+	p.recs = append(p.recs, h)
+}
+
+// release passes on a connection's held records, named for o.
+func (t *Table) release(sock uint64, o owner, next func(*events.Event) error) error {
+	p := t.pend[sock]
+	delete(t.pend, sock)
+	if en, ok := t.live[sock]; ok {
+		en.owner = o
+		t.live[sock] = en
+	}
+	var err error
+	for i, h := range p.recs {
+		o.set(h)
+		if err == nil {
+			err = next(h)
+		}
+		t.spare = append(t.spare, h)
+		p.recs[i] = nil
+	}
+	p.recs = p.recs[:0]
+	t.sparePend = append(t.sparePend, p)
+	return err
+}
+
+// NextDeadline is when the earliest held connection is due for Expire
+// (CLOCK_MONOTONIC), or 0 if none is held.
+func (t *Table) NextDeadline() uint64 {
+	var d uint64
+	for _, p := range t.pend {
+		if d == 0 || p.deadline < d {
+			d = p.deadline
+		}
+	}
+	return d
+}
+
+// Expire passes on the records of every connection held past its
+// deadline at now, named for the best owner known: one holders dump
+// serves them all.
+func (t *Table) Expire(now uint64, next func(*events.Event) error) error {
+	var due []uint64
+	for sock, p := range t.pend {
+		if p.deadline <= now {
+			due = append(due, sock)
+		}
+	}
+	return t.releaseAll(due, now, next)
+}
+
+// Flush passes on every connection still held, at the end of the trace.
+func (t *Table) Flush(next func(*events.Event) error) error {
+	due := make([]uint64, 0, len(t.pend))
+	for sock := range t.pend {
+		due = append(due, sock)
+	}
+	return t.releaseAll(due, ^uint64(0), next)
+}
+
+func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) error) error {
+	if len(due) == 0 {
+		return nil
+	}
+	// in the order they happened
+	slices.SortFunc(due, func(a, b uint64) int { return cmp.Compare(t.pend[a].recs[0].Mono, t.pend[b].recs[0].Mono) })
+	held := t.dumpNow(now)
+	for _, sock := range due {
+		o := t.fallback(sock)
+		if h, ok := held[sock]; ok {
+			o = holderOwner(&h)
+		}
+		if err := t.release(sock, o, next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dumpNow takes a holders dump, at most one per HoldFor, and returns the
+// youngest holder of each socket in it.
+func (t *Table) dumpNow(now uint64) map[uint64]events.Holder {
+	if t.dump == nil || (t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < t.holdFor) {
+		return nil
+	}
+	t.lastDump = now
+	hs, err := t.dump()
+	t.Dumps++
+	if err != nil {
+		t.DumpErr = err
+		return nil
+	}
+	t.takeDump(hs)
+	return youngestPerSocket(hs)
+}
+
+// fallback is the best owner known for a server connection no holder
+// was seen for: a holder of its listener. Of the listener's holders,
+// the last one seen accepting from it, else the youngest; with no dump
+// since the listener appeared, the last acceptor or whoever called
+// listen().
+func (t *Table) fallback(sock uint64) owner {
+	en := t.live[sock]
+	l := t.listenerOf(sock, en)
+	if l == nil {
+		return en.owner
+	}
+	if len(l.holders) == 0 {
+		if l.acceptor.pid != 0 {
+			return l.acceptor
+		}
+		return l.creator
+	}
+	var young *events.Holder
+	for i := range l.holders {
+		h := &l.holders[i]
+		if l.acceptor.pid != 0 && h.PID == l.acceptor.pid {
+			return l.acceptor
+		}
+		if young == nil || h.Start > young.Start {
+			young = h
+		}
+	}
+	return holderOwner(young)
+}
+
+// listenerOf finds a server connection's listener: by the cookie the
+// kernel gave its first record, or for a listener older than the tracer,
+// by the connection's local port.
+func (t *Table) listenerOf(sock uint64, en entry) *listener {
+	if l := t.listeners[en.listener]; en.listener != 0 && l != nil {
+		return l
+	}
+	var lport uint16
+	var netns uint32
+	if p := t.pend[sock]; p != nil {
+		lport, netns = p.recs[0].LPort, p.recs[0].Netns
+	}
+	if lport == 0 {
+		return nil
+	}
+	return t.listeners[t.byPort[portKey{netns, lport}]]
 }
 
 // room says whether a socket not yet followed can be.
@@ -121,22 +509,4 @@ func (t *Table) room(sock uint64) bool {
 	}
 	t.Full++
 	return false
-}
-
-// Flush passes on the children still held, whose next transition never
-// came (it was lost, or the trace ended first), without their addresses.
-// They go in the order they happened.
-func (t *Table) Flush(next func(*events.Event) error) error {
-	held := make([]*events.Event, 0, len(t.held))
-	for _, h := range t.held {
-		held = append(held, h)
-	}
-	clear(t.held)
-	slices.SortFunc(held, func(a, b *events.Event) int { return cmp.Compare(a.Mono, b.Mono) })
-	for _, h := range held {
-		if err := next(h); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -19,7 +19,7 @@ type sink []events.Event
 func (s *sink) next(e *events.Event) error { *s = append(*s, *e); return nil }
 
 func TestOwnerAndDwellCarried(t *testing.T) {
-	tab := New(0)
+	tab := New(Options{})
 	var out sink
 	for _, e := range []events.Event{
 		rec(1, 100, events.Close, events.SynSent, 42, "curl"),
@@ -53,54 +53,222 @@ func TestOwnerAndDwellCarried(t *testing.T) {
 	}
 }
 
-func TestChildHeldForItsAddresses(t *testing.T) {
-	tab := New(0)
+func holding(sock, mono uint64, pid uint32, comm string, cgroup uint64) events.Event {
+	e := events.Event{Sock: sock, Mono: mono, PID: pid, Cgroup: cgroup, Kind: events.Holding}
+	copy(e.Comm[:], comm)
+	return e
+}
+
+// child is a server connection's first record, from listener 1
+func child(sock, mono uint64, pid uint32, comm string) events.Event {
+	e := rec(sock, mono, events.Listen, events.SynRecv, pid, comm)
+	e.Listener = 1
+	return e
+}
+
+func observe(t *testing.T, tab *Table, out *sink, evs ...events.Event) {
+	t.Helper()
+	for _, e := range evs {
+		if err := tab.Observe(&e, out.next); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func checkOwners(t *testing.T, out sink, pid uint32, comm string) {
+	t.Helper()
+	for i, e := range out {
+		if e.PID != pid || e.CommString() != comm {
+			t.Errorf("event %d (%v -> %v): owner %d %q, want %d %q", i, e.Old, e.New, e.PID, e.CommString(), pid, comm)
+		}
+	}
+}
+
+// A server connection's records wait for the process that accepts it: the
+// first to receive or send on it. The held LISTEN -> SYN_RECV also takes
+// the child's addresses from its next transition.
+func TestChildHeldForItsHolder(t *testing.T) {
+	tab := New(Options{})
 	var out sink
-	child := rec(7, 500, events.Listen, events.SynRecv, 9, "server")
-	child.LPort = 8080 // the listener's, cloned
-	if err := tab.Observe(&child, out.next); err != nil {
-		t.Fatal(err)
-	}
-	if len(out) != 0 {
-		t.Fatalf("LISTEN -> SYN_RECV passed on before the child's next transition: %v", out)
-	}
+	child := rec(7, 500, events.Listen, events.SynRecv, 9, "master") // the listener's creator, cloned
+	child.LPort = 8080
 	est := rec(7, 520, events.SynRecv, events.Established, 0, "")
 	est.LAddr, est.RAddr = netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
 	est.LPort, est.RPort = 8080, 40000
-	if err := tab.Observe(&est, out.next); err != nil {
-		t.Fatal(err)
+	observe(t, tab, &out, child, est)
+	if len(out) != 0 || tab.Pending() != 1 {
+		t.Fatalf("passed on %d records before the holder was known (pending %d)", len(out), tab.Pending())
 	}
+	observe(t, tab, &out, holding(7, 600, 11, "worker", 5))
 	if len(out) != 2 {
 		t.Fatalf("got %d events, want 2", len(out))
 	}
+	checkOwners(t, out, 11, "worker")
 	h, e := out[0], out[1]
 	if h.Old != events.Listen || h.Mono != 500 || h.RPort != 40000 || h.RAddr != est.RAddr || h.LAddr != est.LAddr {
 		t.Errorf("held record %+v: want LISTEN -> SYN_RECV at 500 with the child's addresses", h)
 	}
-	if h.DwellKnown {
-		t.Errorf("held record has a dwell: %v", h.Dwell)
+	if h.DwellKnown || !e.DwellKnown || e.Dwell != 20 {
+		t.Errorf("dwells %v (%v), %v (%v): want unknown, then 20ns", h.Dwell, h.DwellKnown, e.Dwell, e.DwellKnown)
 	}
-	if e.PID != 9 || e.CommString() != "server" || !e.DwellKnown || e.Dwell != 20 {
-		t.Errorf("SYN_RECV -> ESTABLISHED: owner %d %q dwell %v (%v), want 9 server 20ns", e.PID, e.CommString(), e.Dwell, e.DwellKnown)
+	if h.Cgroup != 5 || e.Cgroup != 5 {
+		t.Errorf("cgroups %d, %d: want the holder's, 5", h.Cgroup, e.Cgroup)
+	}
+	// the peer's FIN, in softirq: still the worker's
+	out = out[:0]
+	observe(t, tab, &out, rec(7, 700, events.Established, events.CloseWait, 0, ""))
+	checkOwners(t, out, 11, "worker")
+	if tab.Pending() != 0 {
+		t.Errorf("%d connections still held", tab.Pending())
+	}
+}
+
+// A close is a system call in the process that holds the connection: it
+// releases the held records named for that process.
+func TestCloseNamesTheHolder(t *testing.T) {
+	tab := New(Options{})
+	var out sink
+	observe(t, tab, &out,
+		rec(7, 500, events.Listen, events.SynRecv, 9, "master"),
+		rec(7, 520, events.SynRecv, events.Established, 0, ""),
+		rec(7, 530, events.Established, events.FinWait1, 12, "child"))
+	if len(out) != 3 {
+		t.Fatalf("got %d events, want 3", len(out))
+	}
+	checkOwners(t, out, 12, "child")
+}
+
+// With no holder seen within HoldFor, the records go out at Expire named
+// for a holder of the socket itself, from a holders dump; else for a
+// holder of its listener: its last acceptor, else the youngest.
+func TestExpireFallsBackToHolders(t *testing.T) {
+	var dump []events.Holder
+	dumps := 0
+	tab := New(Options{HoldFor: 100, Holders: func() ([]events.Holder, error) { dumps++; return dump, nil }})
+	var out sink
+	listen := rec(1, 10, events.Close, events.Listen, 100, "daemon") // exits once it has forked
+	listen.LPort, listen.Netns = 80, 5
+	listener := func(pid uint32, comm string, start uint64) events.Holder {
+		h := events.Holder{Sock: 1, PID: pid, Start: start, State: events.Listen, LPort: 80, Netns: 5}
+		copy(h.Comm[:], comm)
+		return h
+	}
+	dump = []events.Holder{listener(200, "master", 50), listener(300, "worker", 60), listener(301, "worker", 70)}
+	observe(t, tab, &out, listen, child(7, 500, 100, "daemon"), rec(7, 520, events.SynRecv, events.Established, 0, ""))
+	out = out[:0]
+	if err := tab.Expire(599, out.next); err != nil || len(out) != 0 {
+		t.Fatalf("expired before the deadline: %d events, %v", len(out), err)
+	}
+	if err := tab.Expire(600, out.next); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || out[0].PID != 301 {
+		t.Fatalf("got %d events owned by %v, want 2 of the youngest listener holder 301:\n%+v", len(out), out, out)
+	}
+
+	// a connection accepted but never read: its own holder, from the dump
+	out = out[:0]
+	held := events.Holder{Sock: 8, PID: 300, Start: 60, State: events.Established}
+	copy(held.Comm[:], "worker")
+	dump = append(dump, held)
+	observe(t, tab, &out, child(8, 1000, 100, "daemon"), rec(8, 1010, events.SynRecv, events.Established, 0, ""))
+	if err := tab.Expire(1100, out.next); err != nil {
+		t.Fatal(err)
+	}
+	checkOwners(t, out, 300, "worker")
+
+	// once a worker is seen accepting, it is preferred for the listener
+	out = out[:0]
+	observe(t, tab, &out, holding(8, 1200, 300, "worker", 0),
+		child(9, 2000, 100, "daemon"), rec(9, 2010, events.SynRecv, events.Established, 0, ""))
+	dump = dump[:3]
+	if err := tab.Expire(2100, out.next); err != nil {
+		t.Fatal(err)
+	}
+	checkOwners(t, out, 300, "worker")
+	if dumps != 3 {
+		t.Errorf("%d dumps, want one per expiry", dumps)
+	}
+}
+
+// A connection reset before anyone accepted it is named for its
+// listener's holder at once.
+func TestResetBeforeAccept(t *testing.T) {
+	tab := New(Options{})
+	var out sink
+	listen := rec(1, 10, events.Close, events.Listen, 100, "server")
+	listen.LPort = 80
+	observe(t, tab, &out, listen)
+	out = out[:0]
+	rst := rec(7, 520, events.SynRecv, events.Close, 0, "")
+	rst.LPort = 80
+	observe(t, tab, &out, child(7, 500, 0, ""), rst)
+	if len(out) != 2 {
+		t.Fatalf("got %d events, want 2", len(out))
+	}
+	checkOwners(t, out, 100, "server")
+	if tab.Pending() != 0 || tab.Len() != 1 {
+		t.Errorf("pending %d, followed %d: want 0 and the listener", tab.Pending(), tab.Len())
+	}
+}
+
+// Sockets older than the tracer get their owner from the holders dump at
+// the start; their time in state stays unknown. A listener that never got
+// a cookie is found by its port.
+func TestSeed(t *testing.T) {
+	conn := events.Holder{Sock: 5, PID: 40, Start: 1, State: events.CloseWait}
+	copy(conn.Comm[:], "leaky")
+	parent := conn
+	parent.PID, parent.Start = 39, 0 // forked before it: not taken
+	lst := events.Holder{Sock: 0, PID: 41, Start: 2, State: events.Listen, LPort: 8080, Netns: 3}
+	copy(lst.Comm[:], "old-server")
+	tab := New(Options{})
+	tab.Seed([]events.Holder{parent, conn, lst})
+	var out sink
+	observe(t, tab, &out, rec(5, 100, events.CloseWait, events.LastAck, 0, ""))
+	checkOwners(t, out, 40, "leaky")
+	if out[0].DwellKnown {
+		t.Errorf("dwell %v known for a socket older than the tracer", out[0].Dwell)
+	}
+	out = out[:0]
+	est := rec(6, 210, events.SynRecv, events.Established, 0, "")
+	est.LPort, est.Netns = 8080, 3
+	child := rec(6, 200, events.Listen, events.SynRecv, 0, "")
+	child.Netns = 3
+	observe(t, tab, &out, child, est)
+	if err := tab.Flush(out.next); err != nil {
+		t.Fatal(err)
+	}
+	checkOwners(t, out, 41, "old-server")
+}
+
+// A held connection's records wait for its holder only up to maxHeld.
+func TestHeldBounded(t *testing.T) {
+	tab := New(Options{})
+	var out sink
+	observe(t, tab, &out, rec(7, 500, events.Listen, events.SynRecv, 9, "server"))
+	for i := range maxHeld {
+		observe(t, tab, &out, rec(7, uint64(510+i), events.Established, events.Established, 0, ""))
+	}
+	if len(out) != maxHeld+1 || tab.Pending() != 0 {
+		t.Errorf("passed %d events, %d pending: want all %d out once %d were held", len(out), tab.Pending(), maxHeld+1, maxHeld)
 	}
 }
 
 // The cgroup comes with the owner, but also alone: the child of a listener
 // that predates the tracer has a cgroup and no owner.
 func TestCgroupCarried(t *testing.T) {
-	tab := New(0)
+	tab := New(Options{})
 	var out sink
-	child := rec(7, 500, events.Listen, events.SynRecv, 0, "")
+	child := child(7, 500, 0, "")
 	child.Cgroup = 77
-	est := rec(7, 520, events.SynRecv, events.Established, 0, "")
+	observe(t, tab, &out, child, rec(7, 520, events.SynRecv, events.Established, 0, ""))
+	if err := tab.Expire(1<<40, out.next); err != nil {
+		t.Fatal(err)
+	}
 	fin := rec(7, 600, events.Established, events.FinWait1, 9, "server")
 	fin.Cgroup = 78 // the socket went to a process in another cgroup
-	fin2 := rec(7, 610, events.FinWait1, events.FinWait2, 0, "")
-	for _, e := range []events.Event{child, est, fin, fin2} {
-		if err := tab.Observe(&e, out.next); err != nil {
-			t.Fatal(err)
-		}
-	}
+	observe(t, tab, &out, fin, rec(7, 610, events.FinWait1, events.FinWait2, 0, ""))
 	want := []uint64{77, 77, 78, 78}
 	if len(out) != len(want) {
 		t.Fatalf("got %d events, want %d", len(out), len(want))
@@ -113,7 +281,7 @@ func TestCgroupCarried(t *testing.T) {
 }
 
 func TestFlushPassesHeldInOrder(t *testing.T) {
-	tab := New(0)
+	tab := New(Options{})
 	var out sink
 	for _, s := range []uint64{3, 1, 2} {
 		e := rec(s, s*10, events.Listen, events.SynRecv, 0, "")
@@ -133,7 +301,7 @@ func TestFlushPassesHeldInOrder(t *testing.T) {
 }
 
 func TestFullTableCounts(t *testing.T) {
-	tab := New(2)
+	tab := New(Options{Max: 2})
 	var out sink
 	for s := uint64(1); s <= 3; s++ {
 		e := rec(s, 100, events.Close, events.SynSent, uint32(s), "c")
@@ -154,7 +322,7 @@ func TestFullTableCounts(t *testing.T) {
 }
 
 func TestReconnectStartsAfresh(t *testing.T) {
-	tab := New(0)
+	tab := New(Options{})
 	var out sink
 	for _, e := range []events.Event{
 		rec(5, 100, events.Close, events.SynSent, 7, "a"),

@@ -28,6 +28,8 @@ type Source interface {
 	Detach() error
 	Pending() int
 	Counts() (loader.Counts, error)
+	// Holders lists who holds which TCP socket now.
+	Holders() ([]events.Holder, error)
 }
 
 // Config says what to run.
@@ -46,9 +48,9 @@ type Config struct {
 	// for a whole socket, so Want is applied to every record, once its
 	// owner is known, and to what the follower makes.
 	Follow timewait.Options
-	// Sockets bounds the sockets whose owner and time in state are
-	// followed (sockets.DefaultMax if 0).
-	Sockets int
+	// Sockets configures the table of sockets whose owner and time in
+	// state are followed; its Holders is the Source's.
+	Sockets sockets.Options
 }
 
 // Stats is what the stream did.
@@ -112,7 +114,14 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	diag := sockdiag.NewProber()
 	defer diag.Close()
 	follow := timewait.New(diag, cfg.Follow)
+	cfg.Sockets.Holders = src.Holders
 	socks := sockets.New(cfg.Sockets)
+	// sockets older than the tracer: their owners from the start
+	if hs, err := src.Holders(); err != nil {
+		cfg.Warn(fmt.Sprintf("%v: sockets opened before tcptrace have no owner until a system call on them", err))
+	} else {
+		socks.Seed(hs)
+	}
 	clock := loader.NewWallClock()
 	var st Stats
 	var werr error
@@ -167,6 +176,19 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		poll.Reset(max(d, time.Millisecond))
 	}
 	armPoll()
+	// server connections held for their holder go out at their deadline
+	expire := time.NewTimer(time.Hour)
+	defer expire.Stop()
+	expireArmed := false
+	armExpire := func() {
+		if expireArmed {
+			return
+		}
+		if next := socks.NextDeadline(); next != 0 {
+			expireArmed = true
+			expire.Reset(max(time.Duration(int64(next)-int64(loader.Monotonic())), time.Millisecond))
+		}
+	}
 	housekeeping := time.NewTicker(time.Second)
 	defer housekeeping.Stop()
 	warned := map[string]bool{}
@@ -194,6 +216,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		}
 		if err := rd.err.Load(); err != nil {
 			warnOnce("settle", fmt.Sprintf("%v: records from different CPUs may be out of order", *err))
+		}
+		if socks.DumpErr != nil {
+			warnOnce("dump", fmt.Sprintf("cannot list who holds which socket: %v", socks.DumpErr))
 		}
 		if follow.Unfollowable > 0 {
 			warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", follow.LastErr))
@@ -223,6 +248,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			}
 			b.n = 0
 			free <- b
+			armExpire()
 			if len(full) == 0 && werr == nil {
 				if err := cfg.Out.Flush(); err != nil {
 					werr = fmt.Errorf("write output: %w", err)
@@ -250,6 +276,12 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 				startDrain()
 			}
 			armPoll()
+		case <-expire.C:
+			expireArmed = false
+			if err := socks.Expire(loader.Monotonic(), deliver); err != nil && werr == nil {
+				werr = err
+			}
+			armExpire()
 		case <-housekeeping.C:
 			clock.Sync()
 			checkCounts()

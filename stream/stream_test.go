@@ -74,6 +74,8 @@ func (s *fakeSource) Pending() int {
 	defer s.mu.Unlock()
 	return len(s.recs) * events.RecordSize
 }
+func (s *fakeSource) Holders() ([]events.Holder, error) { return nil, nil }
+
 func (s *fakeSource) Counts() (loader.Counts, error)      { return loader.Counts{}, nil }
 func (s *fakeSource) Forget(*events.Event) error          { return nil }
 func (s *fakeSource) Promote(*events.Event, uint64) error { return nil }

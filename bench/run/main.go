@@ -241,8 +241,12 @@ func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, 
 
 // waitAttached waits until the process holds all of tcptrace's BPF links.
 func waitAttached(pid int) error {
+	want, err := loader.ExpectedLinks()
+	if err != nil {
+		return err
+	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if loader.LinksHeld(pid) == loader.Links {
+		if loader.LinksHeld(pid) == want {
 			return nil
 		}
 	}
