@@ -772,11 +772,21 @@ int dump_holders(struct bpf_iter__task_file *ctx)
 		h.netns = BPF_CORE_READ(sub, __sk_common.skc_net.net, ns.inum);
 		h.lport = BPF_CORE_READ(sub, __sk_common.skc_num);
 		h.state = BPF_CORE_READ(sub, __sk_common.skc_state);
+		h.family = BPF_CORE_READ(sub, __sk_common.skc_family);
+		h.dport = bpf_ntohs(BPF_CORE_READ(sub, __sk_common.skc_dport));
+		if (h.family == AF_INET) {
+			bpf_core_read(h.saddr, 4, &sub->__sk_common.skc_rcv_saddr);
+			bpf_core_read(h.daddr, 4, &sub->__sk_common.skc_daddr);
+		} else {
+			bpf_core_read(h.saddr, 16, &sub->__sk_common.skc_v6_rcv_saddr);
+			bpf_core_read(h.daddr, 16, &sub->__sk_common.skc_v6_daddr);
+		}
 	} else if (sk->sk_protocol == IPPROTO_TCP) {
 		h.cookie = bpf_get_socket_cookie(sk);
 		h.netns = sk->__sk_common.skc_net.net->ns.inum;
 		h.lport = sk->__sk_common.skc_num;
 		h.state = sk->__sk_common.skc_state;
+		h.family = sk->__sk_common.skc_family;
 	} else {
 		return 0;
 	}

@@ -81,8 +81,14 @@ struct holder {
 	__u32 fd;
 	__u16 lport;
 	__u8 state;
-	__u8 pad;
+	__u8 family;
 	char comm[TASK_COMM_LEN]; /* thread group leader's */
+	/* the connection, for a socket that has no cookie yet (an MPTCP
+	 * socket's subflow: the iterator cannot give it one) */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 dport; /* host byte order */
+	__u8 pad[2];
 };
 
 /* per-CPU counters read by user space */

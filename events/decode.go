@@ -133,7 +133,7 @@ func (e *Event) Encode(b []byte) {
 }
 
 // HolderSize is sizeof(struct holder) in bpf/tcptrace.h.
-const HolderSize = 56
+const HolderSize = 96
 
 // Offsets of struct holder's fields.
 const (
@@ -145,7 +145,11 @@ const (
 	offHFd     = 32
 	offHLport  = 36
 	offHState  = 38
+	offHFamily = 39
 	offHComm   = 40
+	offHSaddr  = 56
+	offHDaddr  = 72
+	offHDport  = 88
 )
 
 // Holder is one open file of a TCP socket: a process that holds it.
@@ -161,6 +165,13 @@ type Holder struct {
 	LPort  uint16
 	State  State
 	Comm   [CommLen]byte
+	// The connection's addresses, set only for a socket without a
+	// cookie (Sock 0): an MPTCP socket's subflow, which the dump cannot
+	// give one; it is found by them instead.
+	Family Family
+	LAddr  netip.Addr
+	RAddr  netip.Addr
+	RPort  uint16
 }
 
 // DecodeHolder fills h from one record of the holders dump.
@@ -180,5 +191,24 @@ func (h *Holder) DecodeHolder(b []byte) error {
 		State:  State(b[offHState]),
 	}
 	copy(h.Comm[:], b[offHComm:offHComm+CommLen])
+	if h.Sock != 0 {
+		return nil
+	}
+	h.RPort = le.Uint16(b[offHDport:])
+	switch b[offHFamily] {
+	case afInet:
+		h.Family = 4
+		h.LAddr = netip.AddrFrom4([4]byte(b[offHSaddr : offHSaddr+4]))
+		h.RAddr = netip.AddrFrom4([4]byte(b[offHDaddr : offHDaddr+4]))
+	case afInet6:
+		// shown as IPv4 when v4-mapped, as records are
+		l := netip.AddrFrom16([16]byte(b[offHSaddr : offHSaddr+16]))
+		r := netip.AddrFrom16([16]byte(b[offHDaddr : offHDaddr+16]))
+		h.Family = 6
+		if l.Is4In6() || r.Is4In6() {
+			h.Family, l, r = 4, l.Unmap(), r.Unmap()
+		}
+		h.LAddr, h.RAddr = l, r
+	}
 	return nil
 }

@@ -25,7 +25,11 @@ import (
 // comm. They wait for "go" on stdin, so a tracer can be loaded knowing
 // their pids before they open a socket.
 func TestMain(m *testing.M) {
-	switch filepath.Base(os.Args[0]) {
+	role := filepath.Base(os.Args[0])
+	if code, ok := runOwnerRole(role); ok {
+		os.Exit(code)
+	}
+	switch role {
 	case serverComm:
 		os.Exit(runServer())
 	case clientComm:
@@ -163,7 +167,8 @@ func runReuseport() int {
 	return closeListener(l)
 }
 
-// runClient connects to TT_ADDR and, as TT_MODE says:
+// runClient connects to TT_ADDR and, as TT_MODE says (then closes):
+//   - request, request-hold: see below
 //   - close-first: closes at once
 //   - wait-eof: reads to EOF, then closes (the server closed first)
 //   - linger0: closes with SO_LINGER 0, an abortive close
@@ -190,6 +195,19 @@ func runClient() int {
 	case "linger0":
 		if err := c.(*net.TCPConn).SetLinger(0); err != nil {
 			return fail("linger: %v", err)
+		}
+	case "request", "request-hold":
+		// a request and its answer; request-hold then waits for a
+		// second "go" before it closes
+		if _, err := c.Write([]byte("x")); err != nil {
+			return fail("write: %v", err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+			return fail("read answer: %v", err)
+		}
+		if env("MODE") == "request-hold" {
+			fmt.Println("connected")
+			waitGo()
 		}
 	default:
 		return fail("unknown mode %q", env("MODE"))
@@ -218,7 +236,7 @@ func roleBinary(t *testing.T, role string) string {
 		if linkDir, linkErr = os.MkdirTemp("", "tcptrace-roles"); linkErr != nil {
 			return
 		}
-		for _, r := range []string{serverComm, clientComm} {
+		for _, r := range append([]string{serverComm, clientComm}, ownerRoles...) {
 			if linkErr = os.Symlink(exe, filepath.Join(linkDir, r)); linkErr != nil {
 				return
 			}
@@ -362,14 +380,18 @@ type proc struct {
 	lines  chan string
 	errb   *strings.Builder
 	done   chan error
+	// lines await read past, for a later await
+	backlog []string
 }
 
 // start runs a role in the namespace; it waits for go().
-func (n *netns) start(t *testing.T, role, mode, addr string, pause time.Duration) *proc {
+// Extra environment, such as "TT_CONNS=2", goes in env.
+func (n *netns) start(t *testing.T, role, mode, addr string, pause time.Duration, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", n.name, roleBinary(t, role))
 	cmd.Env = append(os.Environ(), "TT_MODE="+mode, "TT_ADDR="+addr,
 		"TT_PAUSE_MS="+strconv.Itoa(int(pause/time.Millisecond)))
+	cmd.Env = append(cmd.Env, env...)
 	p := &proc{t: t, role: role, cmd: cmd, lines: make(chan string, 8), errb: &strings.Builder{}, done: make(chan error, 1)}
 	cg, id := newCgroup(t)
 	p.cgroup = id
@@ -417,6 +439,33 @@ func (p *proc) expect(line string) {
 		}
 	case <-time.After(10 * time.Second):
 		p.t.Fatalf("%s: no %q within 10s, stderr: %s", p.role, line, p.errb)
+	}
+}
+
+// await reads lines until one starts with prefix and returns it; lines
+// from the process and the processes it started may come in any order.
+func (p *proc) await(prefix string) string {
+	p.t.Helper()
+	for i, l := range p.backlog {
+		if strings.HasPrefix(l, prefix) {
+			p.backlog = append(p.backlog[:i], p.backlog[i+1:]...)
+			return l
+		}
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case got, ok := <-p.lines:
+			if !ok {
+				p.t.Fatalf("%s: ended before a line starting %q, stderr: %s", p.role, prefix, p.errb)
+			}
+			if strings.HasPrefix(got, prefix) {
+				return got
+			}
+			p.backlog = append(p.backlog, got)
+		case <-timeout:
+			p.t.Fatalf("%s: no line starting %q within 10s, stderr: %s", p.role, prefix, p.errb)
+		}
 	}
 }
 

@@ -92,6 +92,11 @@ func startTracerTo(t *testing.T, opts loader.Options, follow timewait.Options, o
 		tr.Close()
 		t.Fatalf("attach: %v", err)
 	}
+	seed, err := tr.Holders()
+	if err != nil {
+		tr.Close()
+		t.Fatalf("holders: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	x := &tracer{t: t, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -100,7 +105,7 @@ func startTracerTo(t *testing.T, opts loader.Options, follow timewait.Options, o
 		if follow.Want == nil {
 			follow.Want = opts.Match
 		}
-		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Out: out, Follow: follow})
+		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Out: out, Follow: follow, Seed: seed})
 	}()
 	t.Cleanup(func() { x.cancel(); <-x.done })
 	return x

@@ -60,7 +60,11 @@ func TestHolderLayout(t *testing.T) {
 		{"fd", unsafe.Offsetof(h.Fd), 32},
 		{"lport", unsafe.Offsetof(h.Lport), 36},
 		{"state", unsafe.Offsetof(h.State), 38},
+		{"family", unsafe.Offsetof(h.Family), 39},
 		{"comm", unsafe.Offsetof(h.Comm), 40},
+		{"saddr", unsafe.Offsetof(h.Saddr), 56},
+		{"daddr", unsafe.Offsetof(h.Daddr), 72},
+		{"dport", unsafe.Offsetof(h.Dport), 88},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)

@@ -45,8 +45,13 @@ type tcptraceHolder struct {
 	Fd      uint32
 	Lport   uint16
 	State   uint8
-	Pad     uint8
+	Family  uint8
 	Comm    [16]int8
+	Saddr   [16]uint8
+	Daddr   [16]uint8
+	Dport   uint16
+	Pad     [2]uint8
+	_       [4]byte
 }
 
 type tcptraceOwner struct {

@@ -23,6 +23,7 @@ package sockets
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -90,6 +91,14 @@ type portKey struct {
 	lport uint16
 }
 
+// tuple identifies a connection by its addresses, for a socket older
+// than the tracer that the holders dump could give no cookie
+type tuple struct {
+	netns        uint32
+	laddr, raddr netip.Addr
+	lport, rport uint16
+}
+
 // pending is a server connection waiting for its holder.
 type pending struct {
 	recs     []*events.Event
@@ -113,6 +122,12 @@ type Table struct {
 	spare     []*events.Event
 	sparePend []*pending
 	lastDump  uint64
+	// processes the last dump saw holding any socket
+	alive map[uint32]bool
+	// sockets older than the tracer with no cookie, until their first
+	// record
+	byTuple map[tuple]owner
+	dumpTook  uint64 // how long the last dump took, ns
 
 	// Full counts the records of sockets not followed because max were:
 	// their owner and times in state stay unknown. A socket counts once
@@ -157,7 +172,14 @@ func (t *Table) Pending() int { return len(t.pend) }
 func (t *Table) Seed(hs []events.Holder) {
 	t.takeDump(hs)
 	for _, h := range youngestPerSocket(hs) {
-		if h.State == events.Listen || h.Sock == 0 {
+		if h.State == events.Listen {
+			continue
+		}
+		if h.Sock == 0 {
+			if t.byTuple == nil {
+				t.byTuple = make(map[tuple]owner)
+			}
+			t.byTuple[tuple{h.Netns, h.LAddr, h.RAddr, h.LPort, h.RPort}] = holderOwner(&h)
 			continue
 		}
 		if _, ok := t.live[h.Sock]; ok || !t.room(h.Sock) {
@@ -170,10 +192,20 @@ func (t *Table) Seed(hs []events.Holder) {
 // youngestPerSocket keeps, of each socket's holders, the youngest.
 func youngestPerSocket(hs []events.Holder) map[uint64]events.Holder {
 	out := make(map[uint64]events.Holder)
+	var anon []events.Holder
 	for _, h := range hs {
+		if h.Sock == 0 {
+			anon = append(anon, h)
+			continue
+		}
 		if o, ok := out[h.Sock]; !ok || h.Start > o.Start {
 			out[h.Sock] = h
 		}
+	}
+	// without a cookie, one holder each: keyed apart from the rest, as
+	// Seed wants them
+	for i, h := range anon {
+		out[uint64(i)<<32|1<<63] = h
 	}
 	return out
 }
@@ -184,7 +216,12 @@ func (t *Table) takeDump(hs []events.Holder) {
 	for _, l := range t.listeners {
 		l.holders = l.holders[:0]
 	}
+	clear(t.alive)
+	if t.alive == nil {
+		t.alive = make(map[uint32]bool)
+	}
 	for _, h := range hs {
+		t.alive[h.PID] = true
 		if h.State != events.Listen {
 			continue
 		}
@@ -226,6 +263,13 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		return nil
 	}
 	en, known := t.live[e.Sock]
+	if !known && len(t.byTuple) > 0 {
+		key := tuple{e.Netns, e.LAddr, e.RAddr, e.LPort, e.RPort}
+		if o, ok := t.byTuple[key]; ok && t.room(e.Sock) {
+			delete(t.byTuple, key)
+			en, known = entry{owner: o}, true
+		}
+	}
 	if known && en.sinceKnown && e.Mono >= en.since {
 		e.Dwell, e.DwellKnown = time.Duration(e.Mono-en.since), true
 	}
@@ -248,7 +292,8 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		en.owner = ownerOf(e)
 		if p != nil {
 			t.live[e.Sock] = en
-			if err := t.release(e.Sock, en.owner, next); err != nil {
+			hs, rest := t.owners(e.Sock, en.owner, e.Mono)
+			if err := t.release(e.Sock, hs, rest, next); err != nil {
 				return err
 			}
 		}
@@ -259,10 +304,11 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		// the connection ends with no holder seen (a reset before
 		// accept), or holds too much: the best owner known now
 		t.live[e.Sock] = en
-		en.owner = t.fallback(e.Sock)
-		if err := t.release(e.Sock, en.owner, next); err != nil {
+		hs, rest := t.owners(e.Sock, owner{}, e.Mono)
+		if err := t.release(e.Sock, hs, rest, next); err != nil {
 			return err
 		}
+		en.owner = rest
 		en.owner.set(e)
 	case en.pid != 0:
 		en.owner.set(e)
@@ -320,7 +366,7 @@ func (t *Table) unlisten(sock uint64) {
 
 // holding takes a Holding record: e.PID received or sent on a server
 // connection, so it holds it; the connection's held records go out named
-// for it.
+// for it (see owners).
 func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
 	en, known := t.live[e.Sock]
 	if !known {
@@ -328,13 +374,63 @@ func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
 	}
 	en.owner = ownerOf(e)
 	t.live[e.Sock] = en
-	if l := t.listenerOf(e.Sock, en); l != nil {
-		l.acceptor = en.owner
+	if t.pend[e.Sock] == nil {
+		return nil
 	}
-	if t.pend[e.Sock] != nil {
-		return t.release(e.Sock, en.owner, next)
+	hs, rest := t.owners(e.Sock, en.owner, e.Mono)
+	return t.release(e.Sock, hs, rest, next)
+}
+
+// owners names a held server connection's records, given o, a process
+// seen holding the connection (pid 0 if none was). The handshake
+// (LISTEN -> SYN_RECV, SYN_RECV -> ESTABLISHED) happens before anyone has
+// accepted the connection: it is named for a holder of the listener,
+// preferring o when o holds the listener too (o accepted it, as a
+// prefork worker does), which a holders dump may be taken to learn. A
+// process handed the connection after the accept (fork, SCM_RIGHTS) does
+// not hold the listener: when a dump shows o alive without it, the
+// handshake is named for the listener's holder (fallback), and only the
+// later records for o. A dump is of the present, records are of a few
+// milliseconds before: an o that had already exited is taken to have
+// accepted the connection.
+func (t *Table) owners(sock uint64, o owner, now uint64) (handshake, rest owner) {
+	l := t.listenerOf(sock, t.live[sock])
+	if l == nil {
+		if o.pid == 0 {
+			o = t.live[sock].owner
+		}
+		return o, o
 	}
-	return nil
+	if o.pid != 0 && !l.heldBy(o.pid) {
+		t.dumpNow(now)
+	}
+	// o took the connection from the listener (it holds the listener),
+	// or, where no dump could tell (o was gone by then), most likely did:
+	// handing a connection on is the rarer design
+	if o.pid != 0 && (l.heldBy(o.pid) || !t.alive[o.pid]) {
+		l.acceptor = o
+		return o, o
+	}
+	handshake = t.fallback(l)
+	if o.pid == 0 {
+		o = handshake
+	}
+	return handshake, o
+}
+
+// heldBy says whether pid is known to hold the listener: from the last
+// holders dump, or with none, as the one that made it or took a
+// connection from it.
+func (l *listener) heldBy(pid uint32) bool {
+	if l.holders == nil {
+		return pid == l.creator.pid || pid == l.acceptor.pid
+	}
+	for _, h := range l.holders {
+		if h.PID == pid {
+			return true
+		}
+	}
+	return false
 }
 
 // hold starts holding a server connection's first record.
@@ -362,17 +458,22 @@ func (t *Table) keep(p *pending, e *events.Event) {
 	p.recs = append(p.recs, h)
 }
 
-// release passes on a connection's held records, named for o.
-func (t *Table) release(sock uint64, o owner, next func(*events.Event) error) error {
+// release passes on a connection's held records: its handshake named
+// for hs, the rest for rest.
+func (t *Table) release(sock uint64, hs, rest owner, next func(*events.Event) error) error {
 	p := t.pend[sock]
 	delete(t.pend, sock)
 	if en, ok := t.live[sock]; ok {
-		en.owner = o
+		en.owner = rest
 		t.live[sock] = en
 	}
 	var err error
 	for i, h := range p.recs {
-		o.set(h)
+		if h.New == events.SynRecv || h.Old == events.SynRecv && h.New == events.Established {
+			hs.set(h)
+		} else {
+			rest.set(h)
+		}
 		if err == nil {
 			err = next(h)
 		}
@@ -426,25 +527,30 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 	slices.SortFunc(due, func(a, b uint64) int { return cmp.Compare(t.pend[a].recs[0].Mono, t.pend[b].recs[0].Mono) })
 	held := t.dumpNow(now)
 	for _, sock := range due {
-		o := t.fallback(sock)
+		var o owner
 		if h, ok := held[sock]; ok {
 			o = holderOwner(&h)
 		}
-		if err := t.release(sock, o, next); err != nil {
+		hs, rest := t.owners(sock, o, now)
+		if err := t.release(sock, hs, rest, next); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// dumpNow takes a holders dump, at most one per HoldFor, and returns the
-// youngest holder of each socket in it.
+// dumpNow takes a holders dump and returns the youngest holder of each
+// socket in it. A dump walks every open file on the host, so they are
+// spaced: at least HoldFor apart, and 20 times as long as the last one
+// took, so that dumps cost at most a twentieth of a core.
 func (t *Table) dumpNow(now uint64) map[uint64]events.Holder {
-	if t.dump == nil || (t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < t.holdFor) {
+	if t.dump == nil || (t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < max(t.holdFor, 20*t.dumpTook)) {
 		return nil
 	}
 	t.lastDump = now
+	began := time.Now()
 	hs, err := t.dump()
+	t.dumpTook = uint64(time.Since(began))
 	t.Dumps++
 	if err != nil {
 		t.DumpErr = err
@@ -454,17 +560,12 @@ func (t *Table) dumpNow(now uint64) map[uint64]events.Holder {
 	return youngestPerSocket(hs)
 }
 
-// fallback is the best owner known for a server connection no holder
-// was seen for: a holder of its listener. Of the listener's holders,
-// the last one seen accepting from it, else the youngest; with no dump
-// since the listener appeared, the last acceptor or whoever called
-// listen().
-func (t *Table) fallback(sock uint64) owner {
-	en := t.live[sock]
-	l := t.listenerOf(sock, en)
-	if l == nil {
-		return en.owner
-	}
+// fallback names a server connection's handshake when no process that
+// holds its listener was seen taking it: of the listener's holders in the
+// last dump, the last one seen accepting from it, else the youngest; with
+// no dump since the listener appeared, its last acceptor, else whoever
+// called listen().
+func (t *Table) fallback(l *listener) owner {
 	if len(l.holders) == 0 {
 		if l.acceptor.pid != 0 {
 			return l.acceptor

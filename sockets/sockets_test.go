@@ -141,12 +141,14 @@ func TestCloseNamesTheHolder(t *testing.T) {
 // With no holder seen within HoldFor, the records go out at Expire named
 // for a holder of the socket itself, from a holders dump; else for a
 // holder of its listener: its last acceptor, else the youngest.
+const ms = uint64(time.Millisecond)
+
 func TestExpireFallsBackToHolders(t *testing.T) {
 	var dump []events.Holder
 	dumps := 0
-	tab := New(Options{HoldFor: 100, Holders: func() ([]events.Holder, error) { dumps++; return dump, nil }})
+	tab := New(Options{HoldFor: 100 * time.Millisecond, Holders: func() ([]events.Holder, error) { dumps++; return dump, nil }})
 	var out sink
-	listen := rec(1, 10, events.Close, events.Listen, 100, "daemon") // exits once it has forked
+	listen := rec(1, 10*ms, events.Close, events.Listen, 100, "daemon") // exits once it has forked
 	listen.LPort, listen.Netns = 80, 5
 	listener := func(pid uint32, comm string, start uint64) events.Holder {
 		h := events.Holder{Sock: 1, PID: pid, Start: start, State: events.Listen, LPort: 80, Netns: 5}
@@ -154,12 +156,12 @@ func TestExpireFallsBackToHolders(t *testing.T) {
 		return h
 	}
 	dump = []events.Holder{listener(200, "master", 50), listener(300, "worker", 60), listener(301, "worker", 70)}
-	observe(t, tab, &out, listen, child(7, 500, 100, "daemon"), rec(7, 520, events.SynRecv, events.Established, 0, ""))
+	observe(t, tab, &out, listen, child(7, 500*ms, 100, "daemon"), rec(7, 520*ms, events.SynRecv, events.Established, 0, ""))
 	out = out[:0]
-	if err := tab.Expire(599, out.next); err != nil || len(out) != 0 {
+	if err := tab.Expire(599*ms, out.next); err != nil || len(out) != 0 {
 		t.Fatalf("expired before the deadline: %d events, %v", len(out), err)
 	}
-	if err := tab.Expire(600, out.next); err != nil {
+	if err := tab.Expire(600*ms, out.next); err != nil {
 		t.Fatal(err)
 	}
 	if len(out) != 2 || out[0].PID != 301 {
@@ -171,24 +173,49 @@ func TestExpireFallsBackToHolders(t *testing.T) {
 	held := events.Holder{Sock: 8, PID: 300, Start: 60, State: events.Established}
 	copy(held.Comm[:], "worker")
 	dump = append(dump, held)
-	observe(t, tab, &out, child(8, 1000, 100, "daemon"), rec(8, 1010, events.SynRecv, events.Established, 0, ""))
-	if err := tab.Expire(1100, out.next); err != nil {
+	observe(t, tab, &out, child(8, 1000*ms, 100, "daemon"), rec(8, 1010*ms, events.SynRecv, events.Established, 0, ""))
+	if err := tab.Expire(1100*ms, out.next); err != nil {
 		t.Fatal(err)
 	}
 	checkOwners(t, out, 300, "worker")
 
 	// once a worker is seen accepting, it is preferred for the listener
 	out = out[:0]
-	observe(t, tab, &out, holding(8, 1200, 300, "worker", 0),
-		child(9, 2000, 100, "daemon"), rec(9, 2010, events.SynRecv, events.Established, 0, ""))
+	observe(t, tab, &out, holding(8, 1200*ms, 300, "worker", 0),
+		child(9, 2000*ms, 100, "daemon"), rec(9, 2010*ms, events.SynRecv, events.Established, 0, ""))
 	dump = dump[:3]
-	if err := tab.Expire(2100, out.next); err != nil {
+	if err := tab.Expire(2100*ms, out.next); err != nil {
 		t.Fatal(err)
 	}
 	checkOwners(t, out, 300, "worker")
 	if dumps != 3 {
 		t.Errorf("%d dumps, want one per expiry", dumps)
 	}
+}
+
+// A connection accepted by one process and handed to another (fork after
+// accept, SCM_RIGHTS): its handshake is named for the acceptor, which
+// holds the listener; what follows, for the process it was handed to.
+func TestHandedOn(t *testing.T) {
+	lst := events.Holder{Sock: 1, PID: 100, Start: 1, State: events.Listen}
+	copy(lst.Comm[:], "acceptor")
+	conn := events.Holder{Sock: 7, PID: 200, Start: 2, State: events.CloseWait}
+	copy(conn.Comm[:], "handler")
+	tab := New(Options{Holders: func() ([]events.Holder, error) { return []events.Holder{lst, conn}, nil }})
+	var out sink
+	observe(t, tab, &out, rec(1, 10, events.Close, events.Listen, 100, "acceptor"))
+	out = out[:0]
+	observe(t, tab, &out,
+		child(7, 500*ms, 100, "acceptor"),
+		rec(7, 510*ms, events.SynRecv, events.Established, 0, ""),
+		rec(7, 520*ms, events.Established, events.CloseWait, 0, ""),
+		holding(7, 530*ms, 200, "handler", 0),
+		rec(7, 830*ms, events.CloseWait, events.LastAck, 200, "handler"))
+	if len(out) != 4 {
+		t.Fatalf("got %d events, want 4", len(out))
+	}
+	checkOwners(t, out[:2], 100, "acceptor")
+	checkOwners(t, out[2:], 200, "handler")
 }
 
 // A connection reset before anyone accepted it is named for its

@@ -51,6 +51,10 @@ type Config struct {
 	// Sockets configures the table of sockets whose owner and time in
 	// state are followed; its Holders is the Source's.
 	Sockets sockets.Options
+	// Seed is who held which socket when tracing began (Source.Holders
+	// taken just after the tracer attached): sockets older than the
+	// tracer get their owners from it.
+	Seed []events.Holder
 }
 
 // Stats is what the stream did.
@@ -116,12 +120,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	follow := timewait.New(diag, cfg.Follow)
 	cfg.Sockets.Holders = src.Holders
 	socks := sockets.New(cfg.Sockets)
-	// sockets older than the tracer: their owners from the start
-	if hs, err := src.Holders(); err != nil {
-		cfg.Warn(fmt.Sprintf("%v: sockets opened before tcptrace have no owner until a system call on them", err))
-	} else {
-		socks.Seed(hs)
-	}
+	socks.Seed(cfg.Seed)
 	clock := loader.NewWallClock()
 	var st Stats
 	var werr error

@@ -181,6 +181,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := tr.Attach(); err != nil {
 		return err
 	}
+	// sockets older than the tracer: their owners from the start
+	seed, err := tr.Holders()
+	if err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets opened before tcptrace have no owner until a system call on them\n", err)
+	}
 
 	var out output.Writer
 	if c.json {
@@ -199,6 +204,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Count:  c.count,
 		Warn:   func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
 		Follow: timewait.Options{Max: c.twMax, Want: opts.Match},
+		Seed:   seed,
 	})
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("write output: %w", cerr)
