@@ -126,8 +126,8 @@ type Table struct {
 	alive map[uint32]bool
 	// sockets older than the tracer with no cookie, until their first
 	// record
-	byTuple map[tuple]owner
-	dumpTook  uint64 // how long the last dump took, ns
+	byTuple  map[tuple]owner
+	dumpTook uint64 // how long the last dump took, ns
 
 	// Full counts the records of sockets not followed because max were:
 	// their owner and times in state stay unknown. A socket counts once
