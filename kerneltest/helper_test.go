@@ -10,12 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -170,11 +172,15 @@ func runReuseport() int {
 // runClient connects to TT_ADDR and, as TT_MODE says (then closes):
 //   - request, request-hold: see below
 //   - close-first: closes at once
+//   - renamed: closes at once, from a thread renamed worker-thr-7
 //   - wait-eof: reads to EOF, then closes (the server closed first)
 //   - linger0: closes with SO_LINGER 0, an abortive close
 //   - refused: expects the connection to be refused
 func runClient() int {
 	waitGo()
+	if env("MODE") == "renamed" {
+		return runRenamedClient()
+	}
 	c, err := net.Dial("tcp", env("ADDR"))
 	if env("MODE") == "refused" {
 		if !errors.Is(err, syscall.ECONNREFUSED) {
@@ -214,6 +220,43 @@ func runClient() int {
 	}
 	if err := c.Close(); err != nil {
 		return fail("close: %v", err)
+	}
+	fmt.Println("done")
+	return 0
+}
+
+// runRenamedClient connects and closes from a thread other than the main
+// one, renamed worker-thr-7 as thread pools name theirs: the socket is
+// still the process's, shown by the process's name.
+func runRenamedClient() int {
+	// the main thread stays with this goroutine, so the other cannot
+	// run on it
+	runtime.LockOSThread()
+	done := make(chan int)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == os.Getpid() {
+			done <- fail("still on the main thread")
+			return
+		}
+		name := []byte("worker-thr-7\x00")
+		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0); err != nil {
+			done <- fail("prctl: %v", err)
+			return
+		}
+		c, err := net.Dial("tcp", env("ADDR"))
+		if err != nil {
+			done <- fail("dial: %v", err)
+			return
+		}
+		if err := c.Close(); err != nil {
+			done <- fail("close: %v", err)
+			return
+		}
+		done <- 0
+	}()
+	if code := <-done; code != 0 {
+		return code
 	}
 	fmt.Println("done")
 	return 0

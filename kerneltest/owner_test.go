@@ -303,3 +303,18 @@ func TestOwnerBeforeStart(t *testing.T) {
 		})
 	}
 }
+
+// The owner's name is the process's, as ps and ss -p show it, not the
+// name of the thread that made the call.
+func TestOwnerCommIsTheProcess(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "wait-eof", "renamed", 0)
+	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	c.run()
+	tr.waitFor("client TIME_WAIT", 5*time.Second, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
+	})
+	evs := tr.stop()
+	checkSeq(t, "client", clientSocket(evs, port), c.cli, clientClosesFirst...)
+}
