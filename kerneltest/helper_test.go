@@ -526,3 +526,33 @@ func (p *proc) wait() {
 		p.t.Fatalf("%s: did not exit within 10s", p.role)
 	}
 }
+
+// inNetns runs f on a thread in the namespace, so that the sockets f
+// makes live there, then moves the thread back.
+func inNetns(t *testing.T, n *netns, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	self, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatalf("open own netns: %v", err)
+	}
+	defer self.Close()
+	target, err := os.Open(n.path)
+	if err != nil {
+		t.Fatalf("open netns: %v", err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("enter netns: %v", err)
+	}
+	defer func() {
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			// this thread must not run anything else: keep it locked
+			// and let it end with the goroutine
+			runtime.LockOSThread()
+			t.Errorf("leave netns: %v", err)
+		}
+	}()
+	f()
+}
