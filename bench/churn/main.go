@@ -1,7 +1,9 @@
 // Command churn opens and closes loopback TCP connections as fast as it
-// can, the load tcptrace's benchmark measures against. It uses blocking
-// system calls on locked threads, not Go's poller, so its own overhead
-// stays small next to the kernel's.
+// can, the load tcptrace's benchmark measures against. By default it uses
+// blocking system calls on locked threads, not Go's poller, so its own
+// overhead stays small next to the kernel's and it saturates the CPUs;
+// with -loop it is an event-loop server and clients over Go's poller,
+// bound by latency, the shape of most real servers.
 package main
 
 import (
@@ -32,8 +34,9 @@ func main() {
 	ipv6 := flag.Bool("6", false, "use ::1 instead of 127.0.0.1")
 	conc := flag.Int("c", 4, "concurrent clients")
 	dur := flag.Duration("d", 10*time.Second, "how long to churn")
+	loop := flag.Bool("loop", false, "event loop: Go's net package over epoll, a request and an answer per connection (client-close and server-close)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: churn [-mode M] [-6] [-c N] [-d D]\n\nModes:\n")
+		fmt.Fprintf(os.Stderr, "Usage: churn [-mode M] [-loop] [-6] [-c N] [-d D]\n\nModes:\n")
 		for _, m := range []string{"client-close", "server-close", "rst", "refused"} {
 			fmt.Fprintf(os.Stderr, "  %-13s %s\n", m, modes[m])
 		}
@@ -47,7 +50,11 @@ func main() {
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	n, elapsed, err := run(ctx, *mode, *ipv6, *conc, *dur)
+	churn := run
+	if *loop {
+		churn = loopRun
+	}
+	n, elapsed, err := churn(ctx, *mode, *ipv6, *conc, *dur)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "churn: %v\n", err)
 		os.Exit(1)
@@ -56,8 +63,12 @@ func main() {
 	if *ipv6 {
 		family = "ipv6"
 	}
-	fmt.Printf("connections/s: %.1f (%d in %.2fs, %s, %s, %d clients)\n",
-		float64(n)/elapsed.Seconds(), n, elapsed.Seconds(), *mode, family, *conc)
+	shape := "blocking"
+	if *loop {
+		shape = "event loop"
+	}
+	fmt.Printf("connections/s: %.1f (%d in %.2fs, %s, %s, %s, %d clients)\n",
+		float64(n)/elapsed.Seconds(), n, elapsed.Seconds(), *mode, shape, family, *conc)
 }
 
 type target struct {

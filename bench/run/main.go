@@ -254,7 +254,9 @@ func waitAttached(pid int) error {
 }
 
 // programs are tcptrace's BPF programs, as the kernel names them.
-var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset", "flush_staging"}
+// The holder notes run on every socket receive and send on the host, not
+// per transition: their cost is counted per transition all the same.
+var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset", "flush_staging", "note_recv", "note_send"}
 
 // cost is what the BPF programs took in one run.
 type cost struct {
@@ -285,7 +287,7 @@ func bpfCost() (cost, error) {
 		}
 		// the kernel keeps 15 characters of a name
 		for _, n := range programs {
-			if strings.HasPrefix(n, info.Name) && len(info.Name) >= 12 && id > newest[n] {
+			if info.Name == n[:min(len(n), 15)] && id > newest[n] {
 				newest[n] = id
 			}
 		}
