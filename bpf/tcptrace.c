@@ -396,9 +396,9 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	e->newstate = t->newstate;
 	e->cause = t->cause;
 	e->kind = t->kind;
+	e->flags = 0;
 	e->pad[0] = 0;
 	e->pad[1] = 0;
-	e->pad[2] = 0;
 	e->src = src;
 	if (t->family == AF_INET) {
 		e->family = AF_INET;
@@ -413,6 +413,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 		/* a dual-stack socket talking IPv4 is shown as IPv4 */
 		if (v4mapped(e->daddr) || v4mapped(e->saddr)) {
 			e->family = AF_INET;
+			e->flags = FLAG_V4MAPPED;
 			__builtin_memcpy(e->saddr, &e->saddr[12], 4);
 			__builtin_memcpy(e->daddr, &e->daddr[12], 4);
 			__builtin_memset(&e->saddr[4], 0, 12);

@@ -28,6 +28,12 @@ enum {
 	                  * ts_ns, cookie, cgroup, pid, comm and src are set. */
 };
 
+/* record flags */
+enum {
+	FLAG_V4MAPPED = 1 << 0, /* an AF_INET6 socket talking IPv4, shown as
+	                         * IPv4: its timewait mini-socket is AF_INET6 */
+};
+
 /* why a connection reached CLOSE */
 enum {
 	CAUSE_NONE = 0,
@@ -62,7 +68,8 @@ struct event {
 	__u8 newstate;
 	__u8 cause;
 	__u8 kind;
-	__u8 pad[3];
+	__u8 flags;
+	__u8 pad[2];
 	char comm[TASK_COMM_LEN]; /* owning process's name (its thread group
 	                           * leader's comm, as ps shows), empty when
 	                           * unknown */

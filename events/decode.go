@@ -10,6 +10,9 @@ import (
 // RecordSize is sizeof(struct event) in bpf/tcptrace.h.
 const RecordSize = 104
 
+// record flags, as in bpf/tcptrace.h
+const flagV4Mapped = 1 << 0
+
 // Offsets of struct event's fields; loader's tests check them against the
 // bpf2go type.
 const (
@@ -28,6 +31,7 @@ const (
 	offNew    = 78
 	offCause  = 79
 	offKind   = 80
+	offFlags  = 81
 	offComm   = 84
 	offSrc    = 100
 )
@@ -77,6 +81,7 @@ func (e *Event) Decode(b []byte) error {
 	e.DwellKnown = false
 	e.Dwell = 0
 	e.Listener = le.Uint64(b[offRef:])
+	e.V4Mapped = b[offFlags]&flagV4Mapped != 0
 	e.Cgroup = le.Uint64(b[offCgroup:])
 	e.PID = le.Uint32(b[offPid:])
 	e.Netns = le.Uint32(b[offNetns:])
@@ -110,6 +115,9 @@ func (e *Event) Encode(b []byte) {
 		return
 	}
 	le.PutUint64(b[offRef:], e.Listener)
+	if e.V4Mapped {
+		b[offFlags] |= flagV4Mapped
+	}
 	le.PutUint64(b[offCgroup:], e.Cgroup)
 	le.PutUint32(b[offPid:], e.PID)
 	le.PutUint32(b[offNetns:], e.Netns)

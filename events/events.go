@@ -188,6 +188,9 @@ type Event struct {
 	// Listener is, on a server connection's LISTEN -> SYN_RECV, the
 	// cookie of the listener it came from (0 if not known).
 	Listener uint64
+	// V4Mapped says the socket is AF_INET6 though it talks IPv4 (shown
+	// as Family 4): its timewait mini-socket is listed as AF_INET6.
+	V4Mapped bool
 }
 
 // CommString returns the owner's command name.

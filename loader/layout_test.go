@@ -34,6 +34,7 @@ func TestRecordLayout(t *testing.T) {
 		{"newstate", unsafe.Offsetof(e.Newstate), 78},
 		{"cause", unsafe.Offsetof(e.Cause), 79},
 		{"kind", unsafe.Offsetof(e.Kind), 80},
+		{"flags", unsafe.Offsetof(e.Flags), 81},
 		{"comm", unsafe.Offsetof(e.Comm), 84},
 		{"src", unsafe.Offsetof(e.Src), 100},
 	} {

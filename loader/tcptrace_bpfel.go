@@ -30,7 +30,8 @@ type tcptraceEvent struct {
 	Newstate uint8
 	Cause    uint8
 	Kind     uint8
-	Pad      [3]uint8
+	Flags    uint8
+	Pad      [2]uint8
 	Comm     [16]int8
 	Src      uint32
 }

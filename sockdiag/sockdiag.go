@@ -31,15 +31,17 @@ type Socket struct {
 	Expires time.Duration
 }
 
-// Prober keeps one sock_diag connection per network namespace in use.
+// Prober keeps one sock_diag connection per network namespace in use,
+// for lookups, and a Dumper for dumps.
 type Prober struct {
 	self  uint32
 	conns map[uint32]*netlink.Conn
+	*Dumper
 }
 
 // NewProber prepares lookups; connections open on first use.
 func NewProber() *Prober {
-	p := &Prober{conns: make(map[uint32]*netlink.Conn)}
+	p := &Prober{conns: make(map[uint32]*netlink.Conn), Dumper: NewDumper()}
 	if ino, err := nsInode("/proc/self/ns/net"); err == nil {
 		p.self = ino
 	}
@@ -140,6 +142,7 @@ func (p *Prober) Release(netns uint32) {
 		c.Close()
 		delete(p.conns, netns)
 	}
+	p.Dumper.Release(netns)
 }
 
 // Close releases every connection.
@@ -147,6 +150,7 @@ func (p *Prober) Close() {
 	for ns := range p.conns {
 		p.Release(ns)
 	}
+	p.Dumper.Close()
 }
 
 // openNetns finds a handle on the namespace with this inode: through the

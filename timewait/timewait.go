@@ -15,8 +15,10 @@
 package timewait
 
 import (
+	"cmp"
 	"container/heap"
 	"net/netip"
+	"slices"
 	"os"
 	"strconv"
 	"strings"
@@ -26,9 +28,10 @@ import (
 	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
-// Diag looks up a connection's mini-socket.
+// Diag looks up a connection's mini-socket, or lists a namespace's.
 type Diag interface {
 	Lookup(e *events.Event, pid uint32) (sockdiag.Socket, bool, error)
+	MiniSockets(netns, pid uint32, family uint8, fn func(sockdiag.MiniSocket)) error
 	Release(netns uint32)
 }
 
@@ -44,7 +47,19 @@ const (
 	// expirySlack: a mini-socket is asked about this long after its timer
 	// should have fired.
 	expirySlack = 100 * time.Millisecond
+	// Tick is how often the TIME_WAIT connections due are checked, all
+	// at once, with one dump of their namespace's mini-sockets: the
+	// kernel's timer wheel fires a 60 s timer up to 4 s late anyway
+	// (at HZ 1000), and one dump costs about as much as a few dozen
+	// lookups of one socket.
+	Tick = 500 * time.Millisecond
 )
+
+// alignUp rounds a time up to the next Tick, so that the connections due
+// in one Tick are checked together.
+func alignUp(t uint64) uint64 {
+	return (t + uint64(Tick) - 1) / uint64(Tick) * uint64(Tick)
+}
 
 // DefaultMax bounds the TIME_WAIT connections followed, and separately
 // the parked FIN_WAIT2 ones.
@@ -68,6 +83,9 @@ type entry struct {
 	next  uint64       // when to ask sock_diag
 	ends  uint64       // when its timer should fire, as last known
 	index int          // in the heap
+	// found in this tick's dump, with its timer's time left
+	found bool
+	left  time.Duration
 }
 
 // tuple names a connection in its namespace, from our side.
@@ -100,6 +118,10 @@ type Follower struct {
 	// one each time keeps the collector busy
 	made  events.Event
 	spare []*entry
+	// the TIME_WAIT connections due in this tick, and those of one
+	// namespace and family by cookie, reused from tick to tick
+	batch []*entry
+	want  map[uint64]*entry
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
 	// Unfollowable counts connections given up because their namespace
@@ -123,6 +145,7 @@ func New(d Diag, o Options) *Follower {
 		finTimeout: finTimeout(),
 		byTuple:    make(map[tuple]*entry),
 		perNetns:   make(map[uint32]int),
+		want:       make(map[uint64]*entry),
 	}
 }
 
@@ -265,7 +288,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		}
 		return false, nil
 	case e.New == events.TimeWait:
-		f.add(e, e.Mono, e.Mono+uint64(TimeWaitLen+expirySlack))
+		f.add(e, e.Mono, alignUp(e.Mono+uint64(TimeWaitLen+expirySlack)))
 	}
 	return e.Kind == events.Transition, nil
 }
@@ -273,7 +296,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 // enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
 func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
 	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
-	f.add(ev, now, now+uint64(TimeWaitLen+expirySlack))
+	f.add(ev, now, alignUp(now+uint64(TimeWaitLen+expirySlack)))
 	return f.show(ev, emit)
 }
 
@@ -286,56 +309,127 @@ func (f *Follower) Next() uint64 {
 }
 
 // Poll asks sock_diag about every connection due by now and emits the
-// transitions it finds.
+// transitions it finds: a parked FIN_WAIT2 by a lookup of its own, the
+// TIME_WAIT connections due by one dump of each namespace's mini-sockets.
 func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
+	f.batch = f.batch[:0]
 	for len(f.due) > 0 && f.due[0].next <= now {
-		en := f.due[0]
-		s, found, err := f.diag.Lookup(&en.ev, en.ev.PID)
-		if err != nil {
-			f.Unfollowable++
-			f.LastErr = err
-			f.remove(en)
+		en := heap.Pop(&f.due).(*entry)
+		if en.ev.New == events.TimeWait {
+			f.batch = append(f.batch, en)
 			continue
 		}
-		waitingFIN := en.ev.New != events.TimeWait
-		age := time.Duration(now - en.since)
-		if found {
-			en.ends = now + uint64(s.Expires)
+		if err := f.checkParked(en, now, emit); err != nil {
+			return err
 		}
-		switch {
-		case found && waitingFIN && s.State == events.TimeWait:
-			// the peer's FIN arrived
-			if err := f.enterTimeWait(en, now, emit); err != nil {
-				return err
-			}
-		case found:
-			// still waiting: a parked FIN_WAIT2 is asked again after a
-			// back-off in proportion to its wait; TIME_WAIT when its
-			// timer says
-			next := min(max(age/16, firstCheck), maxCheck)
-			if !waitingFIN {
-				next = s.Expires + expirySlack
-			}
-			en.next = now + uint64(next)
-			heap.Fix(&f.due, en.index)
-		default:
-			// gone: its timer ran out, or a RST killed it early
-			cause := events.CauseClosed
-			if waitingFIN {
-				cause = events.CauseTimeout
-			}
-			// gone well before its timer: killed, by a RST
-			if now+uint64(time.Second) < en.ends {
-				cause = events.CauseResetReceived
-			}
-			ev := f.transition(en, now, events.Close, cause)
+	}
+	return f.checkTimeWaits(now, emit)
+}
+
+// checkParked asks about one parked FIN_WAIT2, taken off the queue.
+func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) error) error {
+	s, found, err := f.diag.Lookup(&en.ev, en.ev.PID)
+	if err != nil {
+		f.Unfollowable++
+		f.LastErr = err
+		f.remove(en)
+		return nil
+	}
+	switch {
+	case found && s.State == events.TimeWait:
+		// the peer's FIN arrived
+		return f.enterTimeWait(en, now, emit)
+	case found:
+		// still waiting: asked again after a back-off in proportion to
+		// its wait
+		en.ends = now + uint64(s.Expires)
+		en.next = now + uint64(min(max(time.Duration(now-en.since)/16, firstCheck), maxCheck))
+		heap.Push(&f.due, en)
+		return nil
+	}
+	// gone: its timer ran out, or a RST killed it well before
+	cause := events.CauseTimeout
+	if now+uint64(time.Second) < en.ends {
+		cause = events.CauseResetReceived
+	}
+	return f.end(en, now, cause, emit)
+}
+
+// checkTimeWaits checks the TIME_WAIT connections of f.batch, taken off
+// the queue: one dump per namespace and address family.
+func (f *Follower) checkTimeWaits(now uint64, emit func(*events.Event) error) error {
+	slices.SortFunc(f.batch, func(a, b *entry) int {
+		return cmp.Or(cmp.Compare(a.ev.Netns, b.ev.Netns), cmp.Compare(dumpFamily(a), dumpFamily(b)))
+	})
+	for group := f.batch; len(group) > 0; {
+		n := 1
+		for n < len(group) && group[n].ev.Netns == group[0].ev.Netns && dumpFamily(group[n]) == dumpFamily(group[0]) {
+			n++
+		}
+		if err := f.checkGroup(group[:n], now, emit); err != nil {
+			return err
+		}
+		group = group[n:]
+	}
+	clear(f.batch)
+	f.batch = f.batch[:0]
+	return nil
+}
+
+// dumpFamily is the family the kernel lists en's mini-socket under.
+func dumpFamily(en *entry) uint8 {
+	if en.ev.Family == 6 || en.ev.V4Mapped {
+		return 6
+	}
+	return 4
+}
+
+// checkGroup checks TIME_WAIT connections of one namespace and family.
+func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Event) error) error {
+	clear(f.want)
+	for _, en := range group {
+		en.found = false
+		f.want[en.ev.Sock] = en
+	}
+	err := f.diag.MiniSockets(group[0].ev.Netns, group[0].ev.PID, dumpFamily(group[0]), func(m sockdiag.MiniSocket) {
+		if en, ok := f.want[m.Cookie]; ok {
+			en.found, en.left = true, m.Expires
+		}
+	})
+	if err != nil {
+		f.Unfollowable += uint64(len(group))
+		f.LastErr = err
+		for _, en := range group {
 			f.remove(en)
-			if err := f.show(ev, emit); err != nil {
-				return err
-			}
+		}
+		return nil
+	}
+	for _, en := range group {
+		if en.found {
+			// still there: checked again once its timer says, or at
+			// the next tick when the timer wheel is late
+			en.ends = now + uint64(en.left)
+			en.next = alignUp(max(en.ends+uint64(expirySlack), now+1))
+			heap.Push(&f.due, en)
+			continue
+		}
+		// gone: its timer ran out, or well before, a RST killed it
+		cause := events.CauseClosed
+		if now+uint64(time.Second) < en.ends {
+			cause = events.CauseResetReceived
+		}
+		if err := f.end(en, now, cause, emit); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// end emits a followed connection's end and stops following it.
+func (f *Follower) end(en *entry, now uint64, cause events.Cause, emit func(*events.Event) error) error {
+	ev := f.transition(en, now, events.Close, cause)
+	f.remove(en)
+	return f.show(ev, emit)
 }
 
 // transition builds the event for a followed connection's next state, in

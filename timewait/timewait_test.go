@@ -13,6 +13,7 @@ import (
 type fakeDiag struct {
 	socks    map[uint64]sockdiag.Socket
 	lookups  int
+	dumps    int
 	released []uint32
 }
 
@@ -22,6 +23,14 @@ func (d *fakeDiag) Lookup(e *events.Event, pid uint32) (sockdiag.Socket, bool, e
 	return s, ok, nil
 }
 func (d *fakeDiag) Release(ns uint32) { d.released = append(d.released, ns) }
+
+func (d *fakeDiag) MiniSockets(netns, pid uint32, family uint8, fn func(sockdiag.MiniSocket)) error {
+	d.dumps++
+	for cookie, s := range d.socks {
+		fn(sockdiag.MiniSocket{Cookie: cookie, Socket: s})
+	}
+	return nil
+}
 
 const ms = uint64(time.Millisecond)
 
@@ -79,7 +88,7 @@ func TestPeerCloseResolves(t *testing.T) {
 		out[0].Dwell != time.Duration(305*ms) || out[0].PID != 42 || out[0].Sock != 7 {
 		t.Fatalf("got %+v", out)
 	}
-	if f.Len() != 1 || f.Next() != 1300*ms+uint64(TimeWaitLen+expirySlack) {
+	if f.Len() != 1 || f.Next() != alignUp(1300*ms+uint64(TimeWaitLen+expirySlack)) {
 		t.Fatalf("follows %d, next check at %d", f.Len(), f.Next())
 	}
 	// at expiry the mini-socket is gone: TIME_WAIT -> CLOSE, closed
@@ -92,8 +101,9 @@ func TestPeerCloseResolves(t *testing.T) {
 		out[0].Dwell != time.Duration(now-1300*ms) || out[0].PID != 42 {
 		t.Fatalf("got %+v", out)
 	}
-	if f.Len() != 0 || len(d.released) != 1 || d.released[0] != 99 || d.lookups != 1 {
-		t.Errorf("len %d, released %v, lookups %d", f.Len(), d.released, d.lookups)
+	// TIME_WAIT is checked by a dump of the namespace, not a lookup
+	if f.Len() != 0 || len(d.released) != 1 || d.released[0] != 99 || d.lookups != 0 || d.dumps != 1 {
+		t.Errorf("len %d, released %v, lookups %d, dumps %d", f.Len(), d.released, d.lookups, d.dumps)
 	}
 }
 
@@ -255,5 +265,44 @@ func TestMax(t *testing.T) {
 	observe(t, f, bc, &out) // b's TIME_WAIT: shown, not followed
 	if len(out) != 1 || out[0].Sock != 10 || out[0].New != events.TimeWait || f.Untracked != 2 || f.Len() != 1 || f.parked != 0 {
 		t.Fatalf("TIME_WAIT over the limit: %+v, untracked %d, len %d", out, f.Untracked, f.Len())
+	}
+}
+
+// The TIME_WAIT connections due in one tick are checked with one dump per
+// namespace and family: those still listed are checked again once their
+// timer says, the rest end. A dual-stack socket's mini-socket is listed
+// under IPv6.
+func TestTimeWaitsCheckedTogether(t *testing.T) {
+	d := &fakeDiag{socks: map[uint64]sockdiag.Socket{}}
+	f := New(d, Options{})
+	var out []events.Event
+	for i := range 10 {
+		e := parked(1000 * ms)
+		e.Kind, e.New, e.Sock, e.LPort = events.Transition, events.TimeWait, uint64(100+i), uint16(41000+i)
+		e.V4Mapped = i == 9
+		observe(t, f, e, &out)
+	}
+	// three still there: the timer wheel is late by 2 s
+	for _, s := range []uint64{100, 101, 109} {
+		d.socks[s] = sockdiag.Socket{State: events.TimeWait, Expires: 0}
+	}
+	now := f.Next()
+	if now != alignUp(1000*ms+uint64(TimeWaitLen+expirySlack)) {
+		t.Fatalf("first check at %d", now)
+	}
+	out = nil
+	if err := f.Poll(now, collect(&out)); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 7 || d.dumps != 2 || d.lookups != 0 {
+		t.Fatalf("%d ends, %d dumps, %d lookups: want 7 ends from 2 dumps (IPv4, IPv6)", len(out), d.dumps, d.lookups)
+	}
+	for _, e := range out {
+		if e.Old != events.TimeWait || e.New != events.Close || e.Cause != events.CauseClosed || e.Sock == 100 || e.Sock == 101 || e.Sock == 109 {
+			t.Errorf("ended %+v", e)
+		}
+	}
+	if f.Len() != 3 || f.Next() != now+uint64(Tick) {
+		t.Errorf("follows %d, next check at %d: want 3, at the next tick %d", f.Len(), f.Next(), now+uint64(Tick))
 	}
 }

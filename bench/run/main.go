@@ -1,8 +1,12 @@
 // Command run is `make bench`: it measures what tracing costs the kernel's
-// connection churn. It alternates runs with no tracer, with
-// `tcptrace --json` and with text output, each writing every event to a
-// file, so that drift of the machine cancels out; then it measures the BPF
-// program's cost per event and a burst at the highest rate the churn makes.
+// connection churn, in the two shapes users have: blocking threads that
+// saturate the CPUs, and an event loop over epoll bound by latency. For
+// each it alternates runs with no tracer, with `tcptrace --json` and with
+// text output, each writing every event to a file, so that drift of the
+// machine cancels out, and for the event loop also with a kernel filter
+// that drops every record. Then it measures the BPF program's cost per
+// event, a burst at the highest rate the churn makes, and a TIME_WAIT
+// storm whose TIME_WAITs expire (tcp_tw_reuse=0) rather than being reused.
 package main
 
 import (
@@ -27,6 +31,9 @@ type config struct {
 	tcptrace, churn string
 	pairs           int
 	dur             time.Duration
+	loopPairs       int
+	loopDur         time.Duration
+	storm           time.Duration
 	mode            string
 	clients         int
 	burst           time.Duration
@@ -41,6 +48,9 @@ func main() {
 	flag.StringVar(&c.churn, "churn", "./bin/churn", "the churn binary")
 	flag.IntVar(&c.pairs, "pairs", 3, "runs of each kind, alternated")
 	flag.DurationVar(&c.dur, "d", 30*time.Second, "churn per run")
+	flag.IntVar(&c.loopPairs, "loop-pairs", 7, "event-loop runs of each kind, alternated (0: none)")
+	flag.DurationVar(&c.loopDur, "loop-d", 10*time.Second, "event-loop churn per run")
+	flag.DurationVar(&c.storm, "storm", 110*time.Second, "the TIME_WAIT expiry storm's length, past 60 s (0: none)")
 	flag.StringVar(&c.mode, "mode", "client-close", "churn mode")
 	flag.IntVar(&c.clients, "c", 4, "churn clients")
 	flag.DurationVar(&c.burst, "burst", time.Second, "length of the burst run")
@@ -62,31 +72,38 @@ type result struct {
 	secs     float64 // of churn
 	cpu      time.Duration
 	maxRSS   int64 // KiB
+	switches int64 // tcptrace's context switches, voluntary or not
+	wall     float64
+}
+
+// shape is how the churn is written.
+type shape struct {
+	name  string
+	loop  bool
+	pairs int
+	dur   time.Duration
+	kinds []string
 }
 
 func run(c *config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run it with sudo")
 	}
-	kinds := []string{"untraced", "json", "text"}
-	res := map[string][]result{}
-	fmt.Printf("churn %s, %d clients, %v per run, %d runs of each, alternated\n", c.mode, c.clients, c.dur, c.pairs)
-	for i := range c.pairs {
-		for _, k := range kinds {
-			r, err := churnRun(c, k, c.mode, c.clients, c.dur, false)
-			if err != nil {
-				return fmt.Errorf("%s run %d: %w", k, i+1, err)
-			}
-			fmt.Printf("  run %d %-8s %8.0f conn/s", i+1, k, r.connRate)
-			if k != "untraced" {
-				fmt.Printf("  %9d events  %d lost", r.events, r.lost)
-			}
-			fmt.Println()
-			res[k] = append(res[k], r)
+	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text"}}}
+	if c.loopPairs > 0 {
+		shapes = append(shapes, shape{name: "event loop", loop: true, pairs: c.loopPairs, dur: c.loopDur,
+			kinds: []string{"untraced", "json", "text", "dropped"}})
+	}
+	var tables []string
+	for _, sh := range shapes {
+		t, err := measureShape(c, sh)
+		if err != nil {
+			return err
 		}
+		tables = append(tables, t)
 	}
 
-	// the program's own cost, with the kernel's run-time statistics on
+	// the program's own cost, with the kernel's run-time statistics on	// the program's own cost, with the kernel's run-time statistics on
 	// for this run only
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
@@ -97,7 +114,7 @@ func run(c *config) error {
 	var statsRun result
 	for range 3 {
 		var cs cost
-		statsRun, err = churnRunWith(c, "json", c.mode, c.clients, 10*time.Second, func() error {
+		statsRun, err = churnRunWith(c, "json", c.mode, false, c.clients, 10*time.Second, func() error {
 			cs, err = bpfCost()
 			return err
 		})
@@ -116,27 +133,11 @@ func run(c *config) error {
 		return fmt.Errorf("burst run: %w", err)
 	}
 
-	base := median(res["untraced"], func(r result) float64 { return r.connRate })
-	fmt.Printf("\n%s, %s, %s\n\n", time.Now().Format("2006-01-02"), kernelRelease(), cpuModel())
-	fmt.Println("| run | conn/s | vs untraced | events/s | lost | BPF ns/event | CPU s per M events | peak RSS |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	fmt.Printf("| untraced | %.0f | 100%% | | | | | |\n", base)
-	for _, k := range kinds[1:] {
-		rs := res[k]
-		rate := median(rs, func(r result) float64 { return r.connRate })
-		var lost uint64
-		var rss int64
-		for _, r := range rs {
-			lost += r.lost
-			rss = max(rss, r.maxRSS)
-		}
-		fmt.Printf("| `tcptrace --%s > file` | %.0f | %.1f%% | %.0f | %d | %.0f | %.2f | %.1f MiB |\n",
-			strings.TrimPrefix(k, "--"), rate, 100*rate/base,
-			median(rs, func(r result) float64 { return float64(r.events) / r.secs }),
-			lost, nsPerEvent,
-			median(rs, func(r result) float64 { return r.cpu.Seconds() / float64(r.events) * 1e6 }),
-			float64(rss)/1024)
+	fmt.Printf("\n%s, %s, %s\n", time.Now().Format("2006-01-02"), kernelRelease(), cpuModel())
+	for _, t := range tables {
+		fmt.Print(t)
 	}
+	fmt.Printf("BPF ns/event: %.0f (below).\n", nsPerEvent)
 	fmt.Printf("\nBPF ns/event: run_time_ns / run_cnt over every tcptrace program, per transition, with kernel.bpf_stats_enabled=1, median of 3 runs of 10 s (%d events, %.0f conn/s in the last; off again after).\n",
 		statsRun.events, statsRun.connRate)
 	for _, cs := range costs {
@@ -148,7 +149,70 @@ func run(c *config) error {
 	}
 	fmt.Printf("Burst: %v of churn -mode %s -c %d with tcptrace --json: %.0f conn/s, %.0f events/s, %d lost, peak RSS %.1f MiB.\n",
 		c.burst, c.burstMode, c.burstClients, burst.connRate, float64(burst.events)/burst.secs, burst.lost, float64(burst.maxRSS)/1024)
+	if c.storm > 0 {
+		return storm(c)
+	}
 	return nil
+}
+
+// measureShape alternates the shape's kinds of run and returns its table.
+func measureShape(c *config, sh shape) (string, error) {
+	res := map[string][]result{}
+	fmt.Printf("churn %s, %s, %d clients, %v per run, %d runs of each, alternated\n", c.mode, sh.name, c.clients, sh.dur, sh.pairs)
+	for i := range sh.pairs {
+		for _, k := range sh.kinds {
+			r, err := churnRunWith(c, k, c.mode, sh.loop, c.clients, sh.dur, nil)
+			if err != nil {
+				return "", fmt.Errorf("%s %s run %d: %w", sh.name, k, i+1, err)
+			}
+			fmt.Printf("  run %d %-8s %8.0f conn/s", i+1, k, r.connRate)
+			if k != "untraced" {
+				fmt.Printf("  %9d events  %d lost", r.events, r.lost)
+			}
+			fmt.Println()
+			res[k] = append(res[k], r)
+		}
+	}
+	var b strings.Builder
+	base := median(res["untraced"], func(r result) float64 { return r.connRate })
+	fmt.Fprintf(&b, "\n%s churn (%s, %d clients, %d alternated runs of %v; ratio: median of the runs' ratios to the untraced run before them):\n\n", sh.name, c.mode, c.clients, sh.pairs, sh.dur)
+	fmt.Fprintln(&b, "| run | conn/s | vs untraced | range | events/s | lost | CPU s per M events | switches/s | peak RSS |")
+	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintf(&b, "| untraced | %.0f | 100%% | | | | | | |\n", base)
+	for _, k := range sh.kinds[1:] {
+		rs := res[k]
+		ratios := make([]result, len(rs))
+		lo, hi := 1e9, 0.0
+		for i, r := range rs {
+			ratios[i].connRate = r.connRate / res["untraced"][i].connRate
+			lo, hi = min(lo, ratios[i].connRate), max(hi, ratios[i].connRate)
+		}
+		var lost uint64
+		var rss int64
+		for _, r := range rs {
+			lost += r.lost
+			rss = max(rss, r.maxRSS)
+		}
+		label := "`tcptrace --" + k + " > file`"
+		if k == "dropped" {
+			label = "`tcptrace -L 1` (kernel drops every record)"
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.3f | %.3f-%.3f | %.0f | %d | %.2f | %.0f | %.1f MiB |\n",
+			label, median(rs, func(r result) float64 { return r.connRate }),
+			median(ratios, func(r result) float64 { return r.connRate }), lo, hi,
+			median(rs, func(r result) float64 { return float64(r.events) / r.secs }),
+			lost,
+			median(rs, func(r result) float64 {
+				if r.events == 0 {
+					return 0
+				}
+				return r.cpu.Seconds() / float64(r.events) * 1e6
+			}),
+			median(rs, func(r result) float64 { return float64(r.switches) / r.wall }),
+			float64(rss)/1024)
+	}
+	fmt.Fprintln(&b)
+	return b.String(), nil
 }
 
 func median(rs []result, f func(result) float64) float64 {
@@ -164,12 +228,12 @@ func median(rs []result, f func(result) float64) float64 {
 }
 
 func churnRun(c *config, kind, mode string, clients int, dur time.Duration, _ bool) (result, error) {
-	return churnRunWith(c, kind, mode, clients, dur, nil)
+	return churnRunWith(c, kind, mode, false, clients, dur, nil)
 }
 
 // churnRunWith runs the churn in a new network namespace, traced as kind
 // says; during is called after the churn, while tcptrace still runs.
-func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, during func() error) (result, error) {
+func churnRunWith(c *config, kind, mode string, loop bool, clients int, dur time.Duration, during func() error) (result, error) {
 	var r result
 	ns := fmt.Sprintf("tcpbench-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
@@ -190,8 +254,13 @@ func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, 
 		defer os.Remove(f.Name())
 		defer f.Close()
 		args := []string{}
-		if kind == "json" {
+		switch kind {
+		case "json":
 			args = append(args, "--json")
+		case "dropped":
+			// no socket has local port 1: the kernel filter drops
+			// every record, leaving the programs and the settles
+			args = append(args, "-L", "1")
 		}
 		tracer = exec.Command(c.tcptrace, args...)
 		tracer.Stdout = f
@@ -205,8 +274,12 @@ func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, 
 		}
 	}
 
-	out, err := exec.Command("ip", "netns", "exec", ns, c.churn, "-mode", mode,
-		"-c", strconv.Itoa(clients), "-d", dur.String()).CombinedOutput()
+	began := time.Now()
+	cargs := []string{"netns", "exec", ns, c.churn, "-mode", mode, "-c", strconv.Itoa(clients), "-d", dur.String()}
+	if loop {
+		cargs = append(cargs, "-loop")
+	}
+	out, err := exec.Command("ip", cargs...).CombinedOutput()
 	if err != nil {
 		return r, fmt.Errorf("churn: %v: %s", err, out)
 	}
@@ -236,6 +309,8 @@ func churnRunWith(c *config, kind, mode string, clients int, dur time.Duration, 
 	ru := tracer.ProcessState.SysUsage().(*syscall.Rusage)
 	r.cpu = tracer.ProcessState.UserTime() + tracer.ProcessState.SystemTime()
 	r.maxRSS = ru.Maxrss
+	r.switches = ru.Nvcsw + ru.Nivcsw
+	r.wall = time.Since(began).Seconds()
 	return r, nil
 }
 
@@ -285,9 +360,9 @@ func bpfCost() (cost, error) {
 		if err != nil {
 			continue
 		}
-		// the kernel keeps 15 characters of a name
+		// the name from BTF, whole, or the kernel's 15 characters of it
 		for _, n := range programs {
-			if info.Name == n[:min(len(n), 15)] && id > newest[n] {
+			if (info.Name == n || len(info.Name) == 15 && strings.HasPrefix(n, info.Name)) && id > newest[n] {
 				newest[n] = id
 			}
 		}
