@@ -669,8 +669,10 @@ static __always_inline void fill_holder(struct event *e, struct sock *sk, struct
  * that receives or sends on it does. Only a server's children carry the
  * listeners storage (cloned from their listener), so for every other
  * socket this costs a protocol check and one pointer load; for a child,
- * a compare, and a record only when the holder changes, once per accept
- * in the common case. */
+ * a compare, and a record only when the holder is another process than
+ * the last one noted, or than the listener's maker at first: once per
+ * connection for a prefork worker or a daemon's, never for a server that
+ * accepts what it listens on. */
 static __always_inline void note_holder(struct sock *sk)
 {
 	struct task_struct *task;
@@ -687,8 +689,11 @@ static __always_inline void note_holder(struct sock *sk)
 		return;
 	tgid = bpf_get_current_pid_tgid() >> 32;
 	/* the listener's own storage has listener == its cookie; a child's
-	 * has its listener's */
-	if (o->holder == tgid || o->listener == sk->__sk_common.skc_cookie.counter)
+	 * has its listener's. The process that made the listener taking its
+	 * connection is the common case (a single-process server): user
+	 * space learns it once per listener, and no record is written. */
+	if (o->holder == tgid || (!o->holder && o->pid == tgid) ||
+	    o->listener == sk->__sk_common.skc_cookie.counter)
 		return;
 	o->holder = tgid;
 	st = bpf_map_lookup_elem(&staging, &zero);

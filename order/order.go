@@ -68,6 +68,24 @@ func (b *Buffer) Settled() uint64 {
 	return t
 }
 
+// Lag is how far the CPU furthest behind is behind the one furthest
+// ahead. Under load every CPU's latest time moves with its batches, and
+// Settled follows; a CPU that went quiet stays behind, and holds every
+// other CPU's records back until a settle writes its mark.
+func (b *Buffer) Lag() uint64 {
+	var lo, hi uint64
+	for _, l := range b.latest {
+		if l == 0 {
+			continue
+		}
+		if lo == 0 || l < lo {
+			lo = l
+		}
+		hi = max(hi, l)
+	}
+	return hi - lo
+}
+
 // Release passes fn every held record timed before mark, in time order
 // (records with the same time in the order they were added), and forgets
 // them. fn must copy what it keeps: the record is reused after it returns.

@@ -74,10 +74,27 @@ type entry struct {
 	child      bool   // a server connection, made from a listener
 }
 
+// takers says who takes a listener's connections, as learnt from them.
+type takers uint8
+
+const (
+	// takersUnknown: each connection waits for its holder
+	takersUnknown takers = iota
+	// takersMaker: the process that made the listener takes its
+	// connections (a single-process server). The kernel notes no holder
+	// for it, so its connections go out at once, named for it, and a
+	// connection another process takes is renamed from then on.
+	takersMaker
+	// takersOthers: other processes take them (prefork workers, a
+	// daemon's, a service handed the listener): each waits for its holder
+	takersOthers
+)
+
 // listener is what is known of a listening socket.
 type listener struct {
 	netns   uint32
 	lport   uint16
+	takers  takers
 	creator owner // who called listen(), or held it when the tracer began
 	// acceptor is the last process seen to take a connection from it
 	acceptor owner
@@ -99,10 +116,12 @@ type tuple struct {
 	lport, rport uint16
 }
 
-// pending is a server connection waiting for its holder.
+// pending is a server connection waiting for its holder, or only for its
+// addresses (the child's next transition) when its owner is known.
 type pending struct {
 	recs     []*events.Event
 	deadline uint64 // CLOCK_MONOTONIC
+	addrOnly bool
 }
 
 // Table follows sockets by cookie. It is not safe for concurrent use.
@@ -258,8 +277,14 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		if !t.room(e.Sock) {
 			return next(e)
 		}
-		t.live[e.Sock] = entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener, child: true}
-		t.hold(e)
+		en := entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener, child: true}
+		l := t.listeners[e.Listener]
+		settled := e.Listener != 0 && l != nil && l.takers == takersMaker
+		if settled {
+			en.owner = l.creator
+		}
+		t.live[e.Sock] = en
+		t.hold(e).addrOnly = settled
 		return nil
 	}
 	en, known := t.live[e.Sock]
@@ -283,6 +308,14 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		if en.listener == 0 {
 			en.listener = t.byPort[portKey{e.Netns, e.LPort}]
 		}
+	}
+	if p != nil && p.addrOnly {
+		// its owner is known: only the addresses were missing
+		t.live[e.Sock] = en
+		if err := t.release(e.Sock, en.owner, en.owner, next); err != nil {
+			return err
+		}
+		p = nil
 	}
 	final := e.New == events.Close || e.New == events.TimeWait || e.Kind == events.Parked
 	kept := false
@@ -374,7 +407,10 @@ func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
 	}
 	en.owner = ownerOf(e)
 	t.live[e.Sock] = en
-	if t.pend[e.Sock] == nil {
+	if l := t.listenerOf(e.Sock, en); l != nil && e.PID != l.creator.pid {
+		l.takers = takersOthers
+	}
+	if p := t.pend[e.Sock]; p == nil || p.addrOnly {
 		return nil
 	}
 	hs, rest := t.owners(e.Sock, en.owner, e.Mono)
@@ -409,6 +445,9 @@ func (t *Table) owners(sock uint64, o owner, now uint64) (handshake, rest owner)
 	// handing a connection on is the rarer design
 	if o.pid != 0 && (l.heldBy(o.pid) || !t.alive[o.pid]) {
 		l.acceptor = o
+		if l.takers == takersUnknown && o.pid == l.creator.pid {
+			l.takers = takersMaker
+		}
 		return o, o
 	}
 	handshake = t.fallback(l)
@@ -434,7 +473,7 @@ func (l *listener) heldBy(pid uint32) bool {
 }
 
 // hold starts holding a server connection's first record.
-func (t *Table) hold(e *events.Event) {
+func (t *Table) hold(e *events.Event) *pending {
 	var p *pending
 	if n := len(t.sparePend); n > 0 {
 		p, t.sparePend = t.sparePend[n-1], t.sparePend[:n-1]
@@ -442,8 +481,10 @@ func (t *Table) hold(e *events.Event) {
 		p = &pending{}
 	}
 	p.deadline = e.Mono + t.holdFor
+	p.addrOnly = false
 	t.keep(p, e)
 	t.pend[e.Sock] = p
+	return p
 }
 
 // keep adds a copy of e to the records p holds.

@@ -364,3 +364,40 @@ func TestReconnectStartsAfresh(t *testing.T) {
 		t.Errorf("dwells %v, %v (known %v): want 10ns, then unknown after CLOSE", out[1].Dwell, out[2].Dwell, out[2].DwellKnown)
 	}
 }
+
+// A server that takes the connections of the listener it made gets no
+// holder notes from the kernel: once its first connection shows it (its
+// close), the listener's later connections go out at once, named for it.
+func TestMakerTakes(t *testing.T) {
+	tab := New(Options{})
+	var out sink
+	listen := rec(1, 10, events.Close, events.Listen, 100, "server")
+	listen.LPort = 80
+	observe(t, tab, &out, listen)
+	out = out[:0]
+	observe(t, tab, &out,
+		child(7, 500*ms, 100, "server"),
+		rec(7, 510*ms, events.SynRecv, events.Established, 0, ""))
+	if len(out) != 0 {
+		t.Fatalf("first connection passed on before its holder was known: %d events", len(out))
+	}
+	observe(t, tab, &out, rec(7, 520*ms, events.Established, events.FinWait1, 100, "server"))
+	if len(out) != 3 {
+		t.Fatalf("got %d events, want 3", len(out))
+	}
+	out = out[:0]
+	observe(t, tab, &out,
+		child(8, 600*ms, 100, "server"),
+		rec(8, 610*ms, events.SynRecv, events.Established, 0, ""),
+		rec(8, 620*ms, events.Established, events.CloseWait, 0, ""))
+	if len(out) != 3 || tab.Pending() != 0 {
+		t.Fatalf("second connection: %d events out, %d pending; want all 3 at once", len(out), tab.Pending())
+	}
+	checkOwners(t, out, 100, "server")
+	// handed to another process later: renamed from its note on
+	out = out[:0]
+	observe(t, tab, &out, holding(8, 630*ms, 200, "handler", 0),
+		rec(8, 640*ms, events.CloseWait, events.LastAck, 200, "handler"),
+		rec(8, 650*ms, events.LastAck, events.Close, 0, ""))
+	checkOwners(t, out, 200, "handler")
+}

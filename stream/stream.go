@@ -66,16 +66,28 @@ type Stats struct {
 	Rescued   uint64 // transitions the kernel skipped the main program for, handled anyway
 }
 
-const batchSize = 256
+// batchSize is the records handed from the reader to the loop at once:
+// each hand-off may wake the other goroutine's thread.
+const batchSize = 1024
+
+// maxBatches bounds the batches between the reader and the loop: about
+// 180 KB each.
+const maxBatches = 32
 
 // maxDefer bounds how often a sock_diag poll waits for the ring to drain.
 const maxDefer = 3
 
 // The reader settles the tracer (loader.Tracer.Settle) every Latency, so
 // that records staged on a quiet CPU come out, or sooner once it holds
-// settleAt records, as it does when some CPU goes quiet under load: the
-// order buffer can release no record newer than that CPU's last one.
-const settleAt = 1024
+// settleAt records and some CPU lags the others by lagAt, as when a CPU
+// goes quiet under load: the order buffer can release no record newer
+// than that CPU's last one. A settle runs a program on every CPU, by a
+// cross-CPU call each: while every CPU is busy their batches move the
+// order buffer on, and settling then would only interrupt the workload.
+const (
+	settleAt = 1024
+	lagAt    = 2 * time.Millisecond
+)
 
 // slack is how much earlier than a CPU's latest record or mark a record
 // of that CPU may be timed that was not read yet: TCP's own clock dates
@@ -106,11 +118,8 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		cfg.Warn = func(string) {}
 	}
 	src := cfg.Source
-	full := make(chan *batch, 8)
-	free := make(chan *batch, 8)
-	for range cap(free) {
-		free <- new(batch)
-	}
+	full := make(chan *batch, maxBatches)
+	free := make(chan *batch, maxBatches)
 	var draining atomic.Bool
 	rd := &reader{src: src, full: full, free: free, draining: &draining, wait: cfg.Latency}
 	go rd.run()
@@ -304,13 +313,14 @@ type reader struct {
 	held atomic.Int64          // records in the order buffer
 	err  atomic.Pointer[error] // the last settle's error, for a warning
 
-	buf order.Buffer
-	in  [batchSize]events.Event
-	out *batch
+	buf  order.Buffer
+	in   [batchSize]events.Event
+	out  *batch
+	made int // batches allocated
 }
 
 func (r *reader) run() {
-	r.out = <-r.free
+	r.out = r.take()
 	last := time.Now()
 	settled := false
 	for {
@@ -338,7 +348,8 @@ func (r *reader) run() {
 		since := time.Since(last)
 		settled = false
 		// a settle IPIs every CPU: at most one a millisecond
-		if since < time.Millisecond || r.buf.Len() < settleAt && since < r.wait {
+		lagging := r.buf.Len() >= settleAt && r.buf.Lag() >= uint64(lagAt)
+		if since < time.Millisecond || !lagging && since < r.wait {
 			continue
 		}
 		last = time.Now()
@@ -386,7 +397,7 @@ func (r *reader) send(e *events.Event) {
 	r.out.n++
 	if r.out.n == batchSize {
 		r.full <- r.out
-		r.out = <-r.free
+		r.out = r.take()
 	}
 }
 
@@ -402,10 +413,27 @@ func (r *reader) finish() {
 	close(r.full)
 }
 
+// take returns a free batch: one the loop gave back, else a new one while
+// fewer than maxBatches exist, else it waits for the loop. A loop held up
+// (output to a slow disk) has up to maxBatches of records waiting for it
+// before the reader stops reading the ring, and the ring fills.
+func (r *reader) take() *batch {
+	select {
+	case b := <-r.free:
+		return b
+	default:
+	}
+	if r.made < maxBatches {
+		r.made++
+		return new(batch)
+	}
+	return <-r.free
+}
+
 // push hands on a partly filled batch.
 func (r *reader) push() {
 	if r.out.n > 0 {
 		r.full <- r.out
-		r.out = <-r.free
+		r.out = r.take()
 	}
 }

@@ -18,8 +18,8 @@ import (
 	"cmp"
 	"container/heap"
 	"net/netip"
-	"slices"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,9 +39,16 @@ type Diag interface {
 const (
 	// TimeWaitLen is the kernel's TCP_TIMEWAIT_LEN: 2·MSL on Linux.
 	TimeWaitLen = 60 * time.Second
-	// firstCheck: a local peer's close follows within microseconds;
-	// only a parked FIN_WAIT2 still waiting after this is asked about.
+	// firstCheck: a peer's close follows within microseconds; only a
+	// parked FIN_WAIT2 still waiting after this is asked about.
 	firstCheck = 10 * time.Millisecond
+	// loopbackCheck replaces firstCheck where the peer is on loopback, in
+	// the same namespace: its close is in the stream (the BPF program
+	// sends it even where the filters drop it) and resolves the wait.
+	// Asking sooner costs a lookup per connection whose server is slow
+	// to close (a quarter of tcptrace's user time under a loopback churn
+	// whose servers fall behind), for nothing.
+	loopbackCheck = time.Second
 	// maxCheck bounds the back-off of a long wait.
 	maxCheck = time.Second
 	// expirySlack: a mini-socket is asked about this long after its timer
@@ -280,7 +287,11 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 	}
 	switch {
 	case e.Kind == events.Parked:
-		if !f.add(e, e.Mono-uint64(e.Dwell), e.Mono+uint64(firstCheck)) {
+		first := firstCheck
+		if e.RAddr.IsLoopback() && !f.opts.NoPeerMatch {
+			first = loopbackCheck
+		}
+		if !f.add(e, e.Mono-uint64(e.Dwell), e.Mono+uint64(first)) {
 			// cannot follow it: say what the kernel said
 			ev := *e
 			ev.Kind, ev.Cause = events.Transition, events.CauseClosed

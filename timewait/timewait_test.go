@@ -35,12 +35,12 @@ func (d *fakeDiag) MiniSockets(netns, pid uint32, family uint8, fn func(sockdiag
 const ms = uint64(time.Millisecond)
 
 var (
-	client = netip.MustParseAddr("127.0.0.1")
-	server = netip.MustParseAddr("127.0.0.2")
+	client = netip.MustParseAddr("10.0.0.1")
+	server = netip.MustParseAddr("10.0.0.2")
 )
 
-// parked is the client's dead FIN_WAIT2 of a connection 127.0.0.1:40000 ->
-// 127.0.0.2:80, handed to a mini-socket at the given time.
+// parked is the client's dead FIN_WAIT2 of a connection 10.0.0.1:40000 ->
+// 10.0.0.2:80, handed to a mini-socket at the given time.
 func parked(at uint64) *events.Event {
 	return &events.Event{
 		Kind: events.Parked, Mono: at, Dwell: time.Duration(5 * ms), DwellKnown: true,
@@ -304,5 +304,19 @@ func TestTimeWaitsCheckedTogether(t *testing.T) {
 	}
 	if f.Len() != 3 || f.Next() != now+uint64(Tick) {
 		t.Errorf("follows %d, next check at %d: want 3, at the next tick %d", f.Len(), f.Next(), now+uint64(Tick))
+	}
+}
+
+// A parked FIN_WAIT2 whose peer is on loopback waits for the peer's close
+// in the stream: it is first asked about after a second, not 10 ms.
+func TestLoopbackPeerNotAskedSoon(t *testing.T) {
+	d := &fakeDiag{socks: map[uint64]sockdiag.Socket{7: {State: events.FinWait2, Expires: 59 * time.Second}}}
+	f := New(d, Options{})
+	var out []events.Event
+	e := parked(1000 * ms)
+	e.LAddr, e.RAddr = netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
+	observe(t, f, e, &out)
+	if f.Next() != 1000*ms+uint64(loopbackCheck) {
+		t.Errorf("first check at %d, want %d", f.Next(), 1000*ms+uint64(loopbackCheck))
 	}
 }

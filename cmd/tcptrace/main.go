@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +26,9 @@ import (
 
 func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := profile()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stopProfile()
 	cancel()
 	var uerr usageError
 	switch {
@@ -40,6 +43,28 @@ func main() {
 }
 
 type usageError struct{ error }
+
+// profile writes a CPU profile of the whole run to the file that
+// TCPTRACE_CPUPROFILE names, for `go tool pprof`: how the overhead work
+// finds where user space spends its time.
+func profile() (stop func()) {
+	path := os.Getenv("TCPTRACE_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tcptrace: warning: CPU profile: %v\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
 
 type config struct {
 	json     bool
