@@ -21,7 +21,8 @@ enum {
 	                  * space needs it to follow timewait connections */
 	KIND_MARK = 4,   /* written by flush_staging: every record of CPU
 	                  * src - 1 timed before ts_ns is in the ring before
-	                  * it. Only ts_ns and src are set. */
+	                  * it. Only ts_ns, src and cookie (jiffies at ts_ns)
+	                  * are set. */
 	KIND_HOLDER = 5, /* a process other than the last one noted received
 	                  * or sent on a server's connection: it holds the
 	                  * socket now (it accepted it, or was handed it). Only

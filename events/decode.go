@@ -50,7 +50,7 @@ func (e *Event) Decode(b []byte) error {
 	le := binary.LittleEndian
 	kind := Kind(b[offKind])
 	if kind == Mark {
-		*e = Event{Kind: Mark, Mono: le.Uint64(b[offTs:]), Src: le.Uint32(b[offSrc:])}
+		*e = Event{Kind: Mark, Mono: le.Uint64(b[offTs:]), Src: le.Uint32(b[offSrc:]), Sock: le.Uint64(b[offCookie:])}
 		return nil
 	}
 	if kind == Holding {
@@ -104,10 +104,10 @@ func (e *Event) Encode(b []byte) {
 	le.PutUint64(b[offTs:], e.Mono)
 	le.PutUint32(b[offSrc:], e.Src)
 	b[offKind] = byte(e.Kind)
+	le.PutUint64(b[offCookie:], e.Sock)
 	if e.Kind == Mark {
 		return
 	}
-	le.PutUint64(b[offCookie:], e.Sock)
 	if e.Kind == Holding {
 		le.PutUint64(b[offCgroup:], e.Cgroup)
 		le.PutUint32(b[offPid:], e.PID)

@@ -132,7 +132,8 @@ const (
 	// follower needs it: not shown.
 	Hint Kind = 3
 	// Mark says every record of CPU Src-1 timed before Mono is in the
-	// ring before it; only Mono and Src are set. Package order uses it.
+	// ring before it; only Mono, Src and Sock, the kernel's jiffies at
+	// Mono, are set. Package order uses it.
 	Mark Kind = 4
 	// Holding says process PID received or sent on server connection
 	// Sock: it holds it now (it accepted it, or was handed it). Only

@@ -89,11 +89,9 @@ func (o *objects) Close() error {
 		o.HandleSendReset, o.FlushStaging, o.DumpHolders))
 }
 
-// notes are the programs that note who holds a server's connection, on
-// sock:sock_recv_length and sock:sock_send_length (Linux 6.3): loaded
-// where the kernel has them.
+// notes is the program that notes who holds a server's connection, on
+// sock:sock_send_length (Linux 6.3): loaded where the kernel has it.
 type notes struct {
-	NoteRecv *ebpf.Program `ebpf:"note_recv"`
 	NoteSend *ebpf.Program `ebpf:"note_send"`
 }
 
@@ -167,7 +165,7 @@ func hasTracepoint(kernel *btf.Spec, tp string) bool {
 
 // NotesHolders says whether the kernel has the tracepoints that tell who
 // holds a server's connection once it is accepted or handed on.
-func (t *Tracer) NotesHolders() bool { return t.notes.NoteRecv != nil }
+func (t *Tracer) NotesHolders() bool { return t.notes.NoteSend != nil }
 
 func checkPrivileges() error {
 	if os.Geteuid() == 0 {
@@ -217,7 +215,7 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	t := &Tracer{cpus: cpus}
 	copts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
-	if hasTracepoint(kernel, "sock_recv_length") && hasTracepoint(kernel, "sock_send_length") {
+	if hasTracepoint(kernel, "sock_send_length") {
 		all := struct {
 			objects
 			notes
@@ -314,11 +312,10 @@ func (t *Tracer) fillFilters(o *Options) error {
 
 // Links is how many BPF links Attach creates: two programs on
 // sock:inet_sock_set_state, one on tcp:tcp_send_reset, and where the
-// kernel has them (NotesHolders), one each on sock:sock_recv_length and
-// sock:sock_send_length.
+// kernel has it (NotesHolders), one on sock:sock_send_length.
 func (t *Tracer) Links() int {
 	if t.NotesHolders() {
-		return 5
+		return 4
 	}
 	return 3
 }
@@ -330,8 +327,8 @@ func ExpectedLinks() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read kernel BTF: %w", err)
 	}
-	if hasTracepoint(kernel, "sock_recv_length") && hasTracepoint(kernel, "sock_send_length") {
-		return 5, nil
+	if hasTracepoint(kernel, "sock_send_length") {
+		return 4, nil
 	}
 	return 3, nil
 }
@@ -376,7 +373,6 @@ func (t *Tracer) Attach() error {
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
 		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
 		{t.objs.RescueSetState, "sock:inet_sock_set_state"},
-		{t.notes.NoteRecv, "sock:sock_recv_length"},
 		{t.notes.NoteSend, "sock:sock_send_length"},
 	} {
 		if p.prog == nil {
@@ -466,7 +462,7 @@ func (t *Tracer) Close() error {
 	if t.ring != nil {
 		errs = append(errs, t.ring.close())
 	}
-	errs = append(errs, t.objs.Close(), closeAll(t.notes.NoteRecv, t.notes.NoteSend))
+	errs = append(errs, t.objs.Close(), closeAll(t.notes.NoteSend))
 	return errors.Join(errs...)
 }
 

@@ -99,7 +99,6 @@ const (
 	tcptraceProgFlushStaging    = "flush_staging"
 	tcptraceProgHandleSendReset = "handle_send_reset"
 	tcptraceProgHandleSetState  = "handle_set_state"
-	tcptraceProgNoteRecv        = "note_recv"
 	tcptraceProgNoteSend        = "note_send"
 	tcptraceProgRescueSetState  = "rescue_set_state"
 	tcptraceVarEventType        = "event_type"
@@ -157,7 +156,6 @@ type tcptraceProgramSpecs struct {
 	FlushStaging    *ebpf.ProgramSpec `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
-	NoteRecv        *ebpf.ProgramSpec `ebpf:"note_recv"`
 	NoteSend        *ebpf.ProgramSpec `ebpf:"note_send"`
 	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
@@ -253,7 +251,6 @@ type tcptracePrograms struct {
 	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
-	NoteRecv        *ebpf.Program `ebpf:"note_recv"`
 	NoteSend        *ebpf.Program `ebpf:"note_send"`
 	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
 }
@@ -264,7 +261,6 @@ func (p *tcptracePrograms) Close() error {
 		p.FlushStaging,
 		p.HandleSendReset,
 		p.HandleSetState,
-		p.NoteRecv,
 		p.NoteSend,
 		p.RescueSetState,
 	)

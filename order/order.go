@@ -28,6 +28,14 @@ type Buffer struct {
 	// latest[c] is the latest time CPU c's staged records or marks have
 	// reached; 0 for a CPU not seen yet
 	latest []uint64
+	// the newest mark's time and the kernel's jiffies then
+	markMono, markJiffies uint64
+}
+
+// Jiffies is the newest mark's time (CLOCK_MONOTONIC) and the kernel's
+// jiffies then; 0, 0 before any mark.
+func (b *Buffer) Jiffies() (mono, jiffies uint64) {
+	return b.markMono, b.markJiffies
 }
 
 // Add copies evs in and takes note of how far each CPU has got. Marks
@@ -46,6 +54,8 @@ func (b *Buffer) Add(evs []events.Event) {
 		}
 		if e.Kind != events.Mark {
 			b.evs = append(b.evs, *e)
+		} else if e.Mono > b.markMono {
+			b.markMono, b.markJiffies = e.Mono, e.Sock
 		}
 	}
 }

@@ -23,7 +23,7 @@ type churnSource struct {
 	conn     uint64
 	conn11   [11]events.Event // the current connection's records
 	next     int              // the next of them to read
-	staged   int            // records into the current CPU's batch
+	staged   int              // records into the current CPU's batch
 	cpu      uint32
 	detached atomic.Bool
 }

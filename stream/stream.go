@@ -292,6 +292,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			armExpire()
 		case <-housekeeping.C:
 			clock.Sync()
+			if m := rd.mark.Load(); m != nil {
+				follow.SyncJiffies(m[0], m[1])
+			}
 			checkCounts()
 		case <-done:
 			done = nil
@@ -310,7 +313,9 @@ type reader struct {
 	draining *atomic.Bool
 	wait     time.Duration
 
-	held atomic.Int64          // records in the order buffer
+	held atomic.Int64 // records in the order buffer
+	// the newest mark's time and the kernel's jiffies then
+	mark atomic.Pointer[[2]uint64]
 	err  atomic.Pointer[error] // the last settle's error, for a warning
 
 	buf  order.Buffer
@@ -388,6 +393,11 @@ func (r *reader) readInto(wait time.Duration) bool {
 		return false
 	}
 	r.buf.Add(r.in[:n])
+	if mono, jiffies := r.buf.Jiffies(); mono != 0 {
+		if m := r.mark.Load(); m == nil || m[0] != mono {
+			r.mark.Store(&[2]uint64{mono, jiffies})
+		}
+	}
 	return true
 }
 

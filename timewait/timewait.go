@@ -62,6 +62,11 @@ const (
 	Tick = 500 * time.Millisecond
 )
 
+// wheelSlack is how long after the timer wheel should have ended a
+// mini-socket it is checked: a jiffy of doubt either way, and the timer
+// softirq's delay.
+const wheelSlack = 20 * time.Millisecond
+
 // alignUp rounds a time up to the next Tick, so that the connections due
 // in one Tick are checked together.
 func alignUp(t uint64) uint64 {
@@ -129,6 +134,7 @@ type Follower struct {
 	// namespace and family by cookie, reused from tick to tick
 	batch []*entry
 	want  map[uint64]*entry
+	wheel wheel
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
 	// Unfollowable counts connections given up because their namespace
@@ -299,7 +305,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		}
 		return false, nil
 	case e.New == events.TimeWait:
-		f.add(e, e.Mono, alignUp(e.Mono+uint64(TimeWaitLen+expirySlack)))
+		f.add(e, e.Mono, f.timeWaitCheck(e.Mono))
 	}
 	return e.Kind == events.Transition, nil
 }
@@ -307,8 +313,25 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 // enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
 func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
 	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
-	f.add(ev, now, alignUp(now+uint64(TimeWaitLen+expirySlack)))
+	f.add(ev, now, f.timeWaitCheck(now))
 	return f.show(ev, emit)
+}
+
+// SyncJiffies tells the follower the kernel's jiffies at mono, from the
+// marks: with HZ, learnt from two of them a second apart, it checks each
+// TIME_WAIT just after the kernel's timer wheel ends it (see wheel).
+func (f *Follower) SyncJiffies(mono, jiffies uint64) {
+	f.wheel.sync(mono, jiffies)
+}
+
+// timeWaitCheck is when to check a TIME_WAIT that began at since: just
+// after the timer wheel fires its 60 s timer, or, before HZ is known, at
+// the Tick after the timer's own time.
+func (f *Follower) timeWaitCheck(since uint64) uint64 {
+	if at, ok := f.wheel.fires(since, TimeWaitLen); ok {
+		return at + uint64(wheelSlack)
+	}
+	return alignUp(since + uint64(TimeWaitLen+expirySlack))
 }
 
 // Next is when Poll has something to check, or 0 when nothing is followed.

@@ -46,7 +46,7 @@ func main() {
 	var c config
 	flag.StringVar(&c.tcptrace, "tcptrace", "./tcptrace", "the tcptrace binary")
 	flag.StringVar(&c.churn, "churn", "./bin/churn", "the churn binary")
-	flag.IntVar(&c.pairs, "pairs", 3, "runs of each kind, alternated")
+	flag.IntVar(&c.pairs, "pairs", 3, "runs of each kind, alternated (0: only the storm)")
 	flag.DurationVar(&c.dur, "d", 30*time.Second, "churn per run")
 	flag.IntVar(&c.loopPairs, "loop-pairs", 7, "event-loop runs of each kind, alternated (0: none)")
 	flag.DurationVar(&c.loopDur, "loop-d", 10*time.Second, "event-loop churn per run")
@@ -89,6 +89,10 @@ func run(c *config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run it with sudo")
 	}
+	if c.pairs == 0 {
+		// the storm alone
+		return storm(c)
+	}
 	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text"}}}
 	if c.loopPairs > 0 {
 		shapes = append(shapes, shape{name: "event loop", loop: true, pairs: c.loopPairs, dur: c.loopDur,
@@ -103,7 +107,7 @@ func run(c *config) error {
 		tables = append(tables, t)
 	}
 
-	// the program's own cost, with the kernel's run-time statistics on	// the program's own cost, with the kernel's run-time statistics on
+	// the program's own cost, with the kernel's run-time statistics on
 	// for this run only
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
@@ -329,9 +333,9 @@ func waitAttached(pid int) error {
 }
 
 // programs are tcptrace's BPF programs, as the kernel names them.
-// The holder notes run on every socket receive and send on the host, not
-// per transition: their cost is counted per transition all the same.
-var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset", "flush_staging", "note_recv", "note_send"}
+// The holder note runs on every socket send on the host, not per
+// transition: its cost is counted per transition all the same.
+var programs = []string{"handle_set_state", "rescue_set_state", "handle_send_reset", "flush_staging", "note_send"}
 
 // cost is what the BPF programs took in one run.
 type cost struct {
