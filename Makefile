@@ -31,13 +31,15 @@ vmlinux:
 bpf:
 	cd loader && $(GO) generate ./...
 
-# The overhead benchmark: churn untraced, with tcptrace --json and with
-# text output, alternated; then BPF cost per event and a 1 s burst.
-# Needs root; about 7 minutes. README "Overhead" has a real run.
+# The overhead benchmark: the blocking and the event-loop churn, untraced,
+# with tcptrace --json and with text output, alternated; then BPF cost per
+# event, a 1 s burst and the TIME_WAIT expiry storm. Needs root; about 15
+# minutes (BENCH_FLAGS=-pairs=0: the storm alone). README "Overhead" has a
+# real run.
 bench: build
 	$(GO) build -o bin/churn ./bench/churn
 	$(GO) build -o bin/bench ./bench/run
-	./bin/bench -tcptrace ./tcptrace -churn ./bin/churn
+	./bin/bench -tcptrace ./tcptrace -churn ./bin/churn $(BENCH_FLAGS)
 
 # What each piece of the program's work costs in the hook: builds
 # bench/floor/floor.c once per piece with $(BPF_CLANG), measures it against
