@@ -70,9 +70,10 @@ type Stats struct {
 // each hand-off may wake the other goroutine's thread.
 const batchSize = 1024
 
-// maxBatches bounds the batches between the reader and the loop: about
-// 180 KB each.
-const maxBatches = 32
+// maxBatches bounds the batches between the reader and the loop, about
+// 180 KB each: room for 12,000 records more than the ring's while the
+// loop is held up.
+const maxBatches = 12
 
 // maxDefer bounds how often a sock_diag poll waits for the ring to drain.
 const maxDefer = 3

@@ -89,12 +89,41 @@ type Options struct {
 	NoPeerMatch bool
 }
 
+// conn is what a followed connection keeps of the record that began its
+// wait: what its next transitions show. A whole record is half as big
+// again, and a storm follows tens of thousands.
+type conn struct {
+	Sock, Cgroup uint64
+	LAddr, RAddr netip.Addr
+	PID, Netns   uint32
+	LPort, RPort uint16
+	New          events.State // the record's: TIME_WAIT, or CLOSE for a parked FIN_WAIT2
+	Family       events.Family
+	V4Mapped     bool
+	Comm         [events.CommLen]byte
+}
+
+func connOf(e *events.Event) conn {
+	return conn{Sock: e.Sock, Cgroup: e.Cgroup, LAddr: e.LAddr, RAddr: e.RAddr, PID: e.PID, Netns: e.Netns,
+		LPort: e.LPort, RPort: e.RPort, New: e.New, Family: e.Family, V4Mapped: e.V4Mapped, Comm: e.Comm}
+}
+
+// event makes the record back into e, as a transition of the
+// connection.
+func (c *conn) event(e *events.Event) {
+	*e = events.Event{Kind: events.Transition, Sock: c.Sock, Cgroup: c.Cgroup, LAddr: c.LAddr, RAddr: c.RAddr,
+		PID: c.PID, Netns: c.Netns, LPort: c.LPort, RPort: c.RPort, New: c.New, Family: c.Family,
+		V4Mapped: c.V4Mapped, Comm: c.Comm}
+}
+
+func (c *conn) tuple() tuple { return tuple{c.Netns, c.LPort, c.RPort, c.LAddr, c.RAddr} }
+
 type entry struct {
-	ev    events.Event // the transition that started the wait
-	since uint64       // entry into the current substate, CLOCK_MONOTONIC
-	next  uint64       // when to ask sock_diag
-	ends  uint64       // when its timer should fire, as last known
-	index int          // in the heap
+	ev    conn   // the transition that started the wait
+	since uint64 // entry into the current substate, CLOCK_MONOTONIC
+	next  uint64 // when to ask sock_diag
+	ends  uint64 // when its timer should fire, as last known
+	index int    // in the heap
 	// found in this tick's dump, with its timer's time left
 	found bool
 	left  time.Duration
@@ -130,10 +159,9 @@ type Follower struct {
 	// one each time keeps the collector busy
 	made  events.Event
 	spare []*entry
-	// the TIME_WAIT connections due in this tick, and those of one
-	// namespace and family by cookie, reused from tick to tick
+	// the TIME_WAIT connections due in this tick, reused from tick to
+	// tick
 	batch []*entry
-	want  map[uint64]*entry
 	wheel wheel
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
@@ -158,7 +186,6 @@ func New(d Diag, o Options) *Follower {
 		finTimeout: finTimeout(),
 		byTuple:    make(map[tuple]*entry),
 		perNetns:   make(map[uint32]int),
-		want:       make(map[uint64]*entry),
 	}
 }
 
@@ -214,7 +241,7 @@ func (f *Follower) add(e *events.Event, since, next uint64) bool {
 		f.remove(old)
 	}
 	en := f.newEntry()
-	*en = entry{ev: *e, since: since, next: next, ends: since + uint64(f.life(e))}
+	*en = entry{ev: connOf(e), since: since, next: next, ends: since + uint64(f.life(e))}
 	f.byTuple[t] = en
 	if waitingFIN {
 		f.parked++
@@ -237,7 +264,7 @@ func (f *Follower) newEntry() *entry {
 
 // remove stops following en; en may be reused at once.
 func (f *Follower) remove(en *entry) {
-	delete(f.byTuple, tupleOf(&en.ev))
+	delete(f.byTuple, en.ev.tuple())
 	if en.ev.New != events.TimeWait {
 		f.parked--
 	}
@@ -362,7 +389,8 @@ func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 
 // checkParked asks about one parked FIN_WAIT2, taken off the queue.
 func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) error) error {
-	s, found, err := f.diag.Lookup(&en.ev, en.ev.PID)
+	en.ev.event(&f.made)
+	s, found, err := f.diag.Lookup(&f.made, en.ev.PID)
 	if err != nil {
 		f.Unfollowable++
 		f.LastErr = err
@@ -407,6 +435,10 @@ func (f *Follower) checkTimeWaits(now uint64, emit func(*events.Event) error) er
 	}
 	clear(f.batch)
 	f.batch = f.batch[:0]
+	// a storm's first TIME_WAITs end together: do not keep room for them
+	if cap(f.batch) > 4096 {
+		f.batch = nil
+	}
 	return nil
 }
 
@@ -420,14 +452,17 @@ func dumpFamily(en *entry) uint8 {
 
 // checkGroup checks TIME_WAIT connections of one namespace and family.
 func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Event) error) error {
-	clear(f.want)
+	// by cookie, searched for each socket the dump lists: a map of them
+	// would keep the size of the largest group ever due, tens of
+	// thousands when a storm's first TIME_WAITs end together
+	slices.SortFunc(group, func(a, b *entry) int { return cmp.Compare(a.ev.Sock, b.ev.Sock) })
 	for _, en := range group {
 		en.found = false
-		f.want[en.ev.Sock] = en
 	}
 	err := f.diag.MiniSockets(group[0].ev.Netns, group[0].ev.PID, dumpFamily(group[0]), func(m sockdiag.MiniSocket) {
-		if en, ok := f.want[m.Cookie]; ok {
-			en.found, en.left = true, m.Expires
+		i, ok := slices.BinarySearchFunc(group, m.Cookie, func(en *entry, c uint64) int { return cmp.Compare(en.ev.Sock, c) })
+		if ok {
+			group[i].found, group[i].left = true, m.Expires
 		}
 	})
 	if err != nil {
@@ -469,7 +504,7 @@ func (f *Follower) end(en *entry, now uint64, cause events.Cause, emit func(*eve
 // transition builds the event for a followed connection's next state, in
 // f.made: it is valid until the next call.
 func (f *Follower) transition(en *entry, now uint64, to events.State, cause events.Cause) *events.Event {
-	f.made = en.ev
+	en.ev.event(&f.made)
 	ev := &f.made
 	ev.Kind = events.Transition
 	ev.Old = events.FinWait2
