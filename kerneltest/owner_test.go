@@ -97,6 +97,17 @@ func exitedAt(t *testing.T, pid uint32) uint64 {
 	return 0
 }
 
+// timeWaits counts the clients' entries into TIME_WAIT.
+func timeWaits(evs []events.Event) int {
+	n := 0
+	for _, e := range evs {
+		if e.Old == events.FinWait2 && e.New == events.TimeWait {
+			n++
+		}
+	}
+	return n
+}
+
 func serverAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // A daemonizing server: the process that calls listen() starts the one
@@ -151,13 +162,7 @@ func TestOwnerPrefork(t *testing.T) {
 	}
 	m.await("done")
 	evs := tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
-		n := 0
-		for _, e := range evs {
-			if e.Old == events.FinWait2 && e.New == events.TimeWait {
-				n++
-			}
-		}
-		return n == 2 && has(evs, listenerSocket(evs, port), events.Listen, events.Close)
+		return timeWaits(evs) == 2 && has(evs, listenerSocket(evs, port), events.Listen, events.Close)
 	})
 	evs = tr.stop()
 	if len(took) != 2 {
@@ -269,13 +274,7 @@ func TestOwnerBeforeStart(t *testing.T) {
 			late.await("done")
 			srv.await("done")
 			evs := tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
-				n := 0
-				for _, e := range evs {
-					if e.Old == events.FinWait2 && e.New == events.TimeWait {
-						n++
-					}
-				}
-				return n == 2 && len(socket(evs, func(e events.Event) bool {
+				return timeWaits(evs) == 2 && len(socket(evs, func(e events.Event) bool {
 					return e.Old == events.Listen && e.New == events.Close && e.LPort == port
 				})) == 1
 			})

@@ -86,15 +86,25 @@ func listenerFile(l *net.TCPListener) (*os.File, error) {
 	return f, nil
 }
 
-// runDaemon is a daemonizing server's first process: it makes the
-// listener, starts the process that serves it and exits, as nginx does.
-func runDaemon() int {
+// listenToHand listens on TT_ADDR once told to go, and returns the
+// listener and a file of it to hand to another process.
+func listenToHand() (*net.TCPListener, *os.File, error) {
 	waitGo()
 	l, err := listenPlain()
 	if err != nil {
-		return fail("%v", err)
+		return nil, nil, err
 	}
 	f, err := listenerFile(l)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, f, nil
+}
+
+// runDaemon is a daemonizing server's first process: it makes the
+// listener, starts the process that serves it and exits, as nginx does.
+func runDaemon() int {
+	_, f, err := listenToHand()
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -108,12 +118,7 @@ func runDaemon() int {
 // runMaster is a prefork server's master: it listens, starts TT_WORKERS
 // workers that accept, and waits for them, holding the listener.
 func runMaster() int {
-	waitGo()
-	l, err := listenPlain()
-	if err != nil {
-		return fail("%v", err)
-	}
-	f, err := listenerFile(l)
+	l, f, err := listenToHand()
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -143,12 +148,7 @@ func runMaster() int {
 // listener, starts the service with it, closes its own copy at once and
 // waits for the service.
 func runSuper() int {
-	waitGo()
-	l, err := listenPlain()
-	if err != nil {
-		return fail("%v", err)
-	}
-	f, err := listenerFile(l)
+	l, f, err := listenToHand()
 	if err != nil {
 		return fail("%v", err)
 	}
