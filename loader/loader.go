@@ -163,9 +163,9 @@ func hasTracepoint(kernel *btf.Spec, tp string) bool {
 	return kernel.TypeByName("btf_trace_"+tp, &fn) == nil
 }
 
-// NotesHolders says whether the kernel has the tracepoints that tell who
-// holds a server's connection once it is accepted or handed on.
-func (t *Tracer) NotesHolders() bool { return t.notes.NoteSend != nil }
+// hasNotes says whether the kernel has sock:sock_send_length, where the
+// note of who holds a server's connection attaches (Linux 6.3).
+func hasNotes(kernel *btf.Spec) bool { return hasTracepoint(kernel, "sock_send_length") }
 
 func checkPrivileges() error {
 	if os.Geteuid() == 0 {
@@ -215,7 +215,7 @@ func Load(opts Options) (*Tracer, error) {
 	}
 	t := &Tracer{cpus: cpus}
 	copts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
-	if hasTracepoint(kernel, "sock_send_length") {
+	if hasNotes(kernel) {
 		all := struct {
 			objects
 			notes
@@ -310,24 +310,17 @@ func (t *Tracer) fillFilters(o *Options) error {
 	return nil
 }
 
-// Links is how many BPF links Attach creates: two programs on
-// sock:inet_sock_set_state, one on tcp:tcp_send_reset, and where the
-// kernel has it (NotesHolders), one on sock:sock_send_length.
-func (t *Tracer) Links() int {
-	if t.NotesHolders() {
-		return 4
-	}
-	return 3
-}
-
-// ExpectedLinks is how many links a tracer attaches on this kernel: a
-// process running tcptrace is attached once it holds that many (LinksHeld).
+// ExpectedLinks is how many links Attach creates on this kernel: two
+// programs on sock:inet_sock_set_state, one on tcp:tcp_send_reset, and
+// where the kernel has it (hasNotes), one on sock:sock_send_length. A
+// process running tcptrace is attached once it holds that many
+// (LinksHeld).
 func ExpectedLinks() (int, error) {
 	kernel, err := btf.LoadKernelSpec()
 	if err != nil {
 		return 0, fmt.Errorf("read kernel BTF: %w", err)
 	}
-	if hasTracepoint(kernel, "sock_send_length") {
+	if hasNotes(kernel) {
 		return 4, nil
 	}
 	return 3, nil
