@@ -71,7 +71,6 @@ type entry struct {
 	owner
 	listener   uint64 // a server connection's listener, by cookie
 	sinceKnown bool   // false for a socket older than the tracer
-	child      bool   // a server connection, made from a listener
 }
 
 // takers says who takes a listener's connections, as learnt from them.
@@ -277,7 +276,7 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		if !t.room(e.Sock) {
 			return next(e)
 		}
-		en := entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener, child: true}
+		en := entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener}
 		l := t.listeners[e.Listener]
 		settled := e.Listener != 0 && l != nil && l.takers == takersMaker
 		if settled {
@@ -566,8 +565,20 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 	}
 	// in the order they happened
 	slices.SortFunc(due, func(a, b uint64) int { return cmp.Compare(t.pend[a].recs[0].Mono, t.pend[b].recs[0].Mono) })
-	held := t.dumpNow(now)
+	var held map[uint64]events.Holder
+	dumped := false
 	for _, sock := range due {
+		if t.pend[sock].addrOnly {
+			// its owner is known: only its addresses never came
+			o := t.live[sock].owner
+			if err := t.release(sock, o, o, next); err != nil {
+				return err
+			}
+			continue
+		}
+		if !dumped {
+			held, dumped = t.dumpNow(now), true
+		}
 		var o owner
 		if h, ok := held[sock]; ok {
 			o = holderOwner(&h)

@@ -369,7 +369,7 @@ func TestReconnectStartsAfresh(t *testing.T) {
 // holder notes from the kernel: once its first connection shows it (its
 // close), the listener's later connections go out at once, named for it.
 func TestMakerTakes(t *testing.T) {
-	tab := New(Options{})
+	tab := New(Options{Holders: func() ([]events.Holder, error) { return nil, nil }})
 	var out sink
 	listen := rec(1, 10, events.Close, events.Listen, 100, "server")
 	listen.LPort = 80
@@ -394,6 +394,17 @@ func TestMakerTakes(t *testing.T) {
 		t.Fatalf("second connection: %d events out, %d pending; want all 3 at once", len(out), tab.Pending())
 	}
 	checkOwners(t, out, 100, "server")
+	// a connection whose next transition never came goes out at the end
+	// named for the maker too, with no dump
+	out = out[:0]
+	observe(t, tab, &out, child(9, 700*ms, 0, ""))
+	if err := tab.Flush(out.next); err != nil {
+		t.Fatal(err)
+	}
+	checkOwners(t, out, 100, "server")
+	if tab.Dumps != 0 {
+		t.Errorf("%d dumps for connections whose owner was known", tab.Dumps)
+	}
 	// handed to another process later: renamed from its note on
 	out = out[:0]
 	observe(t, tab, &out, holding(8, 630*ms, 200, "handler", 0),
