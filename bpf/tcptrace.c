@@ -52,8 +52,8 @@ const volatile bool filter_rport = false;
 const volatile __u64 wakeup_bytes = 256 * 1024;
 
 /* A listener's owner: the kernel copies it to each child it clones. In
- * a child, holder is the last process noted receiving or sending on it
- * (note_holder), 0 until one does. */
+ * a child, holder is the last process noted sending on it (note_holder),
+ * 0 until one does. */
 struct owner {
 	__u64 cgroup;
 	__u64 listener; /* the listener's cookie */
@@ -206,6 +206,38 @@ static __always_inline void write_out(struct staging *st, __u32 n, __u32 records
 		return;
 	if (bpf_ringbuf_output(&events, st->ev, size, wakeup(st, size)) < 0)
 		count(COUNTER_LOST, records);
+}
+
+/* the staging's next free slot; st->busy is held */
+static __always_inline struct event *next_slot(struct staging *st)
+{
+	__u32 n = st->n;
+
+	if (n >= BATCH) /* never: for the verifier */
+		n = 0;
+	return &st->ev[n];
+}
+
+/* the slot next_slot gave is filled: the batch goes to the ring once it
+ * is full; st->busy is held */
+static __always_inline void slot_filled(struct staging *st)
+{
+	__u32 n = st->n + 1;
+
+	if (n >= BATCH) {
+		write_out(st, BATCH, BATCH);
+		n = 0;
+	}
+	st->n = n;
+}
+
+/* the owner is the task: the process's id, cgroup and name, not the
+ * thread's (prctl(PR_SET_NAME) renames a thread): what ps and ss -p show */
+static __always_inline void set_owner(struct event *e, struct task_struct *task)
+{
+	e->cgroup = task->cgroups->dfl_cgrp->kn->id;
+	e->pid = task->tgid;
+	__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
 }
 
 /* what user space needs to follow connections through their timewait
@@ -449,11 +481,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 		     (t->oldstate == TCP_SYN_SENT && t->cause == CAUSE_CLOSED)))) {
 		if (!task)
 			task = bpf_get_current_task_btf();
-		e->cgroup = task->cgroups->dfl_cgrp->kn->id;
-		e->pid = task->tgid;
-		/* the process's name, not the thread's (prctl(PR_SET_NAME)
-		 * renames a thread): what ps and ss -p show */
-		__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
+		set_owner(e, task);
 		if (t->newstate == TCP_LISTEN) {
 			o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 			if (o) {
@@ -480,7 +508,7 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 	struct event *e;
 	__u64 *rst;
 	bool handoff;
-	__u32 zero = 0, n;
+	__u32 zero = 0;
 
 	rst = bpf_map_lookup_elem(&reset_sent, &zero);
 	if (rst && *rst) {
@@ -545,15 +573,8 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
 		return;
 	}
-	n = st->n;
-	if (n >= BATCH) /* never: for the verifier */
-		n = 0;
-	fill(&st->ev[n], sk, &t, task, st->src);
-	if (++n == BATCH) {
-		write_out(st, n, n);
-		n = 0;
-	}
-	st->n = n;
+	fill(next_slot(st), sk, &t, task, st->src);
+	slot_filled(st);
 }
 
 static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
@@ -650,18 +671,16 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 	return on_state(sk, oldstate, newstate, NULL);
 }
 
-/* a KIND_HOLDER record: the current process holds sk now */
+/* a KIND_HOLDER record: task's process holds sk now */
 static __always_inline void fill_holder(struct event *e, struct sock *sk, struct task_struct *task,
-					__u32 tgid, __u32 src)
+					__u32 src)
 {
 	__builtin_memset(e, 0, sizeof(*e));
 	e->kind = KIND_HOLDER;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cookie = sk->__sk_common.skc_cookie.counter;
-	e->cgroup = task->cgroups->dfl_cgrp->kn->id;
-	e->pid = tgid;
 	e->src = src;
-	__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
+	set_owner(e, task);
 }
 
 /* A server's connection is owned by whoever accepted it, or was handed
@@ -683,7 +702,7 @@ static __always_inline void note_holder(struct sock *sk)
 	struct staging *st;
 	struct owner *o;
 	struct event *e;
-	__u32 zero = 0, tgid, n;
+	__u32 zero = 0, tgid;
 
 	if (!sk || sk->sk_protocol != IPPROTO_TCP)
 		return;
@@ -691,7 +710,8 @@ static __always_inline void note_holder(struct sock *sk)
 	/* no cookie: no transition of it was recorded (the filters) */
 	if (!o || !sk->__sk_common.skc_cookie.counter)
 		return;
-	tgid = bpf_get_current_pid_tgid() >> 32;
+	task = bpf_get_current_task_btf();
+	tgid = task->tgid;
 	/* the listener's own storage has listener == its cookie; a child's
 	 * has its listener's. The process that made the listener taking its
 	 * connection is the common case (a single-process server): user
@@ -703,27 +723,19 @@ static __always_inline void note_holder(struct sock *sk)
 	st = bpf_map_lookup_elem(&staging, &zero);
 	if (!st)
 		return;
-	task = bpf_get_current_task_btf();
 	if (READ_ONCE(st->busy)) {
 		e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 		if (!e) {
 			count(COUNTER_LOST, 1);
 			return;
 		}
-		fill_holder(e, sk, task, tgid, 0);
+		fill_holder(e, sk, task, 0);
 		bpf_ringbuf_submit(e, wakeup(st, sizeof(*e)));
 		return;
 	}
 	hold(st);
-	n = st->n;
-	if (n >= BATCH) /* never: for the verifier */
-		n = 0;
-	fill_holder(&st->ev[n], sk, task, tgid, st->src);
-	if (++n == BATCH) {
-		write_out(st, n, n);
-		n = 0;
-	}
-	st->n = n;
+	fill_holder(next_slot(st), sk, task, st->src);
+	slot_filled(st);
 	let_go(st);
 }
 
