@@ -32,16 +32,18 @@ type Socket struct {
 }
 
 // Prober keeps one sock_diag connection per network namespace in use,
-// for lookups, and a Dumper for dumps.
+// for lookups and dumps.
 type Prober struct {
 	self  uint32
 	conns map[uint32]*netlink.Conn
-	*Dumper
+	// a dump's buffer, reused, and its sequence number
+	buf []byte
+	seq uint32
 }
 
 // NewProber prepares lookups; connections open on first use.
 func NewProber() *Prober {
-	p := &Prober{conns: make(map[uint32]*netlink.Conn), Dumper: NewDumper()}
+	p := &Prober{conns: make(map[uint32]*netlink.Conn)}
 	if ino, err := nsInode("/proc/self/ns/net"); err == nil {
 		p.self = ino
 	}
@@ -142,7 +144,6 @@ func (p *Prober) Release(netns uint32) {
 		c.Close()
 		delete(p.conns, netns)
 	}
-	p.Dumper.Release(netns)
 }
 
 // Close releases every connection.
@@ -150,7 +151,6 @@ func (p *Prober) Close() {
 	for ns := range p.conns {
 		p.Release(ns)
 	}
-	p.Dumper.Close()
 }
 
 // openNetns finds a handle on the namespace with this inode: through the

@@ -2,9 +2,15 @@ package sockdiag
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
 )
@@ -43,5 +49,52 @@ func TestNetnsInode(t *testing.T) {
 	}
 	if _, err := NetnsInode("/nonexistent/ns"); err == nil {
 		t.Error("a missing path was accepted")
+	}
+}
+
+// A dump's messages are read in place: each inet_diag_msg's cookie, state
+// and timer; answers to an earlier dump are skipped; NLMSG_DONE ends it.
+func TestParseDump(t *testing.T) {
+	msg := func(typ uint16, seq uint32, data []byte) []byte {
+		b := make([]byte, nlmAlign(unix.NLMSG_HDRLEN+len(data)))
+		binary.NativeEndian.PutUint32(b[0:], uint32(unix.NLMSG_HDRLEN+len(data)))
+		binary.NativeEndian.PutUint16(b[4:], typ)
+		binary.NativeEndian.PutUint32(b[8:], seq)
+		copy(b[unix.NLMSG_HDRLEN:], data)
+		return b
+	}
+	diag := func(cookie uint64, state byte, expiresMs uint32) []byte {
+		d := make([]byte, 72)
+		d[0], d[1] = unix.AF_INET, state
+		binary.NativeEndian.PutUint32(d[44:], uint32(cookie))
+		binary.NativeEndian.PutUint32(d[48:], uint32(cookie>>32))
+		binary.NativeEndian.PutUint32(d[52:], expiresMs)
+		return d
+	}
+	var b []byte
+	b = append(b, msg(sockDiagByFamily, 7, diag(0x1122334455667788, 6, 1500))...)
+	b = append(b, msg(sockDiagByFamily, 6, diag(9, 6, 0))...) // an earlier dump's
+	b = append(b, msg(sockDiagByFamily, 7, diag(10, 5, 0))...)
+	b = append(b, msg(unix.NLMSG_DONE, 7, make([]byte, 4))...)
+	var got []MiniSocket
+	done, err := parseDump(b, 7, func(m MiniSocket) { got = append(got, m) })
+	if err != nil || !done {
+		t.Fatalf("done %v, err %v", done, err)
+	}
+	want := []MiniSocket{
+		{Cookie: 0x1122334455667788, Socket: Socket{State: events.TimeWait, Expires: 1500 * time.Millisecond}},
+		{Cookie: 10, Socket: Socket{State: events.FinWait2}},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("parsed %+v, want %+v", got, want)
+	}
+	errno := make([]byte, 4)
+	e := -int32(unix.ENOENT)
+	binary.NativeEndian.PutUint32(errno, uint32(e))
+	if _, err := parseDump(msg(unix.NLMSG_ERROR, 7, errno), 7, func(MiniSocket) {}); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("error message: %v, want ENOENT", err)
+	}
+	if _, err := parseDump(b[:10], 7, func(MiniSocket) {}); err != nil {
+		t.Errorf("a short read is not an error, got %v", err)
 	}
 }
