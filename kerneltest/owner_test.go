@@ -108,6 +108,17 @@ func timeWaits(evs []events.Event) int {
 	return n
 }
 
+// stopAfterOne waits for the end of one connection to serverAddr (the
+// client's TIME_WAIT) and of its listener, then stops the tracer.
+func (x *tracer) stopAfterOne() []events.Event {
+	x.t.Helper()
+	x.waitFor("the connection and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+		return has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
+			has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
+	})
+	return x.stop()
+}
+
 func serverAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // A daemonizing server: the process that calls listen() starts the one
@@ -125,11 +136,7 @@ func TestOwnerDaemon(t *testing.T) {
 	cli.goAhead()
 	cli.await("done")
 	d.await("done")
-	evs := tr.waitFor("the connection and the listener's end", 5*time.Second, func(evs []events.Event) bool {
-		return has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
-			has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
-	})
-	evs = tr.stop()
+	evs := tr.stopAfterOne()
 	checkSeq(t, "server", serverOf(evs, clientPort(t, evs, cli)), w, append(handshake, afterFIN...)...)
 	lst := listenerSocket(evs, port)
 	checkSeq(t, "listen", lst[:1], d, "CLOSE->LISTEN")
@@ -161,10 +168,10 @@ func TestOwnerPrefork(t *testing.T) {
 		c.await("done")
 	}
 	m.await("done")
-	evs := tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
 		return timeWaits(evs) == 2 && has(evs, listenerSocket(evs, port), events.Listen, events.Close)
 	})
-	evs = tr.stop()
+	evs := tr.stop()
 	if len(took) != 2 {
 		t.Fatalf("workers took %v, want two connections", took)
 	}
@@ -193,11 +200,7 @@ func TestOwnerSocketActivation(t *testing.T) {
 	cli.goAhead()
 	cli.await("done")
 	s.await("done")
-	evs := tr.waitFor("the connection and the listener's end", 5*time.Second, func(evs []events.Event) bool {
-		return has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
-			has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
-	})
-	evs = tr.stop()
+	evs := tr.stopAfterOne()
 	lst := listenerSocket(evs, port)
 	checkSeq(t, "listen", lst[:1], s, "CLOSE->LISTEN")
 	checkSeq(t, "listener close", lst[1:], w, "LISTEN->CLOSE")
@@ -230,11 +233,7 @@ func TestOwnerHandedOn(t *testing.T) {
 			}
 			cli.await("done")
 			a.await("done")
-			evs := tr.waitFor("the connection and the listener's end", 5*time.Second, func(evs []events.Event) bool {
-				return has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
-					has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
-			})
-			evs = tr.stop()
+			evs := tr.stopAfterOne()
 			srv := serverOf(evs, clientPort(t, evs, cli))
 			if len(srv) != 5 {
 				t.Fatalf("server: %d transitions, want 5:\n%s", len(srv), dump(srv))
@@ -273,12 +272,12 @@ func TestOwnerBeforeStart(t *testing.T) {
 			late.goAhead()
 			late.await("done")
 			srv.await("done")
-			evs := tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+			tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
 				return timeWaits(evs) == 2 && len(socket(evs, func(e events.Event) bool {
 					return e.Old == events.Listen && e.New == events.Close && e.LPort == port
 				})) == 1
 			})
-			evs = tr.stop()
+			evs := tr.stop()
 
 			var old []events.Event
 			for _, e := range evs {
