@@ -82,7 +82,7 @@ http {
 		}
 	})
 	served := accessLog(t, filepath.Join(dir, "access.log"), len(ports))
-	evs := tr.waitFor("every connection's end", 10*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("every connection's end", 10*time.Second, func(evs []events.Event) bool {
 		// nginx's side ends in CLOSE, or in TIME_WAIT where it closed
 		// first
 		ended := 0
@@ -93,7 +93,7 @@ http {
 		}
 		return ended == len(ports)
 	})
-	evs = tr.stop()
+	evs := tr.stop()
 
 	alive := map[uint32]bool{master: true}
 	for _, w := range workers {
