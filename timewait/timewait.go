@@ -409,12 +409,8 @@ func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) e
 		heap.Push(&f.due, en)
 		return nil
 	}
-	// gone: its timer ran out, or a RST killed it well before
-	cause := events.CauseTimeout
-	if now+uint64(time.Second) < en.ends {
-		cause = events.CauseResetReceived
-	}
-	return f.end(en, now, cause, emit)
+	// gone: its timer ran out
+	return f.gone(en, now, events.CauseTimeout, emit)
 }
 
 // checkTimeWaits checks the TIME_WAIT connections of f.batch, taken off
@@ -482,20 +478,22 @@ func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Even
 			heap.Push(&f.due, en)
 			continue
 		}
-		// gone: its timer ran out, or well before, a RST killed it
-		cause := events.CauseClosed
-		if now+uint64(time.Second) < en.ends {
-			cause = events.CauseResetReceived
-		}
-		if err := f.end(en, now, cause, emit); err != nil {
+		// gone: its timer ran out
+		if err := f.gone(en, now, events.CauseClosed, emit); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// end emits a followed connection's end and stops following it.
-func (f *Follower) end(en *entry, now uint64, cause events.Cause, emit func(*events.Event) error) error {
+// gone emits the end of a followed connection whose mini-socket is no
+// longer there, and stops following it. Gone at its timer, it ended as
+// its state does (onTime); gone well before, a RST killed it.
+func (f *Follower) gone(en *entry, now uint64, onTime events.Cause, emit func(*events.Event) error) error {
+	cause := onTime
+	if now+uint64(time.Second) < en.ends {
+		cause = events.CauseResetReceived
+	}
 	ev := f.transition(en, now, events.Close, cause)
 	f.remove(en)
 	return f.show(ev, emit)
