@@ -86,6 +86,12 @@ func (p *Prober) Lookup(e *events.Event, pid uint32) (s Socket, found bool, err 
 // request encodes struct inet_diag_req_v2 for one exact socket.
 func request(e *events.Event) []byte {
 	b := make([]byte, 56)
+	putRequest(b, e)
+	return b
+}
+
+// putRequest encodes the request for e's socket into b[:56].
+func putRequest(b []byte, e *events.Event) {
 	if e.Family == 6 {
 		b[0] = unix.AF_INET6
 	} else {
@@ -113,7 +119,6 @@ func request(e *events.Event) []byte {
 		binary.NativeEndian.PutUint32(id[40:], noCookie)
 		binary.NativeEndian.PutUint32(id[44:], noCookie)
 	}
-	return b
 }
 
 func (p *Prober) conn(netns, pid uint32) (*netlink.Conn, error) {

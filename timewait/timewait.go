@@ -16,7 +16,6 @@ package timewait
 
 import (
 	"cmp"
-	"container/heap"
 	"net/netip"
 	"os"
 	"slices"
@@ -28,10 +27,12 @@ import (
 	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
-// Diag looks up a connection's mini-socket, or lists a namespace's.
+// Diag looks up a connection's mini-socket, or many, or lists a
+// namespace's.
 type Diag interface {
 	Lookup(e *events.Event, pid uint32) (sockdiag.Socket, bool, error)
 	MiniSockets(netns, pid uint32, family uint8, fn func(sockdiag.MiniSocket)) error
+	LookupMany(netns, pid uint32, n int, ev func(i int) *events.Event, fn func(i int, s sockdiag.Socket, found bool)) error
 	Release(netns uint32)
 }
 
@@ -123,7 +124,9 @@ type entry struct {
 	since uint64 // entry into the current substate, CLOCK_MONOTONIC
 	next  uint64 // when to ask sock_diag
 	ends  uint64 // when its timer should fire, as last known
-	index int    // in the heap
+	// its place in the queue
+	slot        *slot
+	prev, after *entry
 	// found in this tick's dump, with its timer's time left
 	found bool
 	left  time.Duration
@@ -162,6 +165,8 @@ type Follower struct {
 	// the TIME_WAIT connections due in this tick, reused from tick to
 	// tick
 	batch []*entry
+	// the parked FIN_WAIT2 connections due in this tick
+	parkedDue []*entry
 	wheel wheel
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
@@ -246,7 +251,7 @@ func (f *Follower) add(e *events.Event, since, next uint64) bool {
 	if waitingFIN {
 		f.parked++
 	}
-	heap.Push(&f.due, en)
+	f.due.push(en)
 	return true
 }
 
@@ -268,9 +273,7 @@ func (f *Follower) remove(en *entry) {
 	if en.ev.New != events.TimeWait {
 		f.parked--
 	}
-	if en.index >= 0 {
-		heap.Remove(&f.due, en.index)
-	}
+	f.due.remove(en)
 	if len(f.spare) < maxSpare {
 		f.spare = append(f.spare, en)
 	}
@@ -363,10 +366,7 @@ func (f *Follower) timeWaitCheck(since uint64) uint64 {
 
 // Next is when Poll has something to check, or 0 when nothing is followed.
 func (f *Follower) Next() uint64 {
-	if len(f.due) == 0 {
-		return 0
-	}
-	return f.due[0].next
+	return f.due.next()
 }
 
 // Poll asks sock_diag about every connection due by now and emits the
@@ -374,16 +374,28 @@ func (f *Follower) Next() uint64 {
 // TIME_WAIT connections due by one dump of each namespace's mini-sockets.
 func (f *Follower) Poll(now uint64, emit func(*events.Event) error) error {
 	f.batch = f.batch[:0]
-	for len(f.due) > 0 && f.due[0].next <= now {
-		en := heap.Pop(&f.due).(*entry)
+	f.parkedDue = f.parkedDue[:0]
+	f.due.popDue(now, func(en *entry) {
 		if en.ev.New == events.TimeWait {
 			f.batch = append(f.batch, en)
-			continue
+		} else {
+			f.parkedDue = append(f.parkedDue, en)
 		}
+	})
+	for i, en := range f.parkedDue {
 		if err := f.checkParked(en, now, emit); err != nil {
+			// the rest are checked at the next poll
+			for _, en := range f.parkedDue[i+1:] {
+				f.due.push(en)
+			}
+			for _, en := range f.batch {
+				f.due.push(en)
+			}
+			clear(f.parkedDue)
 			return err
 		}
 	}
+	clear(f.parkedDue)
 	return f.checkTimeWaits(now, emit)
 }
 
@@ -406,7 +418,7 @@ func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) e
 		// its wait
 		en.ends = now + uint64(s.Expires)
 		en.next = now + uint64(min(max(time.Duration(now-en.since)/16, firstCheck), maxCheck))
-		heap.Push(&f.due, en)
+		f.due.push(en)
 		return nil
 	}
 	// gone: its timer ran out
@@ -448,19 +460,15 @@ func dumpFamily(en *entry) uint8 {
 
 // checkGroup checks TIME_WAIT connections of one namespace and family.
 func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Event) error) error {
-	// by cookie, searched for each socket the dump lists: a map of them
-	// would keep the size of the largest group ever due, tens of
-	// thousands when a storm's first TIME_WAITs end together
-	slices.SortFunc(group, func(a, b *entry) int { return cmp.Compare(a.ev.Sock, b.ev.Sock) })
 	for _, en := range group {
 		en.found = false
 	}
-	err := f.diag.MiniSockets(group[0].ev.Netns, group[0].ev.PID, dumpFamily(group[0]), func(m sockdiag.MiniSocket) {
-		i, ok := slices.BinarySearchFunc(group, m.Cookie, func(en *entry, c uint64) int { return cmp.Compare(en.ev.Sock, c) })
-		if ok {
-			group[i].found, group[i].left = true, m.Expires
-		}
-	})
+	var err error
+	if len(group)*dumpCost < f.perNetns[group[0].ev.Netns] {
+		err = f.lookUp(group)
+	} else {
+		err = f.dump(group)
+	}
 	if err != nil {
 		f.Unfollowable += uint64(len(group))
 		f.LastErr = err
@@ -475,7 +483,7 @@ func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Even
 			// the next tick when the timer wheel is late
 			en.ends = now + uint64(en.left)
 			en.next = alignUp(max(en.ends+uint64(expirySlack), now+1))
-			heap.Push(&f.due, en)
+			f.due.push(en)
 			continue
 		}
 		// gone: its timer ran out
@@ -484,6 +492,42 @@ func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Even
 		}
 	}
 	return nil
+}
+
+// dumpCost is what a dump costs for each mini-socket it lists, in
+// lookups of one socket in a batch (sockdiag.LookupMany): the
+// connections due are looked up one by one while they are fewer than
+// the namespace's followed connections over dumpCost, else the namespace
+// is dumped. A storm's TIME_WAITs end a few hundred at a time, each wheel
+// tick, out of tens of thousands: a dump each time would list them all.
+const dumpCost = 4
+
+// lookUp finds which of group's mini-sockets are still there, one lookup
+// each.
+func (f *Follower) lookUp(group []*entry) error {
+	return f.diag.LookupMany(group[0].ev.Netns, group[0].ev.PID, len(group),
+		func(i int) *events.Event {
+			group[i].ev.event(&f.made)
+			return &f.made
+		},
+		func(i int, s sockdiag.Socket, found bool) {
+			group[i].found, group[i].left = found, s.Expires
+		})
+}
+
+// dump finds which of group's mini-sockets are still there, with one
+// dump of their namespace's.
+func (f *Follower) dump(group []*entry) error {
+	// by cookie, searched for each socket the dump lists: a map of them
+	// would keep the size of the largest group ever due, tens of
+	// thousands when a storm's first TIME_WAITs end together
+	slices.SortFunc(group, func(a, b *entry) int { return cmp.Compare(a.ev.Sock, b.ev.Sock) })
+	return f.diag.MiniSockets(group[0].ev.Netns, group[0].ev.PID, dumpFamily(group[0]), func(m sockdiag.MiniSocket) {
+		i, ok := slices.BinarySearchFunc(group, m.Cookie, func(en *entry, c uint64) int { return cmp.Compare(en.ev.Sock, c) })
+		if ok {
+			group[i].found, group[i].left = true, m.Expires
+		}
+	})
 }
 
 // gone emits the end of a followed connection whose mini-socket is no
@@ -515,27 +559,4 @@ func (f *Follower) transition(en *entry, now uint64, to events.State, cause even
 	ev.Dwell = time.Duration(now - en.since)
 	ev.DwellKnown = true
 	return ev
-}
-
-// queue orders entries by their next check.
-type queue []*entry
-
-func (q queue) Len() int           { return len(q) }
-func (q queue) Less(i, j int) bool { return q[i].next < q[j].next }
-func (q queue) Swap(i, j int) {
-	q[i], q[j] = q[j], q[i]
-	q[i].index, q[j].index = i, j
-}
-func (q *queue) Push(x any) {
-	en := x.(*entry)
-	en.index = len(*q)
-	*q = append(*q, en)
-}
-func (q *queue) Pop() any {
-	old := *q
-	en := old[len(old)-1]
-	old[len(old)-1] = nil
-	en.index = -1
-	*q = old[:len(old)-1]
-	return en
 }

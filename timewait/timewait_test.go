@@ -13,6 +13,7 @@ import (
 type fakeDiag struct {
 	socks    map[uint64]sockdiag.Socket
 	lookups  int
+	batched  int // lookups through LookupMany
 	dumps    int
 	released []uint32
 }
@@ -22,6 +23,15 @@ func (d *fakeDiag) Lookup(e *events.Event, pid uint32) (sockdiag.Socket, bool, e
 	s, ok := d.socks[e.Sock]
 	return s, ok, nil
 }
+func (d *fakeDiag) LookupMany(netns, pid uint32, n int, ev func(int) *events.Event, fn func(int, sockdiag.Socket, bool)) error {
+	for i := range n {
+		d.batched++
+		s, ok := d.socks[ev(i).Sock]
+		fn(i, s, ok)
+	}
+	return nil
+}
+
 func (d *fakeDiag) Release(ns uint32) { d.released = append(d.released, ns) }
 
 func (d *fakeDiag) MiniSockets(netns, pid uint32, family uint8, fn func(sockdiag.MiniSocket)) error {
@@ -318,5 +328,45 @@ func TestLoopbackPeerNotAskedSoon(t *testing.T) {
 	observe(t, f, e, &out)
 	if f.Next() != 1000*ms+uint64(loopbackCheck) {
 		t.Errorf("first check at %d, want %d", f.Next(), 1000*ms+uint64(loopbackCheck))
+	}
+}
+
+// A few TIME_WAITs due out of many are looked up one by one (in a batch);
+// when most are due, one dump of the namespace answers for all.
+func TestLookupsOrDump(t *testing.T) {
+	d := &fakeDiag{socks: map[uint64]sockdiag.Socket{}}
+	f := New(d, Options{})
+	var out []events.Event
+	const n = 100
+	for i := range uint64(n) {
+		e := &events.Event{
+			Kind: events.Transition, Mono: 1000*ms + i*1000*ms, Sock: 100 + i, Netns: 99, PID: 42, Family: 4,
+			LAddr: client, LPort: uint16(40000 + i), RAddr: server, RPort: 80,
+			Old: events.FinWait2, New: events.TimeWait,
+		}
+		observe(t, f, e, &out)
+	}
+	// the first is due alone: its mini-socket is gone
+	if err := f.Poll(f.Next(), collect(&out)); err != nil {
+		t.Fatal(err)
+	}
+	if d.batched != 1 || d.dumps != 0 || f.Len() != n-1 {
+		t.Fatalf("one due of %d: %d looked up, %d dumps, %d followed", n, d.batched, d.dumps, f.Len())
+	}
+	// all the rest at once
+	if err := f.Poll(f.Next()+uint64(2*time.Minute), collect(&out)); err != nil {
+		t.Fatal(err)
+	}
+	if d.batched != 1 || d.dumps != 1 || f.Len() != 0 {
+		t.Fatalf("all due: %d looked up, %d dumps, %d followed", d.batched, d.dumps, f.Len())
+	}
+	ends := 0
+	for _, e := range out {
+		if e.Old == events.TimeWait && e.New == events.Close && e.Cause == events.CauseClosed {
+			ends++
+		}
+	}
+	if ends != n {
+		t.Errorf("%d TIME_WAIT ends reported, want %d", ends, n)
 	}
 }

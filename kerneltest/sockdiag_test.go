@@ -1,0 +1,103 @@
+package kerneltest
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/sockdiag"
+)
+
+// Batched lookups (what follows a storm's TIME_WAITs to their end) answer
+// each socket as a lookup of its own would: 150 TIME_WAITs, more than one
+// batch, are found with their timers; the same addresses with another
+// cookie (a newer connection) and ports nobody uses are not.
+func TestLookupMany(t *testing.T) {
+	requireBPF(t) // root and a kernel like the tracer's
+	t.Parallel()
+	ns := newNetns(t)
+	const n = 150
+	var asked []events.Event
+	inNetns(t, ns, func() {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				// read to the client's FIN, then close: TIME_WAIT
+				// is on the client
+				go func() { c.Read(make([]byte, 1)); c.Close() }()
+			}
+		}()
+		srv := netip.MustParseAddrPort(ln.Addr().String())
+		for range n {
+			c, err := net.Dial("tcp4", srv.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := c.(*net.TCPConn).SyscallConn()
+			var cookie uint64
+			raw.Control(func(fd uintptr) {
+				cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+			})
+			if err != nil {
+				t.Fatalf("SO_COOKIE: %v", err)
+			}
+			local := netip.MustParseAddrPort(c.LocalAddr().String())
+			asked = append(asked, events.Event{Family: 4, Netns: ns.ino, Sock: cookie,
+				LAddr: local.Addr(), LPort: local.Port(), RAddr: srv.Addr(), RPort: srv.Port()})
+			c.Close()
+		}
+	})
+	stale := asked[0]
+	stale.Sock++
+	unused := asked[1]
+	unused.RPort++
+	asked = append(asked, stale, unused)
+
+	p := sockdiag.NewProber()
+	defer p.Close()
+	// the server's close follows the client's within microseconds
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		found, foundTW := 0, 0
+		var wrong []int
+		err := p.LookupMany(ns.ino, 0, len(asked), func(i int) *events.Event { return &asked[i] },
+			func(i int, s sockdiag.Socket, ok bool) {
+				if !ok {
+					if i < n {
+						wrong = append(wrong, i)
+					}
+					return
+				}
+				if i >= n {
+					wrong = append(wrong, i)
+					return
+				}
+				found++
+				if s.State == events.TimeWait && s.Expires > 50*time.Second && s.Expires <= 60*time.Second {
+					foundTW++
+				}
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found == n && foundTW == n && len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("found %d of %d, %d in TIME_WAIT with 50-60 s left; wrong answers for %v", found, n, foundTW, wrong)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
