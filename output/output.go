@@ -6,6 +6,7 @@ package output
 import (
 	"bufio"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
@@ -107,18 +108,35 @@ func appendFixed(b []byte, v uint64, digits int) []byte {
 	return appendPadded(b, v%p, digits)
 }
 
-// appendPadded writes v with leading zeros to width digits.
+// twoDigits holds 00 to 99: a division makes two digits at once.
+const twoDigits = "00010203040506070809101112131415161718192021222324252627282930313233343536373839" +
+	"404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899"
+
+// appendPadded writes v with leading zeros to width digits (at most 20).
 func appendPadded(b []byte, v uint64, width int) []byte {
 	var tmp [20]byte
 	i := len(tmp)
-	for v > 0 || i > len(tmp)-width {
+	for v >= 100 {
+		q := v / 100
+		r := (v - q*100) * 2
+		i -= 2
+		tmp[i], tmp[i+1] = twoDigits[r], twoDigits[r+1]
+		v = q
+	}
+	if v >= 10 {
+		i -= 2
+		tmp[i], tmp[i+1] = twoDigits[v*2], twoDigits[v*2+1]
+	} else {
 		i--
-		tmp[i] = byte('0' + v%10)
-		v /= 10
+		tmp[i] = byte('0' + v)
+	}
+	for i > len(tmp)-width {
+		i--
+		tmp[i] = '0'
 	}
 	return append(b, tmp[i:]...)
 }
 
 func appendUint(b []byte, v uint64) []byte {
-	return appendPadded(b, v, 1)
+	return strconv.AppendUint(b, v, 10)
 }

@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/netip"
 	"slices"
@@ -167,6 +168,20 @@ func BenchmarkDecodeJSON(b *testing.B) {
 		e.Time = src.Time
 		if err := w.Write(&e); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// appendPadded against fmt for every width it is used with, across digit
+// counts and the edges of each two-digit step.
+func TestAppendPadded(t *testing.T) {
+	vals := []uint64{0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 123456, 999999999, 1000000000, 1<<64 - 1}
+	for _, v := range vals {
+		for _, w := range []int{1, 2, 6, 9, 20} {
+			want := fmt.Sprintf("%0*d", w, v)
+			if got := string(appendPadded([]byte("x"), v, w)); got != "x"+want {
+				t.Errorf("appendPadded(%d, %d) = %q, want %q", v, w, got, "x"+want)
+			}
 		}
 	}
 }
