@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -34,10 +35,16 @@ type ring struct {
 	consPos *uint64 // in consMap
 	prodPos *uint64 // in prodMap
 
-	epfd   int
-	wakefd int // eventfd: Close wakes a waiting reader
+	// poll is the ring's descriptor (a duplicate, non-blocking) in Go's
+	// network poller. Waiting there parks the reader goroutine, where a
+	// blocking epoll_wait would hold a thread in a system call: Go's
+	// sysmon then wakes up to every 20 us to take the thread's processor
+	// away, which on a busy host cost a thousand context switches a
+	// second and a fifth of tcptrace's CPU.
+	poll   *os.File
+	raw    syscall.RawConn
+	woken  atomic.Bool // wake was called: the next or current wait returns
 	closed atomic.Bool
-	events [2]unix.EpollEvent
 	mu     sync.Mutex // held while reading the mapping, so close cannot unmap it
 }
 
@@ -52,7 +59,7 @@ var errRingClosed = errors.New("ring buffer closed")
 
 func newRing(fd int, size int) (*ring, error) {
 	page := os.Getpagesize()
-	r := &ring{epfd: -1, wakefd: -1, mask: uint64(size - 1)}
+	r := &ring{mask: uint64(size - 1)}
 	var err error
 	if r.consMap, err = unix.Mmap(fd, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return nil, fmt.Errorf("map ring consumer page: %w", err)
@@ -66,25 +73,28 @@ func newRing(fd int, size int) (*ring, error) {
 	r.data = r.prodMap[page:]
 	r.cons = atomic.LoadUint64(r.consPos)
 
-	if r.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+	// the poller registers a descriptor edge-triggered: the ring's poll
+	// says "readable" while any byte is pending, but its edges are the
+	// program's wakeups (once WakeupBytes are pending), the ones wanted
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
 		r.close()
-		return nil, fmt.Errorf("epoll: %w", err)
+		return nil, fmt.Errorf("duplicate ring descriptor: %w", err)
 	}
-	if r.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
 		r.close()
-		return nil, fmt.Errorf("eventfd: %w", err)
+		return nil, fmt.Errorf("ring descriptor: %w", err)
 	}
-	// edge-triggered: the ring's poll says "readable" while any byte is
-	// pending, which would wake the reader for every record; the program's
-	// forced wakeups (once a batch is pending) are the edges wanted
-	for _, ev := range []unix.EpollEvent{
-		{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd)},
-		{Events: unix.EPOLLIN, Fd: int32(r.wakefd)},
-	} {
-		if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, int(ev.Fd), &ev); err != nil {
-			r.close()
-			return nil, fmt.Errorf("epoll add: %w", err)
-		}
+	r.poll = os.NewFile(uintptr(dup), "ringbuf")
+	if r.raw, err = r.poll.SyscallConn(); err != nil {
+		r.close()
+		return nil, fmt.Errorf("ring descriptor: %w", err)
+	}
+	// a descriptor the poller refused would make every wait return at once
+	if err := r.poll.SetReadDeadline(time.Time{}); err != nil {
+		r.close()
+		return nil, fmt.Errorf("poll ring buffer: %w", err)
 	}
 	return r, nil
 }
@@ -105,18 +115,32 @@ func (r *ring) wait(timeout time.Duration) error {
 	if r.closed.Load() {
 		return errRingClosed
 	}
-	n, err := unix.EpollWait(r.epfd, r.events[:], int(timeout/time.Millisecond))
-	if err != nil && err != unix.EINTR {
-		return fmt.Errorf("wait for ring buffer: %w", err)
+	if timeout <= 0 {
+		return nil
 	}
-	for _, ev := range r.events[:max(n, 0)] {
-		if ev.Fd == int32(r.wakefd) {
-			var buf [8]byte
-			unix.Read(r.wakefd, buf[:]) // reset the eventfd
-		}
+	if err := r.poll.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return errRingClosed // only a closed file refuses a deadline
 	}
-	if r.closed.Load() {
+	// after the deadline is set, so that a wake either shows here or
+	// moves the deadline this wait waits for
+	if r.woken.Swap(false) {
+		return nil
+	}
+	// the poller calls the function, and waits for the next edge each
+	// time it says false: the first call only starts the wait. An edge
+	// that came since the last wait ends it at once, as it should: the
+	// program woke the reader meanwhile.
+	calls := 0
+	err := r.raw.Read(func(uintptr) bool {
+		calls++
+		return calls > 1
+	})
+	r.woken.Store(false)
+	switch {
+	case r.closed.Load():
 		return errRingClosed
+	case err != nil && !errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("wait for ring buffer: %w", err)
 	}
 	return nil
 }
@@ -167,30 +191,27 @@ func (r *ring) record(pos, length uint64) []byte {
 
 // wake makes a waiting reader return.
 func (r *ring) wake() {
-	var one = [8]byte{1}
-	unix.Write(r.wakefd, one[:])
+	r.woken.Store(true)
+	if r.poll != nil {
+		// a deadline in the past ends the current wait
+		r.poll.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 func (r *ring) close() error {
 	r.closed.Store(true)
-	if r.wakefd >= 0 {
-		r.wake()
+	var errs []error
+	if r.poll != nil {
+		// ends a waiting reader, which then sees closed
+		errs = append(errs, r.poll.Close())
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var errs []error
 	for _, m := range [][]byte{r.consMap, r.prodMap} {
 		if m != nil {
 			errs = append(errs, unix.Munmap(m))
 		}
 	}
 	r.consMap, r.prodMap, r.data = nil, nil, nil
-	// the waiter, if any, was woken above and sees closed
-	for _, fd := range []int{r.epfd, r.wakefd} {
-		if fd >= 0 {
-			errs = append(errs, unix.Close(fd))
-		}
-	}
-	r.epfd, r.wakefd = -1, -1
 	return errors.Join(errs...)
 }
