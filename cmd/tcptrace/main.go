@@ -171,6 +171,7 @@ Limits:
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	coarseSleeps()
 	c, err := parse(args, stderr)
 	if err != nil {
 		return err
