@@ -35,8 +35,10 @@ func main() {
 	conc := flag.Int("c", 4, "concurrent clients")
 	dur := flag.Duration("d", 10*time.Second, "how long to churn")
 	loop := flag.Bool("loop", false, "event loop: Go's net package over epoll, a request and an answer per connection (client-close and server-close)")
+	rate := flag.Float64("rate", 0, "connections per second, all clients together (0: as fast as they go; blocking only)")
+	targets := flag.Int("targets", 1, "server addresses 127.0.0.1 to 127.0.0.N, taken in turn: N times the ephemeral ports before connect runs short (IPv4, blocking only)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: churn [-mode M] [-loop] [-6] [-c N] [-d D]\n\nModes:\n")
+		fmt.Fprintf(os.Stderr, "Usage: churn [-mode M] [-loop] [-6] [-c N] [-d D] [-rate R] [-targets N]\n\nModes:\n")
 		for _, m := range []string{"client-close", "server-close", "rst", "refused"} {
 			fmt.Fprintf(os.Stderr, "  %-13s %s\n", m, modes[m])
 		}
@@ -44,13 +46,16 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if _, ok := modes[*mode]; !ok || *conc < 1 || *dur <= 0 || flag.NArg() > 0 {
+	if _, ok := modes[*mode]; !ok || *conc < 1 || *dur <= 0 || flag.NArg() > 0 || *rate < 0 ||
+		*targets < 1 || *targets > 254 || (*targets > 1 || *rate > 0) && (*loop || *ipv6) {
 		fmt.Fprintln(os.Stderr, "churn: bad arguments (see churn -h)")
 		os.Exit(2)
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	churn := run
+	churn := func(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duration) (uint64, time.Duration, error) {
+		return run(ctx, mode, ipv6, conc, dur, *rate, *targets)
+	}
 	if *loop {
 		churn = loopRun
 	}
@@ -76,9 +81,19 @@ type target struct {
 	sa     unix.Sockaddr
 }
 
-func run(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duration) (uint64, time.Duration, error) {
+// run churns with blocking calls. rate, if not 0, paces the clients to
+// that many connections a second together; with targets > 1 the server
+// listens on every address and the clients connect to 127.0.0.1 to
+// 127.0.0.targets in turn. With tcp_tw_reuse=0 a client's TIME_WAITs hold
+// their ports toward their server address for 60 s, and connect()'s
+// search for a free port slows as the range fills: several addresses keep
+// a steady rate possible, where one would sink to a few hundred a second.
+func run(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duration, rate float64, targets int) (uint64, time.Duration, error) {
 	family := unix.AF_INET
 	var bindSA unix.Sockaddr = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+	if targets > 1 {
+		bindSA = &unix.SockaddrInet4{}
+	}
 	if ipv6 {
 		family = unix.AF_INET6
 		bindSA = &unix.SockaddrInet6{Addr: [16]byte{15: 1}}
@@ -93,12 +108,19 @@ func run(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duratio
 		unix.Close(lfd)
 		lfd = -1
 	}
-	tgt := target{family: family}
+	var tgts []target
 	switch sa := bindSA.(type) {
 	case *unix.SockaddrInet4:
-		tgt.sa = &unix.SockaddrInet4{Addr: sa.Addr, Port: port}
+		for k := range targets {
+			tgts = append(tgts, target{family, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, byte(1 + k)}, Port: port}})
+		}
 	case *unix.SockaddrInet6:
-		tgt.sa = &unix.SockaddrInet6{Addr: sa.Addr, Port: port}
+		tgts = append(tgts, target{family, &unix.SockaddrInet6{Addr: sa.Addr, Port: port}})
+	}
+	// each client's time between connections, when paced
+	var every time.Duration
+	if rate > 0 {
+		every = time.Duration(float64(conc) / rate * float64(time.Second))
 	}
 
 	var stop, drained atomic.Bool
@@ -130,8 +152,17 @@ func run(ctx context.Context, mode string, ipv6 bool, conc int, dur time.Duratio
 		go func() {
 			defer wg.Done()
 			runtime.LockOSThread()
-			for !stop.Load() {
-				done, err := dial(tgt, mode)
+			next := time.Now()
+			for k := i; !stop.Load(); k++ {
+				if every > 0 {
+					// on a schedule, not a gap after each: a slow
+					// connect is made up for
+					next = next.Add(every)
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				done, err := dial(tgts[k%len(tgts)], mode)
 				if err != nil {
 					errs <- err
 					stop.Store(true)

@@ -34,6 +34,8 @@ type config struct {
 	loopPairs       int
 	loopDur         time.Duration
 	storm           time.Duration
+	stormRate       float64
+	stormTargets    int
 	mode            string
 	clients         int
 	burst           time.Duration
@@ -51,6 +53,8 @@ func main() {
 	flag.IntVar(&c.loopPairs, "loop-pairs", 7, "event-loop runs of each kind, alternated (0: none)")
 	flag.DurationVar(&c.loopDur, "loop-d", 10*time.Second, "event-loop churn per run")
 	flag.DurationVar(&c.storm, "storm", 110*time.Second, "the TIME_WAIT expiry storm's length, past 60 s (0: none)")
+	flag.Float64Var(&c.stormRate, "storm-rate", 800, "the storm's connections per second: as many TIME_WAITs expire each second once 60 s have passed")
+	flag.IntVar(&c.stormTargets, "storm-targets", 4, "server addresses in the storm, so that connect() finds free ports at that rate")
 	flag.StringVar(&c.mode, "mode", "client-close", "churn mode")
 	flag.IntVar(&c.clients, "c", 4, "churn clients")
 	flag.DurationVar(&c.burst, "burst", time.Second, "length of the burst run")

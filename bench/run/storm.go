@@ -14,9 +14,11 @@ import (
 
 // storm runs a TIME_WAIT storm whose TIME_WAITs expire: in a namespace
 // with tcp_tw_reuse=0 (as toward any host but loopback) and the widest
-// port range, the client-close churn fills the range with TIME_WAIT
-// sockets, which end by expiry 60 s later, one by one, where no
-// tracepoint fires: tcptrace follows each to its end. It samples
+// port range, the client-close churn makes TIME_WAIT sockets at a steady
+// rate, which end by expiry 60 s later, where no tracepoint fires:
+// tcptrace follows each to its end. Unpaced, with one server address,
+// connect()'s search for a free port slows the churn to a few hundred a
+// second once the range is two-thirds full. It samples
 // tcptrace's CPU and RSS and the namespace's TIME_WAIT sockets every 10 s,
 // and counts the TIME_WAIT ends tcptrace reported in each interval.
 func storm(c *config) error {
@@ -51,13 +53,15 @@ func storm(c *config) error {
 	if err := waitAttached(pid); err != nil {
 		return fmt.Errorf("%w; stderr: %s", err, stderr.String())
 	}
-	churn := exec.Command("ip", "netns", "exec", ns, c.churn, "-mode", "client-close", "-c", strconv.Itoa(c.clients), "-d", c.storm.String())
+	churn := exec.Command("ip", "netns", "exec", ns, c.churn, "-mode", "client-close", "-c", strconv.Itoa(c.clients), "-d", c.storm.String(),
+		"-rate", strconv.FormatFloat(c.stormRate, 'f', -1, 64), "-targets", strconv.Itoa(c.stormTargets))
 	var churnOut bytes.Buffer
 	churn.Stdout, churn.Stderr = &churnOut, &churnOut
 	if err := churn.Start(); err != nil {
 		return fmt.Errorf("start churn: %w", err)
 	}
-	fmt.Printf("\nTIME_WAIT storm: churn client-close, blocking, %d clients, %v, in a namespace with tcp_tw_reuse=0 and ports 1024-65535; tcptrace --json --netns to a file\n\n", c.clients, c.storm)
+	fmt.Printf("\nTIME_WAIT storm: churn client-close, blocking, %d clients, %v, %.0f connections/s to %d server addresses, in a namespace with tcp_tw_reuse=0 and ports 1024-65535; tcptrace --json --netns to a file\n\n",
+		c.clients, c.storm, c.stormRate, c.stormTargets)
 	fmt.Println("| seconds | tcptrace CPU, % of a core | RSS | TIME_WAIT sockets | TIME_WAIT ends reported | per second |")
 	fmt.Println("| ---: | ---: | ---: | ---: | ---: | ---: |")
 	start := time.Now()
