@@ -117,7 +117,7 @@ func (c *conn) event(e *events.Event) {
 		V4Mapped: c.V4Mapped, Comm: c.Comm}
 }
 
-func (c *conn) tuple() tuple { return tuple{c.Netns, c.LPort, c.RPort, c.LAddr, c.RAddr} }
+func (c *conn) tuple() tuple { return tuple{c.Netns, c.LPort, c.RPort, c.LAddr.As16(), c.RAddr.As16()} }
 
 type entry struct {
 	ev    conn   // the transition that started the wait
@@ -132,20 +132,22 @@ type entry struct {
 	left  time.Duration
 }
 
-// tuple names a connection in its namespace, from our side.
+// tuple names a connection in its namespace, from our side. Its
+// addresses are plain bytes (IPv4 mapped into IPv6): a key without
+// pointers, 40 bytes instead of 56, hashes as one block of memory.
 type tuple struct {
 	netns        uint32
 	lport, rport uint16
-	laddr, raddr netip.Addr
+	laddr, raddr [16]byte
 }
 
 func tupleOf(e *events.Event) tuple {
-	return tuple{e.Netns, e.LPort, e.RPort, e.LAddr, e.RAddr}
+	return tuple{e.Netns, e.LPort, e.RPort, e.LAddr.As16(), e.RAddr.As16()}
 }
 
 // peerOf is the tuple of e's peer, if it is local.
 func peerOf(e *events.Event) tuple {
-	return tuple{e.Netns, e.RPort, e.LPort, e.RAddr, e.LAddr}
+	return tuple{e.Netns, e.RPort, e.LPort, e.RAddr.As16(), e.LAddr.As16()}
 }
 
 // Follower tracks parked FIN_WAIT2 and TIME_WAIT connections.

@@ -172,6 +172,7 @@ Limits:
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	coarseSleeps()
+	tightHeap()
 	c, err := parse(args, stderr)
 	if err != nil {
 		return err
