@@ -74,8 +74,9 @@ type result struct {
 	events   uint64 // tcptrace's count
 	lost     uint64
 	secs     float64 // of churn
-	cpu      time.Duration
-	maxRSS   int64 // KiB
+	cpu      time.Duration // after start-up: from the churn's start to the exit
+	startCPU time.Duration // loading and attaching, before the churn
+	maxRSS   int64         // KiB
 	switches int64 // tcptrace's context switches, voluntary or not
 	wall     float64
 }
@@ -184,9 +185,9 @@ func measureShape(c *config, sh shape) (string, error) {
 	var b strings.Builder
 	base := median(res["untraced"], func(r result) float64 { return r.connRate })
 	fmt.Fprintf(&b, "\n%s churn (%s, %d clients, %d alternated runs of %v; ratio: median of the runs' ratios to the untraced run before them):\n\n", sh.name, c.mode, c.clients, sh.pairs, sh.dur)
-	fmt.Fprintln(&b, "| run | conn/s | vs untraced | range | events/s | lost | CPU s per M events | switches/s | peak RSS |")
-	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-	fmt.Fprintf(&b, "| untraced | %.0f | 100%% | | | | | | |\n", base)
+	fmt.Fprintln(&b, "| run | conn/s | vs untraced | range | events/s | lost | CPU s per M events | start-up CPU s | switches/s | peak RSS |")
+	fmt.Fprintln(&b, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintf(&b, "| untraced | %.0f | 100%% | | | | | | | |\n", base)
 	for _, k := range sh.kinds[1:] {
 		rs := res[k]
 		ratios := make([]result, len(rs))
@@ -205,7 +206,7 @@ func measureShape(c *config, sh shape) (string, error) {
 		if k == "dropped" {
 			label = "`tcptrace -L 1` (kernel drops every record)"
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.3f | %.3f-%.3f | %.0f | %d | %.2f | %.0f | %.1f MiB |\n",
+		fmt.Fprintf(&b, "| %s | %.0f | %.3f | %.3f-%.3f | %.0f | %d | %.2f | %.2f | %.0f | %.1f MiB |\n",
 			label, median(rs, func(r result) float64 { return r.connRate }),
 			median(ratios, func(r result) float64 { return r.connRate }), lo, hi,
 			median(rs, func(r result) float64 { return float64(r.events) / r.secs }),
@@ -216,6 +217,7 @@ func measureShape(c *config, sh shape) (string, error) {
 				}
 				return r.cpu.Seconds() / float64(r.events) * 1e6
 			}),
+			median(rs, func(r result) float64 { return r.startCPU.Seconds() }),
 			median(rs, func(r result) float64 { return float64(r.switches) / r.wall }),
 			float64(rss)/1024)
 	}
@@ -280,6 +282,13 @@ func churnRunWith(c *config, kind, mode string, loop bool, clients int, dur time
 		if err := waitAttached(tracer.Process.Pid); err != nil {
 			return r, fmt.Errorf("%w; stderr: %s", err, stderr.String())
 		}
+		// start-up (BTF, loading, the holders dump) is paid once: the
+		// cost per event is what follows
+		ticks, err := cpuTicks(tracer.Process.Pid)
+		if err != nil {
+			return r, err
+		}
+		r.startCPU = time.Duration(ticks) * time.Second / clockTicks
 	}
 
 	began := time.Now()
@@ -315,7 +324,7 @@ func churnRunWith(c *config, kind, mode string, loop bool, clients int, dur time
 		return r, fmt.Errorf("tcptrace summary %q: %w", summary, err)
 	}
 	ru := tracer.ProcessState.SysUsage().(*syscall.Rusage)
-	r.cpu = tracer.ProcessState.UserTime() + tracer.ProcessState.SystemTime()
+	r.cpu = tracer.ProcessState.UserTime() + tracer.ProcessState.SystemTime() - r.startCPU
 	r.maxRSS = ru.Maxrss
 	r.switches = ru.Nvcsw + ru.Nivcsw
 	r.wall = time.Since(began).Seconds()
