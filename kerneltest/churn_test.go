@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/timewait"
 )
@@ -35,7 +36,7 @@ func TestChurnLosesNothing(t *testing.T) {
 	}
 	ns := newNetns(t)
 	rec := &recorder{evs: make([]compact, 0, 1<<20)}
-	tr := startTracerTo(t, loader.Options{Netns: ns.ino, RingSize: 32 << 20}, timewait.Options{}, rec)
+	tr := startTracerTo(t, loader.Options{RingSize: 32 << 20}, filter.Filter{Netns: ns.ino}, timewait.Options{}, rec)
 	out, err := exec.Command("ip", "netns", "exec", ns.name, bin, "-d", "2s").CombinedOutput()
 	if err != nil {
 		t.Fatalf("churn: %v: %s", err, out)

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/filter"
 )
 
 // Every filter keeps exactly what it should: tracers with one filter each
@@ -27,9 +27,9 @@ func TestFilters(t *testing.T) {
 	cli6 := ns.start(t, clientComm, "wait-eof", addr6, 0)
 	refused := ns.start(t, clientComm, "refused", net.JoinHostPort("127.0.0.1", "9"), 0)
 
-	type filter struct {
+	type want struct {
 		name string
-		opts loader.Options
+		opts filter.Filter
 		keep func(events.Event) bool
 	}
 	in := func(states ...events.State) func(events.Event) bool {
@@ -37,18 +37,18 @@ func TestFilters(t *testing.T) {
 			return slices.Contains(states, e.Old) || slices.Contains(states, e.New)
 		}
 	}
-	filters := []filter{
-		{"--netns", loader.Options{Netns: ns.ino}, func(e events.Event) bool { return true }},
-		{"-4", loader.Options{Netns: ns.ino, Family: 4}, func(e events.Event) bool { return e.Family == 4 }},
-		{"-6", loader.Options{Netns: ns.ino, Family: 6}, func(e events.Event) bool { return e.Family == 6 }},
-		{"--lport", loader.Options{Netns: ns.ino, LPorts: []uint16{port}}, func(e events.Event) bool { return e.LPort == port }},
-		{"--rport", loader.Options{Netns: ns.ino, RPorts: []uint16{port6, 9}}, func(e events.Event) bool { return e.RPort == port6 || e.RPort == 9 }},
-		{"--pid", loader.Options{Netns: ns.ino, PIDs: []uint32{cli4.pid, srv6.pid}}, func(e events.Event) bool { return e.PID == cli4.pid || e.PID == srv6.pid }},
-		{"--comm", loader.Options{Netns: ns.ino, Comm: serverComm}, func(e events.Event) bool { return e.CommString() == serverComm }},
-		{"--state", loader.Options{Netns: ns.ino, States: []events.State{events.TimeWait, events.Listen}}, in(events.TimeWait, events.Listen)},
-		{"--state CLOSE_WAIT", loader.Options{Netns: ns.ino, States: []events.State{events.CloseWait}}, in(events.CloseWait)},
+	filters := []want{
+		{"--netns", filter.Filter{Netns: ns.ino}, func(e events.Event) bool { return true }},
+		{"-4", filter.Filter{Netns: ns.ino, Family: 4}, func(e events.Event) bool { return e.Family == 4 }},
+		{"-6", filter.Filter{Netns: ns.ino, Family: 6}, func(e events.Event) bool { return e.Family == 6 }},
+		{"--lport", filter.Filter{Netns: ns.ino, LPorts: []uint16{port}}, func(e events.Event) bool { return e.LPort == port }},
+		{"--rport", filter.Filter{Netns: ns.ino, RPorts: []uint16{port6, 9}}, func(e events.Event) bool { return e.RPort == port6 || e.RPort == 9 }},
+		{"--pid", filter.Filter{Netns: ns.ino, PIDs: []uint32{cli4.pid, srv6.pid}}, func(e events.Event) bool { return e.PID == cli4.pid || e.PID == srv6.pid }},
+		{"--comm", filter.Filter{Netns: ns.ino, Comm: serverComm}, func(e events.Event) bool { return e.CommString() == serverComm }},
+		{"--state", filter.Filter{Netns: ns.ino, States: []events.State{events.TimeWait, events.Listen}}, in(events.TimeWait, events.Listen)},
+		{"--state CLOSE_WAIT", filter.Filter{Netns: ns.ino, States: []events.State{events.CloseWait}}, in(events.CloseWait)},
 	}
-	all := startTracer(t, loader.Options{}) // no filter: the whole host
+	all := startTracer(t, filter.Filter{}) // no filter: the whole host
 	tracers := make([]*tracer, len(filters))
 	for i, f := range filters {
 		tracers[i] = startTracer(t, f.opts)

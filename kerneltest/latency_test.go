@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/filter"
 )
 
 // On an idle system the program does not wake the reader for each event,
@@ -21,7 +21,7 @@ func TestLatencyWhenIdle(t *testing.T) {
 	ns := newNetns(t)
 	c := newConn(t, ns, "127.0.0.1", "wait-eof", "close-first", 0)
 	refused := ns.start(t, clientComm, "refused", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+1)), 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
 	refused.goAhead()
 	refused.expect("done")

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/timewait"
 )
 
@@ -68,7 +68,7 @@ func TestClientClosesFirst(t *testing.T) {
 			t.Parallel()
 			ns := newNetns(t)
 			c := newConn(t, ns, tc.host, "wait-eof", "close-first", tc.pause)
-			tr := startTracerFollow(t, loader.Options{Netns: ns.ino}, timewait.Options{NoPeerMatch: tc.noPeerMatch})
+			tr := startTracerFollow(t, filter.Filter{Netns: ns.ino}, timewait.Options{NoPeerMatch: tc.noPeerMatch})
 			c.run()
 			tr.waitFor("client TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
 				return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&
@@ -117,7 +117,7 @@ func TestServerClosesFirst(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	c := newConn(t, ns, "127.0.0.1", "close-first", "wait-eof", 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
 	tr.waitFor("server TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
 		return has(evs, childSocket(evs, port), events.FinWait2, events.TimeWait) &&
@@ -139,7 +139,7 @@ func TestRefused(t *testing.T) {
 		t.Run(host, func(t *testing.T) {
 			ns := newNetns(t)
 			cli := ns.start(t, clientComm, "refused", net.JoinHostPort(host, strconv.Itoa(port)), 0)
-			tr := startTracer(t, loader.Options{Netns: ns.ino})
+			tr := startTracer(t, filter.Filter{Netns: ns.ino})
 			cli.goAhead()
 			cli.expect("done")
 			cli.wait()
@@ -162,7 +162,7 @@ func TestAbortiveClose(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	c := newConn(t, ns, "127.0.0.1", "expect-rst", "linger0", 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
 	tr.waitFor("both closes", 5*time.Second, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.Established, events.Close) &&
@@ -185,7 +185,7 @@ func TestFinWait2Timeout(t *testing.T) {
 	ns := newNetns(t)
 	ns.sysctl(t, "net.ipv4.tcp_fin_timeout", "2")
 	c := newConn(t, ns, "127.0.0.1", "hold", "close-first", 4*time.Second)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.srv.goAhead()
 	c.srv.expect("listening")
 	c.cli.goAhead()
@@ -215,7 +215,7 @@ func TestTimeWaitEnds(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	c := newConn(t, ns, "127.0.0.1", "wait-eof", "close-first", 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
 	tr.waitFor("client TIME_WAIT end", 75*time.Second, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.TimeWait, events.Close)
@@ -246,7 +246,7 @@ func TestReuseportOwners(t *testing.T) {
 		ns.start(t, serverComm, "reuseport", addr, 0),
 		ns.start(t, serverComm, "reuseport", addr, 0),
 	}
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	for _, s := range srvs {
 		s.goAhead()
 		s.expect("listening")

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/filter"
 )
 
 // Debian's nginx, configured as it ships (daemon mode, a master and
@@ -58,7 +58,7 @@ http {
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	start := exec.Command("ip", "netns", "exec", ns.name, nginxBin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	if out, err := start.CombinedOutput(); err != nil {
 		t.Fatalf("start nginx: %v: %s", err, out)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
 )
 
@@ -128,7 +129,7 @@ func TestOwnerDaemon(t *testing.T) {
 	ns := newNetns(t)
 	d := ns.start(t, daemonComm, "", serverAddr(), 300*time.Millisecond)
 	cli := ns.start(t, clientComm, "request", serverAddr(), 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	d.goAhead()
 	w := spawned(d, workerComm)
 	d.await("listening")
@@ -152,7 +153,7 @@ func TestOwnerPrefork(t *testing.T) {
 	ns := newNetns(t)
 	m := ns.start(t, masterComm, "", serverAddr(), 300*time.Millisecond, "TT_WORKERS=2")
 	clis := []*proc{ns.start(t, clientComm, "request", serverAddr(), 0), ns.start(t, clientComm, "request", serverAddr(), 0)}
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	m.goAhead()
 	workers := map[uint32]*proc{}
 	for range 2 {
@@ -193,7 +194,7 @@ func TestOwnerSocketActivation(t *testing.T) {
 	ns := newNetns(t)
 	s := ns.start(t, superComm, "", serverAddr(), 0)
 	cli := ns.start(t, clientComm, "request", serverAddr(), 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	s.goAhead()
 	w := spawned(s, workerComm)
 	s.await("listening")
@@ -220,7 +221,7 @@ func TestOwnerHandedOn(t *testing.T) {
 			ns := newNetns(t)
 			a := ns.start(t, acceptorComm, mode, serverAddr(), 300*time.Millisecond)
 			cli := ns.start(t, clientComm, "request", serverAddr(), 0)
-			tr := startTracer(t, loader.Options{Netns: ns.ino})
+			tr := startTracer(t, filter.Filter{Netns: ns.ino})
 			a.goAhead()
 			var h *proc
 			if mode == "scm" {
@@ -264,7 +265,7 @@ func TestOwnerBeforeStart(t *testing.T) {
 			early.await("connected")
 			w := &proc{t: t, role: workerComm, pid: srv.pid, cgroup: srv.cgroup}
 
-			tr := startTracer(t, loader.Options{Netns: ns.ino})
+			tr := startTracer(t, filter.Filter{Netns: ns.ino})
 			// the early connection ends after the start; a second one
 			// comes through the early listener
 			early.goAhead()
@@ -308,7 +309,7 @@ func TestOwnerCommIsTheProcess(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
 	c := newConn(t, ns, "127.0.0.1", "wait-eof", "renamed", 0)
-	tr := startTracer(t, loader.Options{Netns: ns.ino})
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
 	tr.waitFor("client TIME_WAIT", 5*time.Second, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)

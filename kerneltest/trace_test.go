@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
-	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/timewait"
 )
@@ -62,25 +62,26 @@ type tracer struct {
 	err    error
 }
 
-func startTracer(t *testing.T, opts loader.Options) *tracer {
+func startTracer(t *testing.T, f filter.Filter) *tracer {
 	t.Helper()
-	return startTracerFollow(t, opts, timewait.Options{})
+	return startTracerFollow(t, f, timewait.Options{})
 }
 
 // startTracerFollow is startTracer with the timewait follower configured.
-func startTracerFollow(t *testing.T, opts loader.Options, follow timewait.Options) *tracer {
+func startTracerFollow(t *testing.T, f filter.Filter, follow timewait.Options, more ...stream.Consumer) *tracer {
 	t.Helper()
 	col := &collector{}
-	x := startTracerTo(t, opts, follow, col)
+	x := startTracerTo(t, loader.Options{}, f, follow, append([]stream.Consumer{col}, more...)...)
 	x.col = col
 	return x
 }
 
 // startTracerTo runs the pipeline into out, filtering what the follower
 // makes with the kernel's filters, as tcptrace does.
-func startTracerTo(t *testing.T, opts loader.Options, follow timewait.Options, out output.Writer) *tracer {
+func startTracerTo(t *testing.T, opts loader.Options, f filter.Filter, follow timewait.Options, out ...stream.Consumer) *tracer {
 	t.Helper()
 	requireBPF(t)
+	opts.Filter = f.Kernel()
 	if opts.RingSize == 0 {
 		opts.RingSize = 1 << 20
 	}
@@ -102,10 +103,7 @@ func startTracerTo(t *testing.T, opts loader.Options, follow timewait.Options, o
 	go func() {
 		defer close(x.done)
 		defer tr.Close()
-		if follow.Want == nil {
-			follow.Want = opts.Match
-		}
-		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Out: out, Follow: follow, Seed: seed})
+		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Consumers: out, Filter: f, Follow: follow, Seed: seed})
 	}()
 	t.Cleanup(func() { x.cancel(); <-x.done })
 	return x

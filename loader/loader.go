@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 )
 
 // Defaults for Options left zero.
@@ -39,39 +39,9 @@ type Options struct {
 	RingSize    int    // ring buffer bytes: a power of two, at least a page
 	WakeupBytes uint64 // pending bytes that wake the reader
 
-	Family uint8 // 4 or 6
-	Netns  uint32
-	States []events.State // events touching any of these
-	PIDs   []uint32       // owning process
-	Comm   string         // owning process's command name, exact
-	LPorts []uint16
-	RPorts []uint16
-}
-
-// Match says whether e passes the filters. The BPF program applies only
-// the family, namespace and port filters, which hold for every transition
-// of a socket; the stream applies Match to every record once its owner is
-// known, and to the transitions it makes of followed timewait connections.
-func (o *Options) Match(e *events.Event) bool {
-	if o.Family != 0 && uint8(e.Family) != o.Family {
-		return false
-	}
-	if o.Netns != 0 && e.Netns != o.Netns {
-		return false
-	}
-	if len(o.States) > 0 && !slices.Contains(o.States, e.Old) && !slices.Contains(o.States, e.New) {
-		return false
-	}
-	if len(o.PIDs) > 0 && !slices.Contains(o.PIDs, e.PID) {
-		return false
-	}
-	if len(o.LPorts) > 0 && !slices.Contains(o.LPorts, e.LPort) {
-		return false
-	}
-	if len(o.RPorts) > 0 && !slices.Contains(o.RPorts, e.RPort) {
-		return false
-	}
-	return o.Comm == "" || string(e.CommBytes()) == o.Comm // compared without a copy
+	// Filter is the part of the trace's filter the program applies
+	// (filter.Filter.Kernel); the stream applies the rest.
+	Filter filter.Kernel
 }
 
 // objects are the maps and the programs every kernel loads.
@@ -258,30 +228,28 @@ func configure(spec *ebpf.CollectionSpec, o *Options) error {
 	}
 	spec.Maps["events"].MaxEntries = uint32(o.RingSize)
 
+	f := &o.Filter
 	var family uint8
-	switch o.Family {
+	switch f.Family {
 	case 0:
 	case 4:
 		family = unix.AF_INET
 	case 6:
 		family = unix.AF_INET6
 	default:
-		return fmt.Errorf("address family %d: want 4 or 6", o.Family)
+		return fmt.Errorf("address family %d: want 4 or 6", f.Family)
 	}
-	if len(o.Comm) >= events.CommLen {
-		return fmt.Errorf("command name %q: the kernel keeps at most %d bytes", o.Comm, events.CommLen-1)
-	}
-	if len(o.PIDs) > maxFilter || len(o.LPorts) > maxFilter || len(o.RPorts) > maxFilter {
-		return fmt.Errorf("at most %d values per filter", maxFilter)
+	if len(f.LPorts) > filter.MaxValues || len(f.RPorts) > filter.MaxValues {
+		return fmt.Errorf("at most %d values per filter", filter.MaxValues)
 	}
 
 	// states, processes and command names are filtered in user space
-	// (Match): see bpf/tcptrace.c
+	// (filter.Filter.Match): see bpf/tcptrace.c
 	set := map[string]any{
 		"filter_family": family,
-		"filter_netns":  o.Netns,
-		"filter_lport":  len(o.LPorts) > 0,
-		"filter_rport":  len(o.RPorts) > 0,
+		"filter_netns":  f.Netns,
+		"filter_lport":  len(f.LPorts) > 0,
+		"filter_rport":  len(f.RPorts) > 0,
 		"wakeup_bytes":  o.WakeupBytes,
 	}
 	for name, v := range set {
@@ -292,17 +260,14 @@ func configure(spec *ebpf.CollectionSpec, o *Options) error {
 	return nil
 }
 
-// maxFilter is MAX_FILTER in bpf/tcptrace.c.
-const maxFilter = 64
-
 func (t *Tracer) fillFilters(o *Options) error {
 	one := uint8(1)
-	for _, p := range o.LPorts {
+	for _, p := range o.Filter.LPorts {
 		if err := t.objs.LportFilter.Put(p, one); err != nil {
 			return fmt.Errorf("set local port filter: %w", err)
 		}
 	}
-	for _, p := range o.RPorts {
+	for _, p := range o.Filter.RPorts {
 		if err := t.objs.RportFilter.Put(p, one); err != nil {
 			return fmt.Errorf("set remote port filter: %w", err)
 		}

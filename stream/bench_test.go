@@ -101,7 +101,7 @@ func BenchmarkPipeline(b *testing.B) {
 	src := &churnSource{}
 	b.ReportAllocs()
 	b.ResetTimer()
-	st, err := Run(context.Background(), Config{Source: src, Out: output.NewJSON(io.Discard), Count: uint64(b.N)})
+	st, err := Run(context.Background(), Config{Source: src, Consumers: []Consumer{output.NewJSON(io.Discard)}, Count: uint64(b.N)})
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)

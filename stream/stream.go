@@ -1,8 +1,9 @@
-// Package stream runs the pipeline from the kernel's ring buffer to a
-// writer: a reader goroutine decodes records into reused batches, and one
-// loop completes each with its socket's owner and time in state, applies
-// the filters, follows timewait connections, stamps wall-clock time and
-// writes.
+// Package stream runs the pipeline from the kernel's ring buffer to its
+// consumers: a reader goroutine decodes records into reused batches and
+// puts them in time order, and one loop completes each with its socket's
+// owner and time in state, follows timewait connections, applies the
+// filter, stamps wall-clock time and hands each event to every consumer
+// (an output writer, an aggregate).
 package stream
 
 import (
@@ -12,9 +13,9 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/order"
-	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/sockets"
 	"github.com/tcptrace/tcptrace/timewait"
@@ -32,10 +33,32 @@ type Source interface {
 	Holders() ([]events.Holder, error)
 }
 
+// Consumer takes completed events: owner known, time in state set,
+// TIME_WAIT and FIN_WAIT2 ends resolved, the filter passed, wall time
+// stamped. output.Writer is one; an aggregate is another.
+//
+// The stream calls a consumer from one goroutine, with events in time
+// order. The *Event belongs to the stream and is reused as soon as Write
+// returns: a consumer copies what it keeps, and never modifies it. Flush
+// is called whenever the stream has caught up with the kernel (a consumer
+// that buffers writes out then), and once at the end. An error from
+// either ends the stream: it drains what the kernel already produced to
+// the other consumers, and Run returns the error.
+type Consumer interface {
+	Write(e *events.Event) error
+	Flush() error
+}
+
 // Config says what to run.
 type Config struct {
 	Source Source
-	Out    output.Writer
+	// Consumers get every event, each in turn, in the order given.
+	Consumers []Consumer
+	// Filter keeps the events consumers get. The kernel applies its
+	// Kernel part already (loader.Options); the stream applies the whole
+	// of it to every record once its owner is known, and to the
+	// transitions the timewait follower makes.
+	Filter filter.Filter
 	// Count stops the stream after this many events; 0 means no limit.
 	Count uint64
 	// Latency bounds how long an event waits in the ring on a quiet
@@ -43,10 +66,7 @@ type Config struct {
 	Latency time.Duration
 	// Warn reports a condition worth a line on stderr, once each.
 	Warn func(string)
-	// Follow configures the timewait follower. Its Want is the filters
-	// (loader.Options.Match): the kernel applies only those that hold
-	// for a whole socket, so Want is applied to every record, once its
-	// owner is known, and to what the follower makes.
+	// Follow configures the timewait follower.
 	Follow timewait.Options
 	// Sockets configures the table of sockets whose owner and time in
 	// state are followed; its Holders is the Source's.
@@ -55,11 +75,16 @@ type Config struct {
 	// taken just after the tracer attached): sockets older than the
 	// tracer get their owners from it.
 	Seed []events.Holder
+	// OnStats, if set, gets the stream's counts so far every StatsEvery
+	// (default 1 s), from the stream's goroutine: a long-running
+	// consumer sees losses as they happen, not only when Run returns.
+	OnStats    func(Stats)
+	StatsEvery time.Duration
 }
 
 // Stats is what the stream did.
 type Stats struct {
-	Events    uint64 // written
+	Events    uint64 // handed to the consumers
 	Lost      uint64 // transitions the kernel could not deliver, or undecodable records
 	Untracked uint64 // connections not followed: the follow table was full
 	Unknown   uint64 // records whose owner and time in state are not known: their socket did not fit in the socket table
@@ -112,127 +137,74 @@ type batch struct {
 // Run streams until ctx ends or Count events are written, then drains what
 // the kernel already produced, flushes and returns.
 func Run(ctx context.Context, cfg Config) (Stats, error) {
+	p := newPipeline(cfg)
+	defer p.diag.Close()
+	return p.run(ctx)
+}
+
+// pipeline is one run of the stream after the reader: it completes each
+// record with its owner (sockets), resolves what the timewait follower
+// knows, filters, stamps wall time and hands the events to the consumers;
+// and it keeps the follower's and the socket table's timers.
+type pipeline struct {
+	cfg    Config
+	src    Source
+	rd     *reader
+	diag   *sockdiag.Prober
+	follow *timewait.Follower
+	socks  *sockets.Table
+	clock  *loader.WallClock
+
+	st  Stats
+	err error // the first consumer error: the stream drains, then returns it
+	// stop: Count reached; detached: the programs are detached and the
+	// reader drains the ring
+	stop, detached bool
+	draining       atomic.Bool
+	deferred       int // polls put off for the ring to drain (maxDefer)
+
+	poll        *time.Timer // the follower's next check
+	expire      *time.Timer // the socket table's next held record's deadline
+	expireArmed bool
+	warned      map[string]bool
+
+	// method values, made once: taking one at each call would allocate
+	emitFn, emitMadeFn, deliverFn func(*events.Event) error
+}
+
+func newPipeline(cfg Config) *pipeline {
 	if cfg.Latency == 0 {
 		cfg.Latency = 50 * time.Millisecond
+	}
+	if cfg.StatsEvery == 0 {
+		cfg.StatsEvery = time.Second
 	}
 	if cfg.Warn == nil {
 		cfg.Warn = func(string) {}
 	}
-	src := cfg.Source
+	p := &pipeline{cfg: cfg, src: cfg.Source, diag: sockdiag.NewProber(), clock: loader.NewWallClock(), warned: map[string]bool{}}
+	p.follow = timewait.New(p.diag, cfg.Follow)
+	cfg.Sockets.Holders = p.src.Holders
+	p.socks = sockets.New(cfg.Sockets)
+	p.socks.Seed(cfg.Seed)
+	p.emitFn, p.emitMadeFn, p.deliverFn = p.emit, p.emitMade, p.deliver
+	return p
+}
+
+func (p *pipeline) run(ctx context.Context) (Stats, error) {
 	full := make(chan *batch, maxBatches)
-	free := make(chan *batch, maxBatches)
-	var draining atomic.Bool
-	rd := &reader{src: src, full: full, free: free, draining: &draining, wait: cfg.Latency}
-	go rd.run()
+	p.rd = &reader{src: p.src, full: full, free: make(chan *batch, maxBatches), draining: &p.draining, wait: p.cfg.Latency}
+	go p.rd.run()
 
-	diag := sockdiag.NewProber()
-	defer diag.Close()
-	follow := timewait.New(diag, cfg.Follow)
-	cfg.Sockets.Holders = src.Holders
-	socks := sockets.New(cfg.Sockets)
-	socks.Seed(cfg.Seed)
-	clock := loader.NewWallClock()
-	var st Stats
-	var werr error
-	stop, detached := false, false
-	deferred := 0
-	emit := func(e *events.Event) error {
-		if stop || werr != nil {
-			return nil
-		}
-		e.Time = clock.Time(e.Mono)
-		if err := cfg.Out.Write(e); err != nil {
-			return fmt.Errorf("write output: %w", err)
-		}
-		st.Events++
-		if cfg.Count > 0 && st.Events >= cfg.Count {
-			stop = true
-		}
-		return nil
-	}
-	// a record with its owner known: filter it (a record the filters drop
-	// still goes to the follower, as a hint), follow it, show it
-	deliver := func(e *events.Event) error {
-		if e.Kind == events.Transition && !follow.Wants(e) {
-			e.Kind = events.Hint
-		}
-		show, err := follow.Observe(e, emit)
-		if err == nil && show {
-			err = emit(e)
-		}
-		return err
-	}
-	startDrain := func() {
-		if detached {
-			return
-		}
-		detached = true
-		// Detach waits for running programs; only then is the ring
-		// final, and an empty ring means the reader has everything
-		_ = src.Detach()
-		draining.Store(true)
-		src.Wake()
-	}
-
-	poll := time.NewTimer(time.Hour)
-	defer poll.Stop()
-	armPoll := func() {
-		next := follow.Next()
-		d := time.Hour
-		if next != 0 {
-			d = time.Duration(int64(next) - int64(loader.Monotonic()))
-		}
-		poll.Reset(max(d, time.Millisecond))
-	}
-	armPoll()
-	// server connections held for their holder go out at their deadline
-	expire := time.NewTimer(time.Hour)
-	defer expire.Stop()
-	expireArmed := false
-	armExpire := func() {
-		if expireArmed {
-			return
-		}
-		if next := socks.NextDeadline(); next != 0 {
-			expireArmed = true
-			expire.Reset(max(time.Duration(int64(next)-int64(loader.Monotonic())), time.Millisecond))
-		}
-	}
+	p.poll = time.NewTimer(time.Hour)
+	defer p.poll.Stop()
+	p.armPoll()
+	p.expire = time.NewTimer(time.Hour)
+	defer p.expire.Stop()
 	housekeeping := time.NewTicker(time.Second)
 	defer housekeeping.Stop()
-	warned := map[string]bool{}
-	warnOnce := func(key, msg string) {
-		if !warned[key] {
-			warned[key] = true
-			cfg.Warn(msg)
-		}
-	}
-	checkCounts := func() {
-		c, err := src.Counts()
-		if err != nil {
-			warnOnce("counts", err.Error())
-			return
-		}
-		st.Lost = c.Lost
-		st.Untracked = follow.Untracked
-		st.Unknown = socks.Full
-		st.Rescued = c.Rescued
-		if st.Untracked > 0 {
-			warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
-		}
-		if st.Unknown > 0 {
-			warnOnce("unknown", "socket table full: owners and times in state of some sockets are not known")
-		}
-		if err := rd.err.Load(); err != nil {
-			warnOnce("settle", fmt.Sprintf("%v: records from different CPUs may be out of order", *err))
-		}
-		if socks.DumpErr != nil {
-			warnOnce("dump", fmt.Sprintf("cannot list who holds which socket: %v", socks.DumpErr))
-		}
-		if follow.Unfollowable > 0 {
-			warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", follow.LastErr))
-		}
-	}
+	stats := time.NewTicker(p.cfg.StatsEvery)
+	defer stats.Stop()
 
 	// a done context is ready at every select: take it once, then wait
 	// only for the drain
@@ -241,66 +213,202 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		select {
 		case b, ok := <-full:
 			if !ok {
-				if err := socks.Flush(deliver); err != nil && werr == nil {
-					werr = err
-				}
-				checkCounts()
-				if err := cfg.Out.Flush(); err != nil && werr == nil {
-					werr = fmt.Errorf("write output: %w", err)
-				}
-				return st, werr
+				return p.finish()
 			}
-			for i := range b.n {
-				if err := socks.Observe(&b.ev[i], deliver); err != nil && werr == nil {
-					werr = err
-				}
+			p.take(b)
+			if len(full) == 0 {
+				p.flush()
 			}
-			b.n = 0
-			free <- b
-			armExpire()
-			if len(full) == 0 && werr == nil {
-				if err := cfg.Out.Flush(); err != nil {
-					werr = fmt.Errorf("write output: %w", err)
-				}
+			if p.stop || p.err != nil {
+				p.startDrain()
 			}
-			if stop || werr != nil {
-				startDrain()
-			}
-			armPoll()
-		case <-poll.C:
-			// the ring may hold what resolves the due connections more
-			// precisely (a peer's close): read it first, unless it never
-			// empties
-			if (src.Pending() > 0 || rd.held.Load() > 0) && deferred < maxDefer {
-				deferred++
-				src.Wake()
-				poll.Reset(time.Millisecond)
-				continue
-			}
-			deferred = 0
-			if err := follow.Poll(loader.Monotonic(), emit); err != nil && werr == nil {
-				werr = err
-			}
-			if stop || werr != nil {
-				startDrain()
-			}
-			armPoll()
-		case <-expire.C:
-			expireArmed = false
-			if err := socks.Expire(loader.Monotonic(), deliver); err != nil && werr == nil {
-				werr = err
-			}
-			armExpire()
+			p.armPoll()
+		case <-p.poll.C:
+			p.onPoll()
+		case <-p.expire.C:
+			p.expireArmed = false
+			p.fail(p.socks.Expire(loader.Monotonic(), p.deliverFn))
+			p.armExpire()
 		case <-housekeeping.C:
-			clock.Sync()
-			if m := rd.mark.Load(); m != nil {
-				follow.SyncJiffies(m[0], m[1])
+			p.clock.Sync()
+			if m := p.rd.mark.Load(); m != nil {
+				p.follow.SyncJiffies(m[0], m[1])
 			}
-			checkCounts()
+			p.checkCounts()
+		case <-stats.C:
+			if p.cfg.OnStats != nil {
+				p.checkCounts()
+				p.cfg.OnStats(p.st)
+			}
 		case <-done:
 			done = nil
-			startDrain()
+			p.startDrain()
 		}
+	}
+}
+
+// take completes and hands on a batch from the reader, then gives it back.
+func (p *pipeline) take(b *batch) {
+	for i := range b.n {
+		p.fail(p.socks.Observe(&b.ev[i], p.deliverFn))
+	}
+	b.n = 0
+	p.rd.free <- b
+	p.armExpire()
+}
+
+// finish runs once the reader has handed on everything.
+func (p *pipeline) finish() (Stats, error) {
+	p.fail(p.socks.Flush(p.deliverFn))
+	p.checkCounts()
+	p.flush()
+	if p.cfg.OnStats != nil {
+		p.cfg.OnStats(p.st)
+	}
+	return p.st, p.err
+}
+
+// fail keeps the first error.
+func (p *pipeline) fail(err error) {
+	if err != nil && p.err == nil {
+		p.err = err
+	}
+}
+
+func (p *pipeline) flush() {
+	if p.err != nil {
+		return
+	}
+	for _, c := range p.cfg.Consumers {
+		if err := c.Flush(); err != nil {
+			p.fail(fmt.Errorf("write output: %w", err))
+			return
+		}
+	}
+}
+
+// emit hands a completed event to every consumer.
+func (p *pipeline) emit(e *events.Event) error {
+	if p.stop || p.err != nil {
+		return nil
+	}
+	e.Time = p.clock.Time(e.Mono)
+	for _, c := range p.cfg.Consumers {
+		if err := c.Write(e); err != nil {
+			return fmt.Errorf("write output: %w", err)
+		}
+	}
+	p.st.Events++
+	if p.cfg.Count > 0 && p.st.Events >= p.cfg.Count {
+		p.stop = true
+	}
+	return nil
+}
+
+// emitMade emits a transition the follower made, if the filter keeps it.
+func (p *pipeline) emitMade(e *events.Event) error {
+	if !p.cfg.Filter.Match(e) {
+		return nil
+	}
+	return p.emit(e)
+}
+
+// deliver takes a record with its owner known: the follower sees it (a
+// record the filter drops still tells it something), and it goes out if
+// it is a transition the filter keeps.
+func (p *pipeline) deliver(e *events.Event) error {
+	keep := e.Kind == events.Transition && p.cfg.Filter.Match(e)
+	show, err := p.follow.Observe(e, p.emitMadeFn)
+	if err == nil && show && keep {
+		err = p.emit(e)
+	}
+	return err
+}
+
+// onPoll asks sock_diag about the followed connections due.
+func (p *pipeline) onPoll() {
+	// the ring may hold what resolves the due connections more
+	// precisely (a peer's close): read it first, unless it never empties
+	if (p.src.Pending() > 0 || p.rd.held.Load() > 0) && p.deferred < maxDefer {
+		p.deferred++
+		p.src.Wake()
+		p.poll.Reset(time.Millisecond)
+		return
+	}
+	p.deferred = 0
+	p.fail(p.follow.Poll(loader.Monotonic(), p.emitMadeFn))
+	if p.stop || p.err != nil {
+		p.startDrain()
+	}
+	p.armPoll()
+}
+
+// startDrain stops new events and lets the reader drain the ring.
+func (p *pipeline) startDrain() {
+	if p.detached {
+		return
+	}
+	p.detached = true
+	// Detach waits for running programs; only then is the ring final,
+	// and an empty ring means the reader has everything
+	_ = p.src.Detach()
+	p.draining.Store(true)
+	p.src.Wake()
+}
+
+func (p *pipeline) armPoll() {
+	next := p.follow.Next()
+	d := time.Hour
+	if next != 0 {
+		d = time.Duration(int64(next) - int64(loader.Monotonic()))
+	}
+	p.poll.Reset(max(d, time.Millisecond))
+}
+
+// armExpire sets the timer for the socket table's next deadline: server
+// connections held for their holder go out at it.
+func (p *pipeline) armExpire() {
+	if p.expireArmed {
+		return
+	}
+	if next := p.socks.NextDeadline(); next != 0 {
+		p.expireArmed = true
+		p.expire.Reset(max(time.Duration(int64(next)-int64(loader.Monotonic())), time.Millisecond))
+	}
+}
+
+func (p *pipeline) warnOnce(key, msg string) {
+	if !p.warned[key] {
+		p.warned[key] = true
+		p.cfg.Warn(msg)
+	}
+}
+
+// checkCounts brings the stats up to date and warns of what they show.
+func (p *pipeline) checkCounts() {
+	c, err := p.src.Counts()
+	if err != nil {
+		p.warnOnce("counts", err.Error())
+		return
+	}
+	p.st.Lost = c.Lost
+	p.st.Untracked = p.follow.Untracked
+	p.st.Unknown = p.socks.Full
+	p.st.Rescued = c.Rescued
+	if p.st.Untracked > 0 {
+		p.warnOnce("untracked", "timewait follow limit reached (--tw-max): some connections' TIME_WAIT ends will not be shown")
+	}
+	if p.st.Unknown > 0 {
+		p.warnOnce("unknown", "socket table full: owners and times in state of some sockets are not known")
+	}
+	if err := p.rd.err.Load(); err != nil {
+		p.warnOnce("settle", fmt.Sprintf("%v: records from different CPUs may be out of order", *err))
+	}
+	if p.socks.DumpErr != nil {
+		p.warnOnce("dump", fmt.Sprintf("cannot list who holds which socket: %v", p.socks.DumpErr))
+	}
+	if p.follow.Unfollowable > 0 {
+		p.warnOnce("unfollowable", fmt.Sprintf("cannot follow some timewait connections: %v", p.follow.LastErr))
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
 )
 
@@ -105,7 +106,7 @@ func TestStopDrains(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	out := &sink{}
-	st, err := Run(ctx, Config{Source: src, Out: out})
+	st, err := Run(ctx, Config{Source: src, Consumers: []Consumer{out}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +120,7 @@ func TestStopDrains(t *testing.T) {
 
 func TestCount(t *testing.T) {
 	out := &sink{}
-	st, err := Run(context.Background(), Config{Source: newFake(1000), Out: out, Count: 10})
+	st, err := Run(context.Background(), Config{Source: newFake(1000), Consumers: []Consumer{out}, Count: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,12 +150,45 @@ func TestOrderAcrossCPUs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	out := &sink{after: 3, stop: cancel}
-	st, err := Run(ctx, Config{Source: src, Out: out, Latency: 10 * time.Millisecond})
+	st, err := Run(ctx, Config{Source: src, Consumers: []Consumer{out}, Latency: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []uint64{10 * ms, 20 * ms, 30 * ms, 40 * ms, 50 * ms}
 	if st.Events != 5 || !slices.Equal(out.monos, want) {
 		t.Errorf("wrote %d events at %v, want %v", st.Events, out.monos, want)
+	}
+}
+
+// Every consumer gets every event the filter keeps, in the same order;
+// the last stats callback comes at the end with the final counts.
+func TestConsumersFilterStats(t *testing.T) {
+	src := newFake(3000)
+	for i := range src.recs {
+		if src.recs[i].Kind == events.Transition && i%3 == 0 {
+			src.recs[i].PID = 7
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	a, b := &sink{}, &sink{}
+	var last Stats
+	calls := 0
+	st, err := Run(ctx, Config{Source: src, Consumers: []Consumer{a, b}, Filter: filter.Filter{PIDs: []uint32{7}},
+		OnStats: func(s Stats) { last = s; calls++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for i := range 3000 + 2 {
+		if i >= 2 && i%3 == 0 {
+			want++
+		}
+	}
+	if a.n != want || b.n != want || st.Events != uint64(want) {
+		t.Errorf("consumers got %d and %d, stream counted %d; want %d", a.n, b.n, st.Events, want)
+	}
+	if calls == 0 || last != st {
+		t.Errorf("%d stats calls, last %+v, want %+v", calls, last, st)
 	}
 }

@@ -83,8 +83,6 @@ type Options struct {
 	// Max bounds the TIME_WAIT connections followed to their end, and
 	// separately the parked FIN_WAIT2 ones; 0 means DefaultMax.
 	Max int
-	// Want filters the transitions the follower makes; nil shows all.
-	Want func(*events.Event) bool
 	// NoPeerMatch leaves every parked FIN_WAIT2 to sock_diag, even when
 	// its peer is local. For tests of that path.
 	NoPeerMatch bool
@@ -169,7 +167,7 @@ type Follower struct {
 	batch []*entry
 	// the parked FIN_WAIT2 connections due in this tick
 	parkedDue []*entry
-	wheel wheel
+	wheel     wheel
 	// Untracked counts connections not followed because Max was reached.
 	Untracked uint64
 	// Unfollowable counts connections given up because their namespace
@@ -183,9 +181,6 @@ type Follower struct {
 func New(d Diag, o Options) *Follower {
 	if o.Max <= 0 {
 		o.Max = DefaultMax
-	}
-	if o.Want == nil {
-		o.Want = func(*events.Event) bool { return true }
 	}
 	return &Follower{
 		diag:       d,
@@ -286,21 +281,10 @@ func (f *Follower) remove(en *entry) {
 	}
 }
 
-// Wants says whether the filters (Options.Want) pass e.
-func (f *Follower) Wants(e *events.Event) bool {
-	return f.opts.Want(e)
-}
-
-// show emits a transition the follower made, if the filters want it.
-func (f *Follower) show(ev *events.Event, emit func(*events.Event) error) error {
-	if !f.Wants(ev) {
-		return nil
-	}
-	return emit(ev)
-}
-
 // Observe sees every record in order, emits the transitions of followed
-// connections that e reveals, and says whether to show e itself.
+// connections that e reveals, and says whether to show e itself. The
+// caller filters what it shows, and what emit gets: the follower sees
+// every record, wanted or not.
 func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (bool, error) {
 	// a new connection on a followed tuple: the kernel removed the
 	// mini-socket to make room for it
@@ -308,7 +292,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.Sock != e.Sock {
 			ev := f.transition(en, e.Mono, events.Close, events.CauseReused)
 			f.remove(en)
-			if err := f.show(ev, emit); err != nil {
+			if err := emit(ev); err != nil {
 				return false, err
 			}
 		}
@@ -333,7 +317,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 			// cannot follow it: say what the kernel said
 			ev := *e
 			ev.Kind, ev.Cause = events.Transition, events.CauseClosed
-			return false, f.show(&ev, emit)
+			return false, emit(&ev)
 		}
 		return false, nil
 	case e.New == events.TimeWait:
@@ -346,7 +330,7 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
 	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
 	f.add(ev, now, f.timeWaitCheck(now))
-	return f.show(ev, emit)
+	return emit(ev)
 }
 
 // SyncJiffies tells the follower the kernel's jiffies at mono, from the
@@ -542,7 +526,7 @@ func (f *Follower) gone(en *entry, now uint64, onTime events.Cause, emit func(*e
 	}
 	ev := f.transition(en, now, events.Close, cause)
 	f.remove(en)
-	return f.show(ev, emit)
+	return emit(ev)
 }
 
 // transition builds the event for a followed connection's next state, in
