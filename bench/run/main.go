@@ -73,11 +73,11 @@ type result struct {
 	connRate float64
 	events   uint64 // tcptrace's count
 	lost     uint64
-	secs     float64 // of churn
+	secs     float64       // of churn
 	cpu      time.Duration // after start-up: from the churn's start to the exit
 	startCPU time.Duration // loading and attaching, before the churn
 	maxRSS   int64         // KiB
-	switches int64 // tcptrace's context switches, voluntary or not
+	switches int64         // tcptrace's context switches, voluntary or not
 	wall     float64
 }
 
