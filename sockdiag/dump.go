@@ -35,6 +35,24 @@ const dumpTimeout = 2 * time.Second
 // sockets is about 3.5 MB, which netlink.Conn would hand over as as many
 // messages, each allocated.
 func (p *Prober) MiniSockets(netns, pid uint32, family uint8, fn func(MiniSocket)) error {
+	return p.dump(netns, pid, family, miniStates, func(data []byte) { fn(miniSocket(data)) })
+}
+
+// miniSocket reads a struct inet_diag_msg: cookie, state, timer.
+func miniSocket(data []byte) MiniSocket {
+	le := binary.NativeEndian
+	return MiniSocket{
+		Cookie: uint64(le.Uint32(data[44:])) | uint64(le.Uint32(data[48:]))<<32,
+		Socket: Socket{
+			State:   events.State(data[1]),
+			Expires: time.Duration(le.Uint32(data[52:])) * time.Millisecond,
+		},
+	}
+}
+
+// dump calls fn with each struct inet_diag_msg (at least 56 bytes) of a
+// dump of family's TCP sockets in states, in netns.
+func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, fn func(msg []byte)) error {
 	c, err := p.conn(netns, pid)
 	if err != nil {
 		return err
@@ -60,7 +78,7 @@ func (p *Prober) MiniSockets(netns, pid uint32, family uint8, fn func(MiniSocket
 		r[0] = unix.AF_INET6
 	}
 	r[1] = unix.IPPROTO_TCP
-	le.PutUint32(r[4:], miniStates)
+	le.PutUint32(r[4:], states)
 	// no cookie: every socket
 	le.PutUint32(r[48:], noCookie)
 	le.PutUint32(r[52:], noCookie)
@@ -97,7 +115,7 @@ func (p *Prober) MiniSockets(netns, pid uint32, family uint8, fn func(MiniSocket
 
 // parseDump reads the messages in b, answers to dump seq; done at
 // NLMSG_DONE.
-func parseDump(b []byte, seq uint32, fn func(MiniSocket)) (done bool, err error) {
+func parseDump(b []byte, seq uint32, fn func(msg []byte)) (done bool, err error) {
 	le := binary.NativeEndian
 	for len(b) >= unix.NLMSG_HDRLEN {
 		size := int(le.Uint32(b[0:]))
@@ -125,16 +143,29 @@ func parseDump(b []byte, seq uint32, fn func(MiniSocket)) (done bool, err error)
 			if len(data) < 56 {
 				continue
 			}
-			fn(MiniSocket{
-				Cookie: uint64(le.Uint32(data[44:])) | uint64(le.Uint32(data[48:]))<<32,
-				Socket: Socket{
-					State:   events.State(data[1]),
-					Expires: time.Duration(le.Uint32(data[52:])) * time.Millisecond,
-				},
-			})
+			fn(data)
 		}
 	}
 	return false, nil
 }
 
 func nlmAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// Listed is one socket of a full dump: its state and ports.
+type Listed struct {
+	State        events.State
+	LPort, RPort uint16
+}
+
+// allStates asks a dump for every TCP state.
+const allStates = ^uint32(0)
+
+// Sockets calls fn for every TCP socket of family (4 or 6) in netns,
+// timewait and request sockets included, with one dump: what
+// `ss -tan` lists. pid, if not 0, is a process likely to be in that
+// namespace.
+func (p *Prober) Sockets(netns, pid uint32, family uint8, fn func(Listed)) error {
+	return p.dump(netns, pid, family, allStates, func(data []byte) {
+		fn(Listed{State: events.State(data[1]), LPort: binary.BigEndian.Uint16(data[4:]), RPort: binary.BigEndian.Uint16(data[6:])})
+	})
+}

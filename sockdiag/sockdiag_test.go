@@ -77,7 +77,7 @@ func TestParseDump(t *testing.T) {
 	b = append(b, msg(sockDiagByFamily, 7, diag(10, 5, 0))...)
 	b = append(b, msg(unix.NLMSG_DONE, 7, make([]byte, 4))...)
 	var got []MiniSocket
-	done, err := parseDump(b, 7, func(m MiniSocket) { got = append(got, m) })
+	done, err := parseDump(b, 7, func(d []byte) { got = append(got, miniSocket(d)) })
 	if err != nil || !done {
 		t.Fatalf("done %v, err %v", done, err)
 	}
@@ -91,10 +91,10 @@ func TestParseDump(t *testing.T) {
 	errno := make([]byte, 4)
 	e := -int32(unix.ENOENT)
 	binary.NativeEndian.PutUint32(errno, uint32(e))
-	if _, err := parseDump(msg(unix.NLMSG_ERROR, 7, errno), 7, func(MiniSocket) {}); !errors.Is(err, unix.ENOENT) {
+	if _, err := parseDump(msg(unix.NLMSG_ERROR, 7, errno), 7, func([]byte) {}); !errors.Is(err, unix.ENOENT) {
 		t.Errorf("error message: %v, want ENOENT", err)
 	}
-	if _, err := parseDump(b[:10], 7, func(MiniSocket) {}); err != nil {
+	if _, err := parseDump(b[:10], 7, func([]byte) {}); err != nil {
 		t.Errorf("a short read is not an error, got %v", err)
 	}
 }

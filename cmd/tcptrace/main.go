@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
@@ -66,8 +67,8 @@ func profile() (stop func()) {
 	}
 }
 
-type config struct {
-	json     bool
+// common holds the flags every command shares: the filter and the limits.
+type common struct {
 	ipv4     bool
 	ipv6     bool
 	lports   portList
@@ -82,11 +83,8 @@ type config struct {
 	twMax    int
 }
 
-func parse(args []string, stderr io.Writer) (*config, error) {
-	c := &config{ringSize: loader.DefaultRingSize}
-	fs := flag.NewFlagSet("tcptrace", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.BoolVar(&c.json, "json", false, "")
+func (c *common) register(fs *flag.FlagSet) {
+	c.ringSize = loader.DefaultRingSize
 	fs.BoolVar(&c.ipv4, "4", false, "")
 	fs.BoolVar(&c.ipv6, "6", false, "")
 	for _, n := range []string{"L", "lport"} {
@@ -103,32 +101,68 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.Uint64Var(&c.count, "count", 0, "")
 	fs.Var(&c.ringSize, "ring-size", "")
 	fs.IntVar(&c.twMax, "tw-max", timewait.DefaultMax, "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stderr, usage)
-			return nil, err
-		}
-		return nil, usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	if c.ipv4 && c.ipv6 {
-		return nil, usageError{errors.New("-4 and -6 exclude each other")}
-	}
-	if c.duration < 0 {
-		return nil, usageError{errors.New("--duration must be positive")}
-	}
-	if n := int(c.ringSize); n < os.Getpagesize() || n&(n-1) != 0 {
-		return nil, usageError{fmt.Errorf("--ring-size %d: must be a power of two of at least %d bytes, such as 8M", n, os.Getpagesize())}
-	}
-	if c.twMax < 1 {
-		return nil, usageError{errors.New("--tw-max must be at least 1")}
-	}
-	return c, nil
 }
 
-const usage = `Usage: tcptrace [flags]
+// check says what is wrong with the shared flags, once parsed.
+func (c *common) check() error {
+	if c.ipv4 && c.ipv6 {
+		return errors.New("-4 and -6 exclude each other")
+	}
+	if c.duration < 0 {
+		return errors.New("--duration must be positive")
+	}
+	if n := int(c.ringSize); n < os.Getpagesize() || n&(n-1) != 0 {
+		return fmt.Errorf("--ring-size %d: must be a power of two of at least %d bytes, such as 8M", n, os.Getpagesize())
+	}
+	if c.twMax < 1 {
+		return errors.New("--tw-max must be at least 1")
+	}
+	if len(c.comm) >= events.CommLen {
+		return fmt.Errorf("--comm %q: the kernel keeps at most %d bytes of a command name", c.comm, events.CommLen-1)
+	}
+	return nil
+}
+
+// filter is what the filter flags say.
+func (c *common) filter() (filter.Filter, error) {
+	f := filter.Filter{States: c.states, PIDs: c.pids, Comm: c.comm, LPorts: c.lports, RPorts: c.rports}
+	switch {
+	case c.ipv4:
+		f.Family = 4
+	case c.ipv6:
+		f.Family = 6
+	}
+	if c.netns != "" {
+		ino, err := sockdiag.NetnsInode(c.netns)
+		if err != nil {
+			return f, err
+		}
+		f.Netns = ino
+	}
+	if err := f.Check(); err != nil {
+		return f, err
+	}
+	return f, nil
+}
+
+// parseFlags parses a command's flags; help is that command's usage.
+func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stderr, help)
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+const usage = `Usage: tcptrace [trace] [flags]
+       tcptrace stats [flags]    aggregates every --interval (tcptrace stats --help)
 
 Streams every TCP state transition on this host, attributed to the process
 that owns the socket, until Ctrl-C, SIGTERM, --duration or --count. Needs
@@ -170,69 +204,64 @@ Limits:
                         tcptrace --tw-max 262144
 `
 
+// commands are tcptrace's subcommands; with none, or flags first, it is
+// trace.
+var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
+	"trace": runTrace,
+	"stats": runStats,
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	coarseSleeps()
 	tightHeap()
-	c, err := parse(args, stderr)
-	if err != nil {
-		return err
-	}
-	opts := loader.Options{
-		RingSize: int(c.ringSize),
-		States:   c.states,
-		PIDs:     c.pids,
-		Comm:     c.comm,
-		LPorts:   c.lports,
-		RPorts:   c.rports,
-	}
-	if len(c.comm) >= events.CommLen {
-		return usageError{fmt.Errorf("--comm %q: the kernel keeps at most %d bytes of a command name", c.comm, events.CommLen-1)}
-	}
-	switch {
-	case c.ipv4:
-		opts.Family = 4
-	case c.ipv6:
-		opts.Family = 6
-	}
-	if c.netns != "" {
-		if opts.Netns, err = sockdiag.NetnsInode(c.netns); err != nil {
-			return usageError{err}
+	name := "trace"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+		if name == "help" {
+			fmt.Fprint(stderr, usage)
+			return flag.ErrHelp
 		}
 	}
+	cmd, ok := commands[name]
+	if !ok {
+		return usageError{fmt.Errorf("unknown command %q", name)}
+	}
+	return cmd(ctx, args, stdout, stderr)
+}
 
-	tr, err := loader.Load(opts)
+// traceConfig is what the trace command's flags say.
+type traceConfig struct {
+	common
+	json bool
+}
+
+func parseTrace(args []string, stderr io.Writer) (*traceConfig, error) {
+	c := &traceConfig{}
+	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
+	c.register(fs)
+	fs.BoolVar(&c.json, "json", false, "")
+	if err := parseFlags(fs, args, usage, stderr); err != nil {
+		return nil, err
+	}
+	if err := c.check(); err != nil {
+		return nil, usageError{err}
+	}
+	return c, nil
+}
+
+// runTrace streams every transition: tcptrace's default command.
+func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseTrace(args, stderr)
 	if err != nil {
 		return err
 	}
-	defer tr.Close()
-	if err := tr.Attach(); err != nil {
-		return err
-	}
-	// sockets older than the tracer: their owners from the start
-	seed, err := tr.Holders()
-	if err != nil {
-		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets opened before tcptrace have no owner until a system call on them\n", err)
-	}
-
 	var out output.Writer
 	if c.json {
 		out = output.NewJSON(stdout)
 	} else {
 		out = output.NewText(stdout, c.ipv4)
 	}
-	if c.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.duration)
-		defer cancel()
-	}
-	st, err := stream.Run(ctx, stream.Config{
-		Source: tr,
-		Out:    out,
-		Count:  c.count,
-		Warn:   func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
-		Follow: timewait.Options{Max: c.twMax, Want: opts.Match},
-		Seed:   seed,
-	})
+	st, err := trace(ctx, &c.common, stderr, hooks{}, out)
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("write output: %w", cerr)
 	}
@@ -245,6 +274,50 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stderr, summary)
 	return err
+}
+
+// hooks are what a command adds to the stream besides its consumers.
+type hooks struct {
+	onStats func(stream.Stats)
+	every   time.Duration
+}
+
+// trace loads and attaches the tracer with the shared flags and streams
+// to the consumers until ctx ends or a limit is reached.
+func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers ...stream.Consumer) (stream.Stats, error) {
+	f, err := c.filter()
+	if err != nil {
+		return stream.Stats{}, usageError{err}
+	}
+	tr, err := loader.Load(loader.Options{RingSize: int(c.ringSize), Filter: f.Kernel()})
+	if err != nil {
+		return stream.Stats{}, err
+	}
+	defer tr.Close()
+	if err := tr.Attach(); err != nil {
+		return stream.Stats{}, err
+	}
+	// sockets older than the tracer: their owners from the start
+	seed, err := tr.Holders()
+	if err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets opened before tcptrace have no owner until a system call on them\n", err)
+	}
+	if c.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.duration)
+		defer cancel()
+	}
+	return stream.Run(ctx, stream.Config{
+		Source:     tr,
+		Consumers:  consumers,
+		Filter:     f,
+		Count:      c.count,
+		Warn:       func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
+		Follow:     timewait.Options{Max: c.twMax},
+		Seed:       seed,
+		OnStats:    h.onStats,
+		StatsEvery: h.every,
+	})
 }
 
 // portList is a repeatable, comma-separated list of ports.

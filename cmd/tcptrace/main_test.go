@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"io"
@@ -12,7 +13,7 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	c, err := parse([]string{"--json", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
+	c, err := parseTrace([]string{"--json", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
 		"--pid", "1,2", "--comm", "nginx", "--state", "time_wait,CLOSE_WAIT", "--count", "5",
 		"--duration", "30s", "--ring-size", "32M", "--tw-max", "10"}, io.Discard)
 	if err != nil {
@@ -43,7 +44,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"stray"}, `unexpected argument "stray"`},
 		{[]string{"--nope"}, "flag provided but not defined"},
 	} {
-		_, err := parse(tc.args, io.Discard)
+		_, err := parseTrace(tc.args, io.Discard)
 		var uerr usageError
 		if !errors.As(err, &uerr) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want a usage error containing %q", tc.args, err, tc.want)
@@ -51,9 +52,28 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// A first argument that is not a flag names a command; flags alone are
+// trace, as before there were commands.
+func TestCommands(t *testing.T) {
+	err := run(context.Background(), []string{"bogus", "-4"}, io.Discard, io.Discard)
+	var uerr usageError
+	if !errors.As(err, &uerr) || !strings.Contains(err.Error(), `unknown command "bogus"`) {
+		t.Errorf("bogus: %v", err)
+	}
+	for _, args := range [][]string{{"-4", "-6"}, {"trace", "-4", "-6"}} {
+		if err := run(context.Background(), args, io.Discard, io.Discard); !errors.As(err, &uerr) || !strings.Contains(err.Error(), "exclude") {
+			t.Errorf("%v: %v, want trace's usage error", args, err)
+		}
+	}
+	var out strings.Builder
+	if err := run(context.Background(), []string{"help"}, io.Discard, &out); !errors.Is(err, flag.ErrHelp) || !strings.HasPrefix(out.String(), "Usage: tcptrace") {
+		t.Errorf("help: %v, %q", err, out.String())
+	}
+}
+
 func TestHelp(t *testing.T) {
 	var out strings.Builder
-	_, err := parse([]string{"--help"}, &out)
+	_, err := parseTrace([]string{"--help"}, &out)
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err %v", err)
 	}

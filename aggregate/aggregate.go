@@ -1,0 +1,296 @@
+// Package aggregate counts a stream of completed events into what
+// `tcptrace stats` shows: the transition matrix, closes by cause, sockets
+// per state, histograms of the times that matter, and the top processes,
+// peers and local ports. It is a stream.Consumer: it sees every event the
+// stream completes (owner, time in state, TIME_WAIT ends resolved), and it
+// keeps no event.
+//
+// The counts live in user space, from the stream tcptrace completes
+// anyway: the owner, the time in state and the TIME_WAIT end are known
+// only there (see the README's "Aggregates"), and counting an event costs
+// tens of nanoseconds next to the hundreds its record costs the kernel.
+//
+// An Aggregate is used from one goroutine: Write from the stream, Take
+// from its OnStats callback, which runs on the stream's goroutine.
+package aggregate
+
+import (
+	"math/bits"
+	"net/netip"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// States is the number of TCP states plus one: events.State values index
+// arrays of it.
+const States = 13
+
+// Causes is the number of close causes: events.Cause values index arrays
+// of it.
+const Causes = 8
+
+// Buckets is the histograms' size: bucket k counts times from 2^k to
+// 2^(k+1) microseconds, bucket 0 everything under 2 us, the last
+// everything from 2^(Buckets-1) us (about 9 days) on.
+const Buckets = 40
+
+// Histogram counts durations in log2 buckets of microseconds.
+type Histogram struct {
+	Count   uint64
+	Sum     time.Duration
+	Buckets [Buckets]uint64
+}
+
+// Bucket is the bucket d falls in.
+func Bucket(d time.Duration) int {
+	us := uint64(max(d, 0) / time.Microsecond)
+	if us < 2 {
+		return 0
+	}
+	return min(bits.Len64(us)-1, Buckets-1)
+}
+
+// BucketStart is the shortest duration bucket k counts.
+func BucketStart(k int) time.Duration {
+	if k == 0 {
+		return 0
+	}
+	return time.Duration(uint64(1)<<k) * time.Microsecond
+}
+
+// Add counts d.
+func (h *Histogram) Add(d time.Duration) {
+	h.Count++
+	h.Sum += d
+	h.Buckets[Bucket(d)]++
+}
+
+// Quantile is an estimate of the q-quantile (0 < q <= 1): the start of
+// the bucket it falls in, doubled halfway (the bucket's geometric
+// middle). 0 if the histogram is empty.
+func (h *Histogram) Quantile(q float64) time.Duration {
+	if h.Count == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(h.Count) + 0.5)
+	rank = max(rank, 1)
+	var seen uint64
+	for k, n := range h.Buckets {
+		seen += n
+		if seen >= rank {
+			if k == 0 {
+				return time.Microsecond
+			}
+			return BucketStart(k) * 1414 / 1000
+		}
+	}
+	return BucketStart(Buckets - 1)
+}
+
+// The histograms an interval keeps.
+const (
+	ClientHandshake = iota // SYN_SENT dwell, to ESTABLISHED
+	ServerHandshake        // SYN_RECV dwell, to ESTABLISHED
+	Lifetime               // from the handshake's end to CLOSE or TIME_WAIT
+	CloseWait              // CLOSE_WAIT dwell: how long the owner took to close
+	FinWait2               // FIN_WAIT2 dwell
+	TimeWait               // TIME_WAIT length, to its end
+	Histograms
+)
+
+// HistogramNames are the histograms' names in text and JSON.
+var HistogramNames = [Histograms]string{"client_handshake", "server_handshake", "lifetime", "close_wait", "fin_wait2", "time_wait"}
+
+// Counts is what a top entry counts.
+type Counts struct {
+	New       uint64 // connections begun: connect() or a SYN taken by a listener
+	Resets    uint64 // connections ended by a reset, sent or received
+	Refused   uint64 // connects refused
+	TimeWaits uint64 // TIME_WAITs entered
+	CloseWait uint64 // CLOSE_WAITs entered: the peer closed first
+}
+
+// Interval is what happened between two Takes.
+type Interval struct {
+	Start, End time.Time
+	Events     uint64
+	// Matrix counts transitions by old and new state.
+	Matrix [States][States]uint64
+	// Closes counts transitions to CLOSE by cause.
+	Closes     [Causes]uint64
+	Histograms [Histograms]Histogram
+	// Processes, Peers and Ports are the tracked keys' counts: by owning
+	// process, by remote address, and new server connections by the
+	// listener's port.
+	Processes map[Process]*Counts
+	Peers     map[netip.Addr]*Counts
+	Ports     map[uint16]*Counts
+	// Dropped counts events whose key found its table full (MaxKeys):
+	// they are in every count but the top tables.
+	Dropped uint64
+}
+
+// Process keys the top processes.
+type Process struct {
+	PID  uint32
+	Comm string
+}
+
+// DefaultMaxKeys bounds each top table per interval.
+const DefaultMaxKeys = 4096
+
+// Aggregate counts events. Make it with New.
+type Aggregate struct {
+	maxKeys int
+	cur     Interval
+	// Sockets is how many sockets are in each state now: kept by the
+	// transitions, from a seed (Seed) if there is one.
+	Sockets [States]int64
+	// the ESTABLISHED entry of live connections, for their lifetime;
+	// bounded like the top tables
+	born map[uint64]time.Duration
+	// comms interned: a process's name as a string once, not per event
+	comms map[[events.CommLen]byte]string
+}
+
+// New returns an aggregate whose top tables hold at most maxKeys keys
+// each per interval (DefaultMaxKeys if 0), and whose lifetime table
+// holds at most 16 times that.
+func New(maxKeys int, now time.Time) *Aggregate {
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxKeys
+	}
+	a := &Aggregate{maxKeys: maxKeys, born: map[uint64]time.Duration{}, comms: map[[events.CommLen]byte]string{}}
+	a.reset(now)
+	return a
+}
+
+func (a *Aggregate) reset(now time.Time) {
+	a.cur = Interval{Start: now, Processes: map[Process]*Counts{}, Peers: map[netip.Addr]*Counts{}, Ports: map[uint16]*Counts{}}
+}
+
+// Seed sets the sockets per state from a dump.
+func (a *Aggregate) Seed(perState [States]int64) {
+	a.Sockets = perState
+}
+
+// Take ends the current interval at now and returns it.
+func (a *Aggregate) Take(now time.Time) Interval {
+	iv := a.cur
+	iv.End = now
+	a.reset(now)
+	return iv
+}
+
+// Flush does nothing: an aggregate has nothing buffered.
+func (a *Aggregate) Flush() error { return nil }
+
+// Write counts one completed event.
+func (a *Aggregate) Write(e *events.Event) error {
+	iv := &a.cur
+	iv.Events++
+	if e.Old < States && e.New < States {
+		iv.Matrix[e.Old][e.New]++
+	}
+	// a listener's child starts as a copy of it in LISTEN: the listener
+	// stays there
+	child := e.Old == events.Listen && e.New == events.SynRecv
+	if e.Old != events.Close && e.Old < States && !child && a.Sockets[e.Old] > 0 {
+		a.Sockets[e.Old]--
+	}
+	if e.New != events.Close && e.New < States {
+		a.Sockets[e.New]++
+	}
+	if e.New == events.Close && e.Cause < Causes {
+		iv.Closes[e.Cause]++
+	}
+	if e.DwellKnown {
+		switch {
+		case e.Old == events.SynSent && e.New == events.Established:
+			iv.Histograms[ClientHandshake].Add(e.Dwell)
+		case e.Old == events.SynRecv && e.New == events.Established:
+			iv.Histograms[ServerHandshake].Add(e.Dwell)
+		case e.Old == events.CloseWait:
+			iv.Histograms[CloseWait].Add(e.Dwell)
+		case e.Old == events.FinWait2:
+			iv.Histograms[FinWait2].Add(e.Dwell)
+		case e.Old == events.TimeWait:
+			iv.Histograms[TimeWait].Add(e.Dwell)
+		}
+	}
+	a.lifetime(e)
+
+	var c Counts
+	switch {
+	case e.Old == events.Close && e.New == events.SynSent, e.Old == events.Listen && e.New == events.SynRecv:
+		c.New = 1
+	case e.New == events.TimeWait:
+		c.TimeWaits = 1
+	case e.New == events.CloseWait:
+		c.CloseWait = 1
+	case e.New == events.Close && e.Cause == events.CauseRefused:
+		c.Refused = 1
+	case e.New == events.Close && (e.Cause == events.CauseResetReceived || e.Cause == events.CauseResetSent):
+		c.Resets = 1
+	default:
+		return nil
+	}
+	dropped := false
+	dropped = !add(iv.Processes, Process{e.PID, a.comm(e)}, c, a.maxKeys) || dropped
+	dropped = !add(iv.Peers, e.RAddr, c, a.maxKeys) || dropped
+	if e.Old == events.Listen && e.New == events.SynRecv {
+		// a listener's port; any other record's local port may be an
+		// ephemeral one, which says nothing
+		dropped = !add(iv.Ports, e.LPort, c, a.maxKeys) || dropped
+	}
+	if dropped {
+		iv.Dropped++
+	}
+	return nil
+}
+
+// lifetime follows a connection from the end of its handshake to its
+// CLOSE or TIME_WAIT.
+func (a *Aggregate) lifetime(e *events.Event) {
+	switch {
+	case e.New == events.Established:
+		if len(a.born) < 16*a.maxKeys {
+			a.born[e.Sock] = time.Duration(e.Mono)
+		}
+	case e.New == events.Close || e.New == events.TimeWait:
+		if at, ok := a.born[e.Sock]; ok {
+			delete(a.born, e.Sock)
+			a.cur.Histograms[Lifetime].Add(time.Duration(e.Mono) - at)
+		}
+	}
+}
+
+func (a *Aggregate) comm(e *events.Event) string {
+	if s, ok := a.comms[e.Comm]; ok {
+		return s
+	}
+	s := e.CommString()
+	if len(a.comms) < a.maxKeys {
+		a.comms[e.Comm] = s
+	}
+	return s
+}
+
+// add adds c to key's counts; false if key is new and the table is full.
+func add[K comparable](m map[K]*Counts, key K, c Counts, maxKeys int) bool {
+	p, ok := m[key]
+	if !ok {
+		if len(m) >= maxKeys {
+			return false
+		}
+		p = &Counts{}
+		m[key] = p
+	}
+	p.New += c.New
+	p.Resets += c.Resets
+	p.Refused += c.Refused
+	p.TimeWaits += c.TimeWaits
+	p.CloseWait += c.CloseWait
+	return true
+}

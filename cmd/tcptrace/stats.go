@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tcptrace/tcptrace/aggregate"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
+	"github.com/tcptrace/tcptrace/report"
+	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/stream"
+)
+
+// statsConfig is what the stats command's flags say.
+type statsConfig struct {
+	common
+	json     bool
+	interval time.Duration
+	top      int
+	maxKeys  int
+}
+
+func parseStats(args []string, stderr io.Writer) (*statsConfig, error) {
+	c := &statsConfig{}
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	c.register(fs)
+	fs.BoolVar(&c.json, "json", false, "")
+	fs.DurationVar(&c.interval, "interval", 5*time.Second, "")
+	fs.IntVar(&c.top, "top", 10, "")
+	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
+	if err := parseFlags(fs, args, statsUsage, stderr); err != nil {
+		return nil, err
+	}
+	if err := c.check(); err != nil {
+		return nil, usageError{err}
+	}
+	switch {
+	case c.interval < 100*time.Millisecond:
+		return nil, usageError{errors.New("--interval must be at least 100ms")}
+	case c.top < 1:
+		return nil, usageError{errors.New("--top must be at least 1")}
+	case c.maxKeys < 1:
+		return nil, usageError{errors.New("--max-keys must be at least 1")}
+	}
+	return c, nil
+}
+
+// runStats prints aggregates of the transitions every interval, and the
+// last, partial one on exit.
+func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseStats(args, stderr)
+	if err != nil {
+		return err
+	}
+	f, err := c.filter()
+	if err != nil {
+		return usageError{err}
+	}
+	agg := aggregate.New(c.maxKeys, time.Now())
+	if seeded, err := seedSockets(agg, f); err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
+	} else if !seeded {
+		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm and --state cannot be applied to a socket dump")
+	}
+	var werr error
+	onStats := func(st stream.Stats) {
+		iv := agg.Take(time.Now())
+		x := report.Extra{Lost: st.Lost}
+		var err error
+		if c.json {
+			err = report.WriteJSON(stdout, &iv, &agg.Sockets, x, c.top)
+		} else {
+			err = report.WriteText(stdout, &iv, &agg.Sockets, x, c.top)
+		}
+		if err != nil && werr == nil {
+			werr = fmt.Errorf("write output: %w", err)
+		}
+	}
+	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval}, agg)
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	return errors.Join(err, werr)
+}
+
+// seedSockets sets the aggregate's sockets per state from a dump of the
+// namespace's TCP sockets, when the filter can be applied to a dump: it
+// says false when it cannot (an owner or state filter).
+func seedSockets(agg *aggregate.Aggregate, f filter.Filter) (bool, error) {
+	if len(f.PIDs) > 0 || f.Comm != "" || len(f.States) > 0 {
+		return false, nil
+	}
+	p := sockdiag.NewProber()
+	defer p.Close()
+	netns := f.Netns
+	if netns == 0 {
+		ino, err := sockdiag.NetnsInode("/proc/self/ns/net")
+		if err != nil {
+			return false, err
+		}
+		netns = ino
+	}
+	var per [aggregate.States]int64
+	for _, fam := range []uint8{4, 6} {
+		if f.Family != 0 && f.Family != fam {
+			continue
+		}
+		err := p.Sockets(netns, 0, fam, func(s sockdiag.Listed) {
+			if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) &&
+				s.State < aggregate.States && s.State != events.Close {
+				per[s.State]++
+			}
+		})
+		if err != nil {
+			return false, err
+		}
+	}
+	agg.Seed(per)
+	return true, nil
+}
+
+func contains(list []uint16, v uint16) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+const statsUsage = `Usage: tcptrace stats [flags]
+
+Counts every TCP state transition on this host and prints, every
+--interval and once more on exit: the transitions (old -> new state),
+closes by cause, sockets per state now, histograms of the handshakes,
+connection lifetime, CLOSE_WAIT, FIN_WAIT2 and TIME_WAIT, and the top
+processes, remote addresses and listening ports by new connections,
+resets, refusals, TIME_WAITs and CLOSE_WAITs. It takes the filter flags of
+tcptrace trace (tcptrace --help).
+
+  --interval D        how often to print; default 5s
+                        tcptrace stats --interval 10s
+  --json              one JSON object per interval (the README documents every key)
+                        tcptrace stats --json > stats.jsonl
+  --top N             rows of each top table; default 10
+                        tcptrace stats --top 20
+  --max-keys N        keys each top table tracks per interval; past it,
+                      events still count everywhere else, and the output
+                      says how many were left out of the tables; default 4096
+                        tcptrace stats --max-keys 100000
+`
