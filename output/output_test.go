@@ -77,34 +77,52 @@ func TestJSON(t *testing.T) {
 	}
 }
 
+// The default fits IPv4 traffic in 120 columns, even with the longest
+// cause; an address too long for the columns widens them, with the header
+// again; --wide starts wide.
 func TestText(t *testing.T) {
+	long := event(4, events.Established, events.Close, events.CauseResetReceived, 90*time.Second, "nginx")
+	long.LAddr, long.RAddr = netip.MustParseAddr("192.168.100.200"), netip.MustParseAddr("10.0.0.1")
 	for _, tc := range []struct {
 		name string
-		ipv4 bool
+		wide bool
 		evs  []*events.Event
 		want []string
 	}{
-		{"ipv4", true, []*events.Event{
+		{"ipv4", false, []*events.Event{
 			event(4, events.Close, events.SynSent, 0, -1, "curl"),
 			event(4, events.SynSent, events.Established, 0, 52*time.Microsecond, "curl"),
 			event(4, events.FinWait2, events.TimeWait, 0, 300*time.Millisecond+123*time.Microsecond, "curl"),
 			event(4, events.TimeWait, events.Close, events.CauseClosed, 61*time.Second, ""),
+			event(4, events.Established, events.Close, events.CauseResetReceived, 10*time.Minute, "abcdefghijklmno"),
 		}, []string{
-			"TIME            PID     COMM            LADDR:LPORT           RADDR:RPORT           OLD         -> NEW         DWELL     CAUSE",
-			"05:12:33.402117 4242    curl            127.0.0.1:43210       127.0.0.1:8080        CLOSE       -> SYN_SENT    -         -",
-			"05:12:33.402117 4242    curl            127.0.0.1:43210       127.0.0.1:8080        SYN_SENT    -> ESTABLISHED 52us      -",
-			"05:12:33.402117 4242    curl            127.0.0.1:43210       127.0.0.1:8080        FIN_WAIT2   -> TIME_WAIT   300.1ms   -",
-			"05:12:33.402117 4242    -               127.0.0.1:43210       127.0.0.1:8080        TIME_WAIT   -> CLOSE       1m1.0s    closed",
+			"TIME            PID    COMM            LADDR:LPORT     RADDR:RPORT     OLD         -> NEW         DWELL   CAUSE",
+			"05:12:33.402117 4242   curl            127.0.0.1:43210 127.0.0.1:8080  CLOSE       -> SYN_SENT    -       -",
+			"05:12:33.402117 4242   curl            127.0.0.1:43210 127.0.0.1:8080  SYN_SENT    -> ESTABLISHED 52us    -",
+			"05:12:33.402117 4242   curl            127.0.0.1:43210 127.0.0.1:8080  FIN_WAIT2   -> TIME_WAIT   300.1ms -",
+			"05:12:33.402117 4242   -               127.0.0.1:43210 127.0.0.1:8080  TIME_WAIT   -> CLOSE       1m1.0s  closed",
+			"05:12:33.402117 4242   abcdefghijklmno 127.0.0.1:43210 127.0.0.1:8080  ESTABLISHED -> CLOSE       10m0.0s reset_received",
 		}},
-		{"ipv6", false, []*events.Event{
+		{"widens", false, []*events.Event{
+			event(4, events.Close, events.SynSent, 0, -1, "curl"),
+			long,
+			event(4, events.Close, events.SynSent, 0, -1, "curl"),
+		}, []string{
+			"TIME            PID    COMM            LADDR:LPORT     RADDR:RPORT     OLD         -> NEW         DWELL   CAUSE",
+			"05:12:33.402117 4242   curl            127.0.0.1:43210 127.0.0.1:8080  CLOSE       -> SYN_SENT    -       -",
+			"TIME            PID    COMM            LADDR:LPORT           RADDR:RPORT           OLD         -> NEW         DWELL   CAUSE",
+			"05:12:33.402117 4242   nginx           192.168.100.200:43210 10.0.0.1:8080         ESTABLISHED -> CLOSE       1m30.0s reset_received",
+			"05:12:33.402117 4242   curl            127.0.0.1:43210       127.0.0.1:8080        CLOSE       -> SYN_SENT    -       -",
+		}},
+		{"wide", true, []*events.Event{
 			event(6, events.Listen, events.Close, events.CauseClosed, 4200*time.Millisecond, "nginx"),
 		}, []string{
-			"TIME            PID     COMM            LADDR:LPORT                                     RADDR:RPORT                                     OLD         -> NEW         DWELL     CAUSE",
-			"05:12:33.402117 4242    nginx           [::1]:43210                                     [2001:db8::20]:8080                             LISTEN      -> CLOSE       4.20s     closed",
+			"TIME            PID    COMM            LADDR:LPORT                                     RADDR:RPORT                                     OLD         -> NEW         DWELL   CAUSE",
+			"05:12:33.402117 4242   nginx           [::1]:43210                                     [2001:db8::20]:8080                             LISTEN      -> CLOSE       4.20s   closed",
 		}},
 	} {
 		var buf bytes.Buffer
-		w := NewText(&buf, tc.ipv4)
+		w := NewText(&buf, tc.wide)
 		for _, e := range tc.evs {
 			if err := w.Write(e); err != nil {
 				t.Fatal(err)
@@ -112,6 +130,11 @@ func TestText(t *testing.T) {
 		}
 		w.Flush()
 		got := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+		for _, l := range got {
+			if !tc.wide && tc.name == "ipv4" && len(l) > 120 {
+				t.Errorf("%d columns: %s", len(l), l)
+			}
+		}
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s: got\n%s\nwant\n%s", tc.name, strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
 		}

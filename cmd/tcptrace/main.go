@@ -172,6 +172,10 @@ stderr.
 Output:
   --json              one JSON object per line instead of text columns
                         tcptrace --json > transitions.jsonl
+  -w, --wide          address columns wide enough for any IPv6 address from
+                      the start; by default they fit IPv4 (a line fits 120
+                      columns) and widen when a longer address comes
+                        tcptrace -w
 
 Filters (an event is kept when it passes all of them; lists are
 comma-separated or the flag repeated):
@@ -233,6 +237,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 type traceConfig struct {
 	common
 	json bool
+	wide bool
 }
 
 func parseTrace(args []string, stderr io.Writer) (*traceConfig, error) {
@@ -240,6 +245,9 @@ func parseTrace(args []string, stderr io.Writer) (*traceConfig, error) {
 	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
 	c.register(fs)
 	fs.BoolVar(&c.json, "json", false, "")
+	for _, n := range []string{"w", "wide"} {
+		fs.BoolVar(&c.wide, n, false, "")
+	}
 	if err := parseFlags(fs, args, usage, stderr); err != nil {
 		return nil, err
 	}
@@ -259,7 +267,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if c.json {
 		out = output.NewJSON(stdout)
 	} else {
-		out = output.NewText(stdout, c.ipv4)
+		out = output.NewText(stdout, c.wide)
 	}
 	st, err := trace(ctx, &c.common, stderr, hooks{}, out)
 	if cerr := out.Close(); err == nil && cerr != nil {

@@ -13,13 +13,13 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	c, err := parseTrace([]string{"--json", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
+	c, err := parseTrace([]string{"--json", "-w", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
 		"--pid", "1,2", "--comm", "nginx", "--state", "time_wait,CLOSE_WAIT", "--count", "5",
 		"--duration", "30s", "--ring-size", "32M", "--tw-max", "10"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.json || !c.ipv4 || !slices.Equal(c.lports, portList{80, 443, 8080}) || !slices.Equal(c.rports, portList{5432}) ||
+	if !c.json || !c.wide || !c.ipv4 || !slices.Equal(c.lports, portList{80, 443, 8080}) || !slices.Equal(c.rports, portList{5432}) ||
 		!slices.Equal(c.pids, pidList{1, 2}) || c.comm != "nginx" ||
 		!slices.Equal(c.states, stateList{events.TimeWait, events.CloseWait}) ||
 		c.count != 5 || c.duration.String() != "30s" || c.ringSize != 32<<20 || c.twMax != 10 {
@@ -79,7 +79,7 @@ func TestHelp(t *testing.T) {
 	}
 	// every flag is explained, with an example in its own block
 	lines := strings.Split(out.String(), "\n")
-	for _, f := range []string{"--json", "-4, -6", "-L, --lport", "-D, --rport", "--pid", "--comm", "--netns",
+	for _, f := range []string{"--json", "-w, --wide", "-4, -6", "-L, --lport", "-D, --rport", "--pid", "--comm", "--netns",
 		"--state", "--duration", "--count", "--ring-size", "--tw-max"} {
 		start := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "  "+f) })
 		if start < 0 {
