@@ -203,8 +203,13 @@ func (p *pipeline) run(ctx context.Context) (Stats, error) {
 	defer p.expire.Stop()
 	housekeeping := time.NewTicker(time.Second)
 	defer housekeeping.Stop()
-	stats := time.NewTicker(p.cfg.StatsEvery)
-	defer stats.Stop()
+	// no ticker at all without a callback: nothing to wake for
+	var statsC <-chan time.Time
+	if p.cfg.OnStats != nil {
+		stats := time.NewTicker(p.cfg.StatsEvery)
+		defer stats.Stop()
+		statsC = stats.C
+	}
 
 	// a done context is ready at every select: take it once, then wait
 	// only for the drain
@@ -235,11 +240,9 @@ func (p *pipeline) run(ctx context.Context) (Stats, error) {
 				p.follow.SyncJiffies(m[0], m[1])
 			}
 			p.checkCounts()
-		case <-stats.C:
-			if p.cfg.OnStats != nil {
-				p.checkCounts()
-				p.cfg.OnStats(p.st)
-			}
+		case <-statsC:
+			p.checkCounts()
+			p.cfg.OnStats(p.st)
 		case <-done:
 			done = nil
 			p.startDrain()
