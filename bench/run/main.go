@@ -98,10 +98,10 @@ func run(c *config) error {
 		// the storm alone
 		return storm(c)
 	}
-	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text"}}}
+	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text", "stats"}}}
 	if c.loopPairs > 0 {
 		shapes = append(shapes, shape{name: "event loop", loop: true, pairs: c.loopPairs, dur: c.loopDur,
-			kinds: []string{"untraced", "json", "text", "dropped"}})
+			kinds: []string{"untraced", "json", "text", "stats", "dropped"}})
 	}
 	var tables []string
 	for _, sh := range shapes {
@@ -203,7 +203,10 @@ func measureShape(c *config, sh shape) (string, error) {
 			rss = max(rss, r.maxRSS)
 		}
 		label := "`tcptrace --" + k + " > file`"
-		if k == "dropped" {
+		switch k {
+		case "stats":
+			label = "`tcptrace stats --interval 1s > file`"
+		case "dropped":
 			label = "`tcptrace -L 1` (kernel drops every record)"
 		}
 		fmt.Fprintf(&b, "| %s | %.0f | %.3f | %.3f-%.3f | %.0f | %d | %.2f | %.2f | %.0f | %.1f MiB |\n",
@@ -267,6 +270,9 @@ func churnRunWith(c *config, kind, mode string, loop bool, clients int, dur time
 		switch kind {
 		case "json":
 			args = append(args, "--json")
+		case "stats":
+			// aggregates instead of lines, printed every second
+			args = append(args, "stats", "--interval", "1s")
 		case "dropped":
 			// no socket has local port 1: the kernel filter drops
 			// every record, leaving the programs and the settles
