@@ -163,6 +163,7 @@ func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) 
 
 const usage = `Usage: tcptrace [trace] [flags]
        tcptrace stats [flags]    aggregates every --interval (tcptrace stats --help)
+       tcptrace graph [flags]    the state machine as DOT, or one connection's ladder (tcptrace graph --help)
 
 Streams every TCP state transition on this host, attributed to the process
 that owns the socket, until Ctrl-C, SIGTERM, --duration or --count. Needs
@@ -213,6 +214,7 @@ Limits:
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
 	"trace": runTrace,
 	"stats": runStats,
+	"graph": runGraph,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
