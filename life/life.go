@@ -29,8 +29,8 @@ type Closer uint8
 
 const (
 	NotSeen Closer = iota // no orderly close was seen (a reset, or a close before the trace)
-	Local               // this side sent the first FIN: FIN_WAIT1
-	Remote              // the peer did: CLOSE_WAIT
+	Local                 // this side sent the first FIN: FIN_WAIT1
+	Remote                // the peer did: CLOSE_WAIT
 )
 
 func (c Closer) String() string {
@@ -75,8 +75,8 @@ const DefaultMax = 1 << 20
 // Tracker follows sockets to their end and calls its function once per
 // finished connection: a stream.Consumer. Listeners are not connections.
 type Tracker struct {
-	max  int
-	open map[uint64]*open
+	max   int
+	open  map[uint64]*open
 	emit  func(*Conn) error
 	flush func() error
 	c     Conn
