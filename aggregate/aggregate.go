@@ -147,6 +147,10 @@ type Aggregate struct {
 	// Sockets is how many sockets are in each state now: kept by the
 	// transitions, from a seed (Seed) if there is one.
 	Sockets [States]int64
+	// CloseWaits is how many sockets each process holds in CLOSE_WAIT
+	// now, the peer having closed and the process not yet: kept by the
+	// transitions seen (at most maxKeys processes).
+	CloseWaits map[Process]int64
 	// the ESTABLISHED entry of live connections, for their lifetime;
 	// bounded like the top tables
 	born map[uint64]time.Duration
@@ -161,7 +165,8 @@ func New(maxKeys int, now time.Time) *Aggregate {
 	if maxKeys <= 0 {
 		maxKeys = DefaultMaxKeys
 	}
-	a := &Aggregate{maxKeys: maxKeys, born: map[uint64]time.Duration{}, comms: map[[events.CommLen]byte]string{}}
+	a := &Aggregate{maxKeys: maxKeys, born: map[uint64]time.Duration{}, comms: map[[events.CommLen]byte]string{},
+		CloseWaits: map[Process]int64{}}
 	a.reset(now)
 	return a
 }
@@ -220,6 +225,7 @@ func (a *Aggregate) Write(e *events.Event) error {
 		}
 	}
 	a.lifetime(e)
+	a.closeWaits(e)
 
 	var c Counts
 	switch {
@@ -248,6 +254,26 @@ func (a *Aggregate) Write(e *events.Event) error {
 		iv.Dropped++
 	}
 	return nil
+}
+
+// closeWaits keeps the CLOSE_WAITs each process holds.
+func (a *Aggregate) closeWaits(e *events.Event) {
+	switch {
+	case e.New == events.CloseWait:
+		p := Process{e.PID, a.comm(e)}
+		if _, ok := a.CloseWaits[p]; ok || len(a.CloseWaits) < a.maxKeys {
+			a.CloseWaits[p]++
+		}
+	case e.Old == events.CloseWait:
+		p := Process{e.PID, a.comm(e)}
+		if n, ok := a.CloseWaits[p]; ok {
+			if n <= 1 {
+				delete(a.CloseWaits, p)
+			} else {
+				a.CloseWaits[p] = n - 1
+			}
+		}
+	}
 }
 
 // lifetime follows a connection from the end of its handshake to its

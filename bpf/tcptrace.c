@@ -429,9 +429,9 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	e->cause = t->cause;
 	e->kind = t->kind;
 	e->flags = 0;
-	e->pad[0] = 0;
-	e->pad[1] = 0;
+	e->retrans = 0;
 	e->src = src;
+	e->bytes_received = 0;
 	if (t->family == AF_INET) {
 		e->family = AF_INET;
 		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -496,6 +496,21 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 		e->cgroup = 0;
 		e->pid = 0;
 		__builtin_memset(e->comm, 0, TASK_COMM_LEN);
+	}
+
+	/* a connection's end, or its hand-off to a timewait mini-socket:
+	 * what it carried, for tcptrace life, read while the full socket is
+	 * still there; two transitions in eleven come here */
+	if (t->newstate == TCP_CLOSE || t->newstate == STATE_TIME_WAIT) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+		if (tp) {
+			e->ref = tp->bytes_acked;
+			e->bytes_received = tp->bytes_received;
+			__u32 retrans = tp->total_retrans;
+
+			e->retrans = retrans > 0xffff ? 0xffff : retrans;
+		}
 	}
 }
 

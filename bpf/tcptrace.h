@@ -55,7 +55,9 @@ struct event {
 	__u64 cookie;   /* socket cookie: stable for the socket's life, kept by
 	                 * its timewait mini-socket, shown by `ss -e` as sk: */
 	__u64 ref;      /* LISTEN -> SYN_RECV: the cookie of the listener the
-	                 * child came from, 0 if not known; else 0 */
+	                 * child came from, 0 if not known; -> CLOSE or
+	                 * TIME_WAIT: the bytes the peer acknowledged
+	                 * (tcp_sock.bytes_acked); else 0 */
 	__u64 cgroup;   /* cgroup v2 id of the owner where fill() reads the
 	                 * owner, else 0: user space carries it */
 	__u32 pid;      /* owning process (tgid), 0 when unknown */
@@ -70,12 +72,15 @@ struct event {
 	__u8 cause;
 	__u8 kind;
 	__u8 flags;
-	__u8 pad[2];
+	__u16 retrans; /* -> CLOSE or TIME_WAIT: tcp_sock.total_retrans, at
+	                * most 65535; else 0 */
 	char comm[TASK_COMM_LEN]; /* owning process's name (its thread group
 	                           * leader's comm, as ps shows), empty when
 	                           * unknown */
 	__u32 src; /* CPU + 1 whose staging the record came through; 0 if it
 	            * was written straight to the ring */
+	__u64 bytes_received; /* -> CLOSE or TIME_WAIT:
+	                       * tcp_sock.bytes_received; else 0 */
 };
 
 /* One open file of a TCP socket, written by the dump_holders iterator:

@@ -8,7 +8,7 @@ import (
 )
 
 // RecordSize is sizeof(struct event) in bpf/tcptrace.h.
-const RecordSize = 104
+const RecordSize = 112
 
 // record flags, as in bpf/tcptrace.h
 const flagV4Mapped = 1 << 0
@@ -34,6 +34,8 @@ const (
 	offFlags  = 81
 	offComm   = 84
 	offSrc    = 100
+	offRetr   = 82
+	offRecv   = 104
 )
 
 const (
@@ -80,7 +82,17 @@ func (e *Event) Decode(b []byte) error {
 	// the time in state is worked out in user space (package sockets)
 	e.DwellKnown = false
 	e.Dwell = 0
-	e.Listener = le.Uint64(b[offRef:])
+	// ref is the listener on a child's first record, the bytes the peer
+	// acknowledged on a connection's end
+	e.Listener, e.BytesAcked, e.BytesReceived, e.Retrans = 0, 0, 0, 0
+	switch State(b[offNew]) {
+	case SynRecv:
+		e.Listener = le.Uint64(b[offRef:])
+	case Close, TimeWait:
+		e.BytesAcked = le.Uint64(b[offRef:])
+		e.BytesReceived = le.Uint64(b[offRecv:])
+		e.Retrans = uint32(le.Uint16(b[offRetr:]))
+	}
 	e.V4Mapped = b[offFlags]&flagV4Mapped != 0
 	e.Cgroup = le.Uint64(b[offCgroup:])
 	e.PID = le.Uint32(b[offPid:])
@@ -115,6 +127,11 @@ func (e *Event) Encode(b []byte) {
 		return
 	}
 	le.PutUint64(b[offRef:], e.Listener)
+	if e.New == Close || e.New == TimeWait {
+		le.PutUint64(b[offRef:], e.BytesAcked)
+		le.PutUint64(b[offRecv:], e.BytesReceived)
+		le.PutUint16(b[offRetr:], uint16(min(e.Retrans, 0xffff)))
+	}
 	if e.V4Mapped {
 		b[offFlags] |= flagV4Mapped
 	}

@@ -192,6 +192,16 @@ type Event struct {
 	// V4Mapped says the socket is AF_INET6 though it talks IPv4 (shown
 	// as Family 4): its timewait mini-socket is listed as AF_INET6.
 	V4Mapped bool
+	// On the record that ends a connection (New is CLOSE, or TIME_WAIT
+	// at the hand-off to a timewait mini-socket, as the kernel reports
+	// it or as the timewait follower makes it): the sequence space the
+	// peer acknowledged and the one received, which count a SYN and a
+	// FIN as one byte each, as tcp_sock's bytes_acked and bytes_received
+	// do (a FIN that a mini-socket took is added by the follower), and
+	// the segments retransmitted (at most 65535). Package life takes the
+	// SYN and FINs back out.
+	BytesAcked, BytesReceived uint64
+	Retrans                   uint32
 }
 
 // CommString returns the owner's command name.

@@ -66,6 +66,10 @@ func TestDecodeRoundTrip(t *testing.T) {
 	v6.LAddr = netip.MustParseAddr("2001:db8::1")
 	v6.RAddr = netip.MustParseAddr("::1")
 	v6.Old, v6.New, v6.Cause, v6.Kind = LastAck, Close, CauseClosed, Hint
+	// what a connection carried, on its end
+	v6.BytesAcked, v6.BytesReceived, v6.Retrans = 1<<40+7, 12345, 65535
+	handoff := sample()
+	handoff.Old, handoff.New, handoff.BytesAcked, handoff.BytesReceived, handoff.Retrans = FinWait2, TimeWait, 100, 1000, 2
 	unknown := sample()
 	unknown.DwellKnown, unknown.Dwell = false, 0
 	unknown.Old = 99
@@ -76,7 +80,7 @@ func TestDecodeRoundTrip(t *testing.T) {
 	child.Old, child.New, child.Listener = Listen, SynRecv, 0x5eed
 	holding := Event{Kind: Holding, Mono: 5, Sock: 6699, PID: 77, Cgroup: 3, Src: 2}
 	copy(holding.Comm[:], "nginx")
-	for _, want := range []Event{sample(), v6, unknown, staged, mark, child, holding} {
+	for _, want := range []Event{sample(), v6, handoff, unknown, staged, mark, child, holding} {
 		b := make([]byte, RecordSize)
 		want.Encode(b)
 		// the time in state is not part of a record (package sockets)
@@ -136,7 +140,7 @@ func TestDecodeMalformed(t *testing.T) {
 		want string
 	}{
 		{"empty", nil, "0 bytes"},
-		{"short", good[:RecordSize-1], "103 bytes"},
+		{"short", good[:RecordSize-1], "111 bytes"},
 		{"bad kind", patch(good, 80, 9), "unknown kind 9"},
 		{"bad family", patch(good, 76, 1), "unknown address family 1"},
 	} {

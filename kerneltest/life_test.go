@@ -2,6 +2,7 @@ package kerneltest
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -15,13 +16,14 @@ import (
 )
 
 // n real connections give exactly 2n records, one per end: each client
-// ends entering TIME_WAIT having closed first, each server at CLOSE, the
-// peer having closed first; every record with its handshake and the
-// test's own process as owner; the listener gives none.
+// ends entering TIME_WAIT having closed first (a half-close: it shuts its
+// side, then reads the answer), each server at CLOSE, the peer having
+// closed first; every record with its handshake and the bytes each side
+// really sent and received (100 up, 1000 down); the listener gives none.
 func TestLifeRecords(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
-	const n = 10
+	const n, up, down = 10, 100, 1000
 	var mu sync.Mutex
 	var conns []life.Conn
 	tracker := life.New(0, func(c *life.Conn) error {
@@ -49,7 +51,13 @@ func TestLifeRecords(t *testing.T) {
 					done <- err
 					return
 				}
-				_, err = io.ReadAll(c)
+				got, err := io.ReadAll(c)
+				if err == nil && len(got) != up {
+					err = fmt.Errorf("server read %d bytes, want %d", len(got), up)
+				}
+				if err == nil {
+					_, err = c.Write(make([]byte, down))
+				}
 				c.Close()
 				done <- err
 			}
@@ -62,7 +70,11 @@ func TestLifeRecords(t *testing.T) {
 				t.Fatal(err)
 			}
 			clients[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = true
-			c.Write([]byte("x"))
+			c.Write(make([]byte, up))
+			c.(*net.TCPConn).CloseWrite()
+			if got, err := io.ReadAll(c); err != nil || len(got) != down {
+				t.Fatalf("client read %d bytes, %v", len(got), err)
+			}
 			c.Close()
 		}
 		for range n {
@@ -93,10 +105,12 @@ func TestLifeRecords(t *testing.T) {
 		switch c.Role {
 		case life.Client:
 			seenClient[c.LPort]++
-			ok = ok && c.EndedBy == "time_wait" && c.ClosedBy == life.Local && c.RPort == lport
+			ok = ok && c.EndedBy == "time_wait" && c.ClosedBy == life.Local && c.RPort == lport &&
+				c.Sent == up && c.Received == down
 		case life.Server:
 			seenServer[c.RPort]++
-			ok = ok && c.EndedBy == "closed" && c.ClosedBy == life.Remote && c.LPort == lport
+			ok = ok && c.EndedBy == "closed" && c.ClosedBy == life.Remote && c.LPort == lport &&
+				c.Sent == down && c.Received == up
 		default:
 			ok = false
 		}

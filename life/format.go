@@ -36,7 +36,8 @@ func NewWriter(w io.Writer, format Format) *Writer {
 }
 
 // columns of the text and CSV forms
-var columns = []string{"TIME", "PID", "COMM", "ROLE", "LADDR", "LPORT", "RADDR", "RPORT", "HANDSHAKE_MS", "MS", "END", "CLOSED_FIRST"}
+var columns = []string{"TIME", "PID", "COMM", "ROLE", "LADDR", "LPORT", "RADDR", "RPORT", "TX_BYTES", "RX_BYTES", "RETRANS",
+	"HANDSHAKE_MS", "MS", "END", "CLOSED_FIRST"}
 
 func millis(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 3, 64) }
 
@@ -52,6 +53,9 @@ type connJSON struct {
 	LPort       uint16    `json:"lport"`
 	RAddr       string    `json:"raddr"`
 	RPort       uint16    `json:"rport"`
+	TxBytes     uint64    `json:"tx_bytes"`
+	RxBytes     uint64    `json:"rx_bytes"`
+	Retrans     uint32    `json:"retrans"`
 	HandshakeMs *float64  `json:"handshake_ms"`
 	Ms          float64   `json:"ms"`
 	Whole       bool      `json:"whole"`
@@ -73,6 +77,7 @@ func (lw *Writer) Write(c *Conn) error {
 	case JSON:
 		j := connJSON{Time: c.End.UTC(), Sock: strconv.FormatUint(c.Sock, 16), PID: c.PID, Comm: c.Comm, Role: c.Role.String(),
 			Family: c.Family.String(), LAddr: c.LAddr.String(), LPort: c.LPort, RAddr: c.RAddr.String(), RPort: c.RPort,
+			TxBytes: c.Sent, RxBytes: c.Received, Retrans: c.Retrans,
 			Ms: float64(c.Duration) / 1e6, Whole: c.Whole, End: c.EndedBy, ClosedFirst: c.ClosedBy.String()}
 		if c.Handshake > 0 {
 			v := float64(c.Handshake) / 1e6
@@ -92,19 +97,21 @@ func (lw *Writer) Write(c *Conn) error {
 			}
 		}
 		lw.csv.Write([]string{c.End.UTC().Format(time.RFC3339Nano), strconv.FormatUint(uint64(c.PID), 10), c.Comm, c.Role.String(),
-			c.LAddr.String(), strconv.Itoa(int(c.LPort)), c.RAddr.String(), strconv.Itoa(int(c.RPort)), hs, dur, c.EndedBy, c.ClosedBy.String()})
+			c.LAddr.String(), strconv.Itoa(int(c.LPort)), c.RAddr.String(), strconv.Itoa(int(c.RPort)),
+			strconv.FormatUint(c.Sent, 10), strconv.FormatUint(c.Received, 10), strconv.FormatUint(uint64(c.Retrans), 10),
+			hs, dur, c.EndedBy, c.ClosedBy.String()})
 		return lw.csv.Error()
 	}
 	if !lw.header {
 		lw.header = true
-		if _, err := fmt.Fprintf(lw.w, "%-15s %-6s %-15s %-6s %-21s %-21s %9s %10s %-14s %s\n",
-			"TIME", "PID", "COMM", "ROLE", "LADDR:LPORT", "RADDR:RPORT", "HS_MS", "MS", "END", "CLOSED_FIRST"); err != nil {
+		if _, err := fmt.Fprintf(lw.w, "%-15s %-6s %-15s %-6s %-21s %-21s %7s %7s %4s %8s %10s %-14s %s\n",
+			"TIME", "PID", "COMM", "ROLE", "LADDR:LPORT", "RADDR:RPORT", "TX_KB", "RX_KB", "RETR", "HS_MS", "MS", "END", "CLOSED_FIRST"); err != nil {
 			return err
 		}
 	}
-	_, err := fmt.Fprintf(lw.w, "%-15s %-6d %-15s %-6s %-21s %-21s %9s %10s %-14s %s\n",
+	_, err := fmt.Fprintf(lw.w, "%-15s %-6d %-15s %-6s %-21s %-21s %7s %7s %4d %8s %10s %-14s %s\n",
 		c.End.Format("15:04:05.000000"), c.PID, orDash(c.Comm), c.Role, addrPort(c.LAddr.String(), c.LPort, c.Family == 6),
-		addrPort(c.RAddr.String(), c.RPort, c.Family == 6), hs, dur, c.EndedBy, c.ClosedBy)
+		addrPort(c.RAddr.String(), c.RPort, c.Family == 6), kb(c.Sent), kb(c.Received), c.Retrans, hs, dur, c.EndedBy, c.ClosedBy)
 	return err
 }
 
@@ -115,6 +122,14 @@ func (lw *Writer) Flush() error {
 		return lw.csv.Error()
 	}
 	return nil
+}
+
+// kb is bytes in KiB, as tcplife shows them, with a decimal under 10.
+func kb(b uint64) string {
+	if b < 10<<10 {
+		return strconv.FormatFloat(float64(b)/1024, 'f', 1, 64)
+	}
+	return strconv.FormatUint(b>>10, 10)
 }
 
 func orDash(s string) string {

@@ -58,6 +58,12 @@ type Conn struct {
 	EndedBy    string
 	ClosedBy   Closer
 	TimeInWait bool
+	// Sent is the data the peer acknowledged, Received the data
+	// received, Retrans the segments retransmitted: read from the socket
+	// in the kernel at its end, the SYN and FINs taken out (for a
+	// connection seen only in part, those seen).
+	Sent, Received uint64
+	Retrans        uint32
 }
 
 type open struct {
@@ -67,6 +73,9 @@ type open struct {
 	whole     bool
 	handshake time.Duration
 	closer    Closer
+	// the sequence numbers that are no data, in the kernel's counts:
+	// our SYN, acked (a client's), our FIN, acked, and the peer's FIN
+	synAcked, finAcked, peerFin bool
 }
 
 // DefaultMax bounds the connections followed at once.
@@ -124,6 +133,7 @@ func (t *Tracker) Write(e *events.Event) error {
 	case e.Old == events.SynSent && e.New == events.Established:
 		o.role = Client
 		o.handshake = e.Dwell
+		o.synAcked = true
 	case e.Old == events.SynRecv && e.New == events.Established:
 		o.role = Server
 		o.handshake = e.Dwell
@@ -131,6 +141,18 @@ func (t *Tracker) Write(e *events.Event) error {
 		o.closer = Local
 	case e.Old == events.Established && e.New == events.CloseWait && o.closer == NotSeen:
 		o.closer = Remote
+	}
+	switch {
+	case e.New == events.CloseWait, e.New == events.Closing:
+		o.peerFin = true
+	case e.Old == events.FinWait1 && e.New == events.FinWait2:
+		o.finAcked = true
+	case e.Old == events.FinWait2 && e.New == events.TimeWait, e.Old == events.FinWait1 && e.New == events.TimeWait:
+		o.finAcked, o.peerFin = true, true
+	case e.Old == events.Closing && e.New == events.TimeWait:
+		o.finAcked = true
+	case e.Old == events.LastAck && e.New == events.Close && e.Cause == events.CauseClosed:
+		o.finAcked = true
 	}
 	ended := ""
 	switch {
@@ -145,6 +167,19 @@ func (t *Tracker) Write(e *events.Event) error {
 	t.c = Conn{Sock: e.Sock, PID: e.PID, Comm: e.CommString(), Role: o.role, Family: e.Family,
 		LAddr: e.LAddr, RAddr: e.RAddr, LPort: e.LPort, RPort: e.RPort,
 		Start: o.startTime, End: e.Time, Handshake: o.handshake, Duration: time.Duration(e.Mono - o.start),
-		Whole: o.whole, EndedBy: ended, ClosedBy: o.closer, TimeInWait: ended == "time_wait"}
+		Whole: o.whole, EndedBy: ended, ClosedBy: o.closer, TimeInWait: ended == "time_wait",
+		Sent:     data(e.BytesAcked, o.synAcked, o.finAcked),
+		Received: data(e.BytesReceived, o.peerFin),
+		Retrans:  e.Retrans}
 	return t.emit(&t.c)
+}
+
+// data is a kernel count of sequence space less the SYN and FINs in it.
+func data(n uint64, control ...bool) uint64 {
+	for _, c := range control {
+		if c && n > 0 {
+			n--
+		}
+	}
+	return n
 }

@@ -41,6 +41,12 @@ func run(t *testing.T, evs ...*events.Event) []Conn {
 // own end adds nothing; a refused connect and a reset each end once.
 func TestConnections(t *testing.T) {
 	const c, s = "127.0.0.1:45888", "127.0.0.1:8080"
+	// the kernel's counts on the ends: 100 bytes up, 1000 down, with the
+	// client's SYN and both FINs
+	clientEnd := ev(2, 10, "curl", c, s, events.FinWait2, events.TimeWait, 500*ms+50*us, 299*ms, 0)
+	clientEnd.BytesAcked, clientEnd.BytesReceived, clientEnd.Retrans = 102, 1001, 3
+	serverEnd := ev(3, 20, "api-server", s, c, events.LastAck, events.Close, 500*ms+60*us, 60*us, events.CauseClosed)
+	serverEnd.BytesAcked, serverEnd.BytesReceived = 1001, 101
 	got := run(t,
 		ev(1, 20, "api-server", s, "0.0.0.0:0", events.Close, events.Listen, 0, 0, 0),
 		ev(2, 10, "curl", "127.0.0.1:0", s, events.Close, events.SynSent, 100*ms, 0, 0),
@@ -51,8 +57,8 @@ func TestConnections(t *testing.T) {
 		ev(3, 20, "api-server", s, c, events.Established, events.CloseWait, 200*ms+10*us, 100*ms, 0),
 		ev(2, 10, "curl", c, s, events.FinWait1, events.FinWait2, 201*ms, ms, 0),
 		ev(3, 20, "api-server", s, c, events.CloseWait, events.LastAck, 500*ms, 300*ms, 0),
-		ev(2, 10, "curl", c, s, events.FinWait2, events.TimeWait, 500*ms+50*us, 299*ms, 0),
-		ev(3, 20, "api-server", s, c, events.LastAck, events.Close, 500*ms+60*us, 60*us, events.CauseClosed),
+		clientEnd,
+		serverEnd,
 		ev(1, 20, "api-server", s, "0.0.0.0:0", events.Listen, events.Close, 900*ms, 900*ms, events.CauseClosed),
 		ev(2, 10, "curl", c, s, events.TimeWait, events.Close, 60500*ms, 60*time.Second, events.CauseClosed),
 		ev(4, 11, "nc", "127.0.0.1:0", "127.0.0.1:9", events.Close, events.SynSent, time.Second, 0, 0),
@@ -65,11 +71,12 @@ func TestConnections(t *testing.T) {
 	}
 	cl, sv, nc, db := got[0], got[1], got[2], got[3]
 	if cl.Role != Client || cl.EndedBy != "time_wait" || cl.ClosedBy != Local || cl.Handshake != 57*us ||
-		cl.Duration != 400*ms+50*us || !cl.Whole || cl.LPort != 45888 || cl.PID != 10 || cl.Comm != "curl" {
+		cl.Duration != 400*ms+50*us || !cl.Whole || cl.LPort != 45888 || cl.PID != 10 || cl.Comm != "curl" ||
+		cl.Sent != 100 || cl.Received != 1000 || cl.Retrans != 3 {
 		t.Errorf("client %+v", cl)
 	}
 	if sv.Role != Server || sv.EndedBy != "closed" || sv.ClosedBy != Remote || sv.Handshake != 5*us ||
-		sv.Duration != 400*ms || !sv.Whole || sv.PID != 20 {
+		sv.Duration != 400*ms || !sv.Whole || sv.PID != 20 || sv.Sent != 1000 || sv.Received != 100 {
 		t.Errorf("server %+v", sv)
 	}
 	if nc.Role != Client || nc.EndedBy != "refused" || nc.ClosedBy != NotSeen || nc.Handshake != 0 {
@@ -105,7 +112,7 @@ func TestFormats(t *testing.T) {
 	w.Write(&conns[0])
 	w.Flush()
 	recs, err := csv.NewReader(strings.NewReader(b.String())).ReadAll()
-	if err != nil || len(recs) != 2 || recs[0][0] != "TIME" || recs[1][2] != "curl" || recs[1][8] != "0.057" || recs[1][10] != "reset_sent" {
+	if err != nil || len(recs) != 2 || recs[0][0] != "TIME" || recs[1][2] != "curl" || recs[1][11] != "0.057" || recs[1][13] != "reset_sent" {
 		t.Errorf("csv %v %v", recs, err)
 	}
 }

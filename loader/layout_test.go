@@ -37,6 +37,8 @@ func TestRecordLayout(t *testing.T) {
 		{"flags", unsafe.Offsetof(e.Flags), 81},
 		{"comm", unsafe.Offsetof(e.Comm), 84},
 		{"src", unsafe.Offsetof(e.Src), 100},
+		{"retrans", unsafe.Offsetof(e.Retrans), 82},
+		{"bytes_received", unsafe.Offsetof(e.BytesReceived), 104},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)

@@ -14,26 +14,27 @@ import (
 )
 
 type tcptraceEvent struct {
-	_        structs.HostLayout
-	TsNs     uint64
-	Cookie   uint64
-	Ref      uint64
-	Cgroup   uint64
-	Pid      uint32
-	Netns    uint32
-	Saddr    [16]uint8
-	Daddr    [16]uint8
-	Sport    uint16
-	Dport    uint16
-	Family   uint8
-	Oldstate uint8
-	Newstate uint8
-	Cause    uint8
-	Kind     uint8
-	Flags    uint8
-	Pad      [2]uint8
-	Comm     [16]int8
-	Src      uint32
+	_             structs.HostLayout
+	TsNs          uint64
+	Cookie        uint64
+	Ref           uint64
+	Cgroup        uint64
+	Pid           uint32
+	Netns         uint32
+	Saddr         [16]uint8
+	Daddr         [16]uint8
+	Sport         uint16
+	Dport         uint16
+	Family        uint8
+	Oldstate      uint8
+	Newstate      uint8
+	Cause         uint8
+	Kind          uint8
+	Flags         uint8
+	Retrans       uint16
+	Comm          [16]int8
+	Src           uint32
+	BytesReceived uint64
 }
 
 type tcptraceHolder struct {

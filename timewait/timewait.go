@@ -100,11 +100,15 @@ type conn struct {
 	Family       events.Family
 	V4Mapped     bool
 	Comm         [events.CommLen]byte
+	// what it carried, for the TIME_WAIT entry made of a parked one
+	BytesAcked, BytesReceived uint64
+	Retrans                   uint32
 }
 
 func connOf(e *events.Event) conn {
 	return conn{Sock: e.Sock, Cgroup: e.Cgroup, LAddr: e.LAddr, RAddr: e.RAddr, PID: e.PID, Netns: e.Netns,
-		LPort: e.LPort, RPort: e.RPort, New: e.New, Family: e.Family, V4Mapped: e.V4Mapped, Comm: e.Comm}
+		LPort: e.LPort, RPort: e.RPort, New: e.New, Family: e.Family, V4Mapped: e.V4Mapped, Comm: e.Comm,
+		BytesAcked: e.BytesAcked, BytesReceived: e.BytesReceived, Retrans: e.Retrans}
 }
 
 // event makes the record back into e, as a transition of the
@@ -112,7 +116,7 @@ func connOf(e *events.Event) conn {
 func (c *conn) event(e *events.Event) {
 	*e = events.Event{Kind: events.Transition, Sock: c.Sock, Cgroup: c.Cgroup, LAddr: c.LAddr, RAddr: c.RAddr,
 		PID: c.PID, Netns: c.Netns, LPort: c.LPort, RPort: c.RPort, New: c.New, Family: c.Family,
-		V4Mapped: c.V4Mapped, Comm: c.Comm}
+		V4Mapped: c.V4Mapped, Comm: c.Comm, BytesAcked: c.BytesAcked, BytesReceived: c.BytesReceived, Retrans: c.Retrans}
 }
 
 func (c *conn) tuple() tuple { return tuple{c.Netns, c.LPort, c.RPort, c.LAddr.As16(), c.RAddr.As16()} }
@@ -329,6 +333,9 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 // enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
 func (f *Follower) enterTimeWait(en *entry, now uint64, emit func(*events.Event) error) error {
 	ev := f.transition(en, now, events.TimeWait, events.CauseNone)
+	// the peer's FIN, which the mini-socket took: the socket counted it
+	// in bytes_received where it came before the hand-off
+	ev.BytesReceived++
 	f.add(ev, now, f.timeWaitCheck(now))
 	return emit(ev)
 }

@@ -164,6 +164,7 @@ func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) 
 const usage = `Usage: tcptrace [trace] [flags]
        tcptrace stats [flags]    aggregates every --interval (tcptrace stats --help)
        tcptrace life [flags]     one line per finished connection (tcptrace life --help)
+       tcptrace top [flags]      a live full-screen view (tcptrace top --help)
        tcptrace graph [flags]    the state machine as DOT, or one connection's ladder (tcptrace graph --help)
 
 Streams every TCP state transition on this host, attributed to the process
@@ -217,6 +218,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"stats": runStats,
 	"graph": runGraph,
 	"life":  runLife,
+	"top":   runTop,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

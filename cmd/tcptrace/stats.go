@@ -62,13 +62,24 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{err}
 	}
 	agg := aggregate.New(c.maxKeys, time.Now())
-	if seeded, err := seedSockets(agg, f); err != nil {
+	seeded, err := seedSockets(agg, f)
+	if err != nil {
 		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
 	} else if !seeded {
 		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm and --state cannot be applied to a socket dump")
 	}
 	var werr error
+	lastSeed := time.Now()
 	onStats := func(st stream.Stats) {
+		// what the transitions keep drifts from what the kernel has
+		// (sockets the filter's kernel part let through as hints, ends
+		// not followed past --tw-max): a dump puts it right each minute
+		if seeded && time.Since(lastSeed) >= reseedEvery {
+			lastSeed = time.Now()
+			if _, err := seedSockets(agg, f); err != nil {
+				fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
+			}
+		}
 		iv := agg.Take(time.Now())
 		x := report.Extra{Lost: st.Lost}
 		var err error
@@ -85,6 +96,10 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 	return errors.Join(err, werr)
 }
+
+// reseedEvery is how often the sockets per state are set again from a
+// dump.
+const reseedEvery = time.Minute
 
 // seedSockets sets the aggregate's sockets per state from a dump of the
 // namespace's TCP sockets, when the filter can be applied to a dump: it

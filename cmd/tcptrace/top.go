@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/tcptrace/tcptrace/aggregate"
+	"github.com/tcptrace/tcptrace/stream"
+	"github.com/tcptrace/tcptrace/top"
+)
+
+// topConfig is what the top command's flags say.
+type topConfig struct {
+	common
+	interval time.Duration
+	maxKeys  int
+}
+
+func parseTop(args []string, stderr io.Writer) (*topConfig, error) {
+	c := &topConfig{}
+	fs := flag.NewFlagSet("top", flag.ContinueOnError)
+	c.register(fs)
+	fs.DurationVar(&c.interval, "interval", time.Second, "")
+	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
+	if err := parseFlags(fs, args, topUsage, stderr); err != nil {
+		return nil, err
+	}
+	if err := c.check(); err != nil {
+		return nil, usageError{err}
+	}
+	switch {
+	case c.interval < 100*time.Millisecond:
+		return nil, usageError{errors.New("--interval must be at least 100ms")}
+	case c.maxKeys < 1:
+		return nil, usageError{errors.New("--max-keys must be at least 1")}
+	}
+	return c, nil
+}
+
+// runTop shows the live view on a terminal, or a summary line per
+// interval when stdout is not one.
+func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseTop(args, stderr)
+	if err != nil {
+		return err
+	}
+	f, err := c.filter()
+	if err != nil {
+		return usageError{err}
+	}
+	agg := aggregate.New(c.maxKeys, time.Now())
+	if _, err := seedSockets(agg, f); err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
+	}
+	out, isFile := stdout.(*os.File)
+	if !isFile || !term.IsTerminal(int(out.Fd())) {
+		var werr error
+		st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
+			s := top.Take(agg, time.Now(), st.Lost)
+			if err := top.Plain(stdout, &s); err != nil && werr == nil {
+				werr = fmt.Errorf("write output: %w", err)
+			}
+		}}, agg)
+		fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+		return errors.Join(err, werr)
+	}
+
+	screen, err := top.NewScreen()
+	if err != nil {
+		return err
+	}
+	ctx, quit := context.WithCancel(ctx)
+	defer quit()
+	snaps := make(chan top.Snapshot, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		screen.Run(ctx, snaps)
+		quit() // the user quit: stop the trace
+	}()
+	st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
+		s := top.Take(agg, time.Now(), st.Lost)
+		select {
+		case snaps <- s:
+		default: // the screen is behind: it gets the next one
+		}
+	}}, agg)
+	quit()
+	<-done
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	return err
+}
+
+const topUsage = `Usage: tcptrace top [flags]
+
+A live full-screen view, redrawn every --interval: transitions, resets and
+refusals per second, sockets per state now, and the top processes and
+peers by new connections, CLOSE_WAIT held, TIME_WAIT created or resets.
+Keys: q quits, s changes the sort, p pauses. It works over ssh and in
+tmux, and follows resizes. When stdout is not a terminal it writes one
+summary line per interval instead. It takes the filter and limit flags of
+tcptrace trace (tcptrace --help).
+
+  --interval D        how often to redraw; default 1s
+                        tcptrace top --interval 2s
+  --max-keys N        processes and peers tracked per interval; default 4096
+                        tcptrace top --max-keys 100000
+`

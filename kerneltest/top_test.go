@@ -1,0 +1,112 @@
+package kerneltest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// tmux runs a tmux command on the test's own server (socket).
+type tmux struct {
+	t      *testing.T
+	socket string
+}
+
+func (x tmux) run(args ...string) (string, error) {
+	out, err := exec.Command("tmux", append([]string{"-L", x.socket}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// screen waits until the pane shows what cond wants, and returns it.
+func (x tmux) screen(what string, cond func(string) bool) string {
+	x.t.Helper()
+	var last string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, err := x.run("capture-pane", "-p", "-t", "top")
+		if err != nil {
+			x.t.Fatalf("capture-pane: %v: %s", err, out)
+		}
+		if last = out; cond(out) {
+			return out
+		}
+	}
+	x.t.Fatalf("the screen never showed %s; last:\n%s", what, last)
+	return ""
+}
+
+// `tcptrace top` in a real terminal (tmux, 120x40): it shows the rates,
+// the sockets per state and the server process holding a CLOSE_WAIT while
+// it does; s changes the sort; q quits and gives the terminal back.
+func TestTopInTmux(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatal("tmux is not installed (CI installs it)")
+		}
+		t.Skip("no tmux")
+	}
+	bin := filepath.Join(t.TempDir(), "tcptrace")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v: %s", err, out)
+	}
+	ns := newNetns(t)
+	x := tmux{t, fmt.Sprintf("tcptrace-test-%d", os.Getpid())}
+	t.Cleanup(func() { x.run("kill-server") })
+	if out, err := x.run("new-session", "-d", "-x", "120", "-y", "40", "-s", "top",
+		"exec "+bin+" top --netns "+ns.path+" --interval 300ms 2>/tmp/"+x.socket+".err"); err != nil {
+		t.Fatalf("tmux: %v: %s", err, out)
+	}
+	pidOut, err := x.run("display", "-p", "-t", "top", "#{pane_pid}")
+	if err != nil {
+		t.Fatalf("pane pid: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(pidOut))
+	var stderr strings.Builder
+	waitAttached(t, pid, &stderr)
+	x.screen("the first interval", func(s string) bool { return strings.Contains(s, "transitions/s") })
+
+	// the server holds its CLOSE_WAIT for 3 s after the client closed
+	c := newConn(t, ns, "127.0.0.1", "hold", "close-first", 3*time.Second)
+	c.srv.goAhead()
+	c.srv.expect("listening")
+	c.cli.goAhead()
+	c.cli.expect("done")
+	c.cli.wait()
+	held := x.screen("the server holding a CLOSE_WAIT", func(s string) bool {
+		for _, l := range strings.Split(s, "\n") {
+			f := strings.Fields(l)
+			if len(f) >= 7 && f[0] == strconv.Itoa(int(c.srv.pid)) && f[1] == serverComm && f[len(f)-1] == "1" {
+				return strings.Contains(s, "CLOSE_WAIT 1")
+			}
+		}
+		return false
+	})
+	if !strings.Contains(held, "tcptrace top") || !strings.Contains(held, "PROCESS") || !strings.Contains(held, "PEER") {
+		t.Errorf("screen:\n%s", held)
+	}
+	x.run("send-keys", "-t", "top", "s")
+	x.screen("the sort by CLOSE_WAIT held", func(s string) bool { return strings.Contains(s, "sort (by CLOSE_WAIT held)") })
+	c.srv.expect("done")
+	c.srv.wait()
+
+	x.run("send-keys", "-t", "top", "q")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := x.run("has-session", "-t", "top"); err != nil {
+			break // tcptrace exited, and the session with it
+		}
+		if time.Now().After(deadline) {
+			out, _ := x.run("capture-pane", "-p", "-t", "top")
+			t.Fatalf("q did not quit:\n%s", out)
+		}
+	}
+	if b, _ := os.ReadFile("/tmp/" + x.socket + ".err"); !strings.Contains(string(b), "events, 0 lost") {
+		t.Errorf("exit line: %q", b)
+	}
+	os.Remove("/tmp/" + x.socket + ".err")
+}
