@@ -62,7 +62,7 @@ func TestDOT(t *testing.T) {
 	if !strings.HasPrefix(dot, "digraph tcp {") || !strings.HasSuffix(dot, "}\n") {
 		t.Fatalf("not a digraph:\n%s", dot)
 	}
-	edge := regexp.MustCompile(`^  "([A-Z_0-9]+)" -> "([A-Z_0-9]+)" \[label="(\d+)(\\nmedian [^"]+)?"\];$`)
+	edge := regexp.MustCompile(`^  "([A-Z_0-9]+)" -> "([A-Z_0-9]+)" \[label="(\d+)(\\n(?:after|median ~)[^"]+)?"\];$`)
 	got := map[string]int{}
 	medians := map[string]string{}
 	for _, l := range strings.Split(dot, "\n") {
@@ -75,7 +75,7 @@ func TestDOT(t *testing.T) {
 	if len(got) != 12 || got["SYN_SENT->ESTABLISHED"] != 2 || got["LISTEN->SYN_RECV"] != 1 || got["LISTEN->CLOSE"] != 1 {
 		t.Errorf("edges %v", got)
 	}
-	if medians["CLOSE_WAIT->LAST_ACK"] == "" || medians["CLOSE->SYN_SENT"] != "" {
+	if medians["CLOSE_WAIT->LAST_ACK"] != `\nafter 300ms` || medians["SYN_SENT->ESTABLISHED"] != `\nmedian ~45us` || medians["CLOSE->SYN_SENT"] != "" {
 		t.Errorf("medians %v", medians)
 	}
 }

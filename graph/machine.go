@@ -47,7 +47,8 @@ var rank = map[events.State]int{
 
 // DOT writes the observed machine: only the states and edges seen. An
 // edge's label is its count and, where the time in the state it leaves
-// is known, that time's median (the middle of its log2 bucket).
+// is known, that time: exact for one transition, else its median (the
+// middle of its log2 bucket, within 41%).
 func (m *Machine) DOT(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("digraph tcp {\n")
@@ -82,8 +83,12 @@ func (m *Machine) DOT(w io.Writer) error {
 				continue
 			}
 			label := fmt.Sprint(c)
-			if h := &m.Dwell[o][n]; h.Count > 0 {
-				label += "\\nmedian " + short(h.Quantile(0.5))
+			switch h := &m.Dwell[o][n]; {
+			case h.Count == 1:
+				label += "\\nafter " + short(h.Sum) // exact
+			case h.Count > 1:
+				// the middle of the median's log2 bucket: within 41%
+				label += "\\nmedian ~" + short(h.Quantile(0.5))
 			}
 			// DOT reads \n in a quoted label as a line break
 			fmt.Fprintf(&b, "  %q -> %q [label=\"%s\"];\n", events.State(o).String(), events.State(n).String(), label)

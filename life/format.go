@@ -104,14 +104,14 @@ func (lw *Writer) Write(c *Conn) error {
 	}
 	if !lw.header {
 		lw.header = true
-		if _, err := fmt.Fprintf(lw.w, "%-15s %-6s %-15s %-6s %-21s %-21s %7s %7s %4s %8s %10s %-14s %s\n",
-			"TIME", "PID", "COMM", "ROLE", "LADDR:LPORT", "RADDR:RPORT", "TX_KB", "RX_KB", "RETR", "HS_MS", "MS", "END", "CLOSED_FIRST"); err != nil {
+		if _, err := fmt.Fprintf(lw.w, "%-15s %-6s %-15s %-6s %-21s %-21s %10s %10s %4s %8s %10s %-14s %s\n",
+			"TIME", "PID", "COMM", "ROLE", "LADDR:LPORT", "RADDR:RPORT", "TX_BYTES", "RX_BYTES", "RETR", "HS_MS", "MS", "END", "CLOSED_FIRST"); err != nil {
 			return err
 		}
 	}
-	_, err := fmt.Fprintf(lw.w, "%-15s %-6d %-15s %-6s %-21s %-21s %7s %7s %4d %8s %10s %-14s %s\n",
+	_, err := fmt.Fprintf(lw.w, "%-15s %-6d %-15s %-6s %-21s %-21s %10d %10d %4d %8s %10s %-14s %s\n",
 		c.End.Format("15:04:05.000000"), c.PID, orDash(c.Comm), c.Role, addrPort(c.LAddr.String(), c.LPort, c.Family == 6),
-		addrPort(c.RAddr.String(), c.RPort, c.Family == 6), kb(c.Sent), kb(c.Received), c.Retrans, hs, dur, c.EndedBy, c.ClosedBy)
+		addrPort(c.RAddr.String(), c.RPort, c.Family == 6), c.Sent, c.Received, c.Retrans, hs, dur, c.EndedBy, c.ClosedBy)
 	return err
 }
 
@@ -122,14 +122,6 @@ func (lw *Writer) Flush() error {
 		return lw.csv.Error()
 	}
 	return nil
-}
-
-// kb is bytes in KiB, as tcplife shows them, with a decimal under 10.
-func kb(b uint64) string {
-	if b < 10<<10 {
-		return strconv.FormatFloat(float64(b)/1024, 'f', 1, 64)
-	}
-	return strconv.FormatUint(b>>10, 10)
 }
 
 func orDash(s string) string {
