@@ -3,11 +3,14 @@ package kerneltest
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,10 +23,7 @@ import (
 func TestBinaryWithoutTracefs(t *testing.T) {
 	t.Parallel()
 	requireBPF(t)
-	bin := filepath.Join(t.TempDir(), "tcptrace")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v: %s", err, out)
-	}
+	bin := tcptraceBinary(t)
 	ns := newNetns(t)
 	script := `umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null
 if grep -qE ' (tracefs|debugfs) ' /proc/self/mounts; then echo "tracefs still mounted" >&2; exit 99; fi
@@ -71,6 +71,65 @@ exec "$0" "$@"`
 	if got := strings.TrimSpace(stderr.String()); got != "tcptrace: 3 events, 0 lost" {
 		t.Errorf("summary %q, want %q", got, "tcptrace: 3 events, 0 lost")
 	}
+}
+
+// built is the tcptrace binary the tests run, built once.
+var built struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// tcptraceBinary builds cmd/tcptrace once for the package's tests.
+func tcptraceBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "tcptrace-bin-"); built.err != nil {
+			return
+		}
+		built.path = filepath.Join(built.dir, "tcptrace")
+		if out, err := exec.Command("go", "build", "-o", built.path, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("build: %v: %s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.path
+}
+
+// removeBinary runs after the tests.
+func removeBinary() {
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+}
+
+// overOneConnection runs the binary with args (after --netns) while one
+// connection (the client closes first, the server waits for its EOF) and
+// its listener go through a fresh namespace, and waits for it to exit:
+// args should stop it, with --count or --duration. It returns stdout,
+// stderr and the two processes.
+func overOneConnection(t *testing.T, args ...string) (stdout, stderr string, srv, cli *proc) {
+	t.Helper()
+	ns := newNetns(t)
+	cmd := exec.Command(tcptraceBinary(t), append([]string{args[0], "--netns", ns.path}, args[1:]...)...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer cmd.Process.Kill()
+	srv = ns.start(t, serverComm, "wait-eof", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
+	cli = ns.start(t, clientComm, "close-first", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
+	waitAttached(t, cmd.Process.Pid, &errOut)
+	c := &conn{srv: srv, cli: cli}
+	c.run()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcptrace %v: %v, stderr: %s", args, err, errOut.String())
+	}
+	return out.String(), errOut.String(), srv, cli
 }
 
 // waitAttached waits until the process holds all its BPF links.

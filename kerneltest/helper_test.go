@@ -39,6 +39,7 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	unmountCgroups()
+	removeBinary()
 	os.Exit(code)
 }
 
@@ -555,4 +556,58 @@ func inNetns(t *testing.T, n *netns, f func()) {
 		}
 	}()
 	f()
+}
+
+// connectN makes n plain-TCP (not MPTCP) connections in the namespace,
+// one after another, from this process: client does the client side of
+// each, server the server side (each in a goroutine of its own), and an
+// error either returns fails the test. It returns the listener's port and
+// the clients' ports, the listener closed.
+func connectN(t *testing.T, n *netns, count int, client, server func(net.Conn) error) (lport uint16, clients []uint16) {
+	t.Helper()
+	inNetns(t, n, func() {
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false) // plain TCP: one socket each side
+		ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		lport = uint16(ln.Addr().(*net.TCPAddr).Port)
+		served := make(chan error, count)
+		go func() {
+			for range count {
+				c, err := ln.Accept()
+				if err != nil {
+					served <- err
+					return
+				}
+				go func() {
+					err := server(c)
+					c.Close()
+					served <- err
+				}()
+			}
+		}()
+		d := net.Dialer{}
+		d.SetMultipathTCP(false)
+		for range count {
+			c, err := d.Dial("tcp4", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients = append(clients, uint16(c.LocalAddr().(*net.TCPAddr).Port))
+			err = client(c)
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range count {
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	return lport, clients
 }

@@ -2,10 +2,6 @@ package kerneltest
 
 import (
 	"encoding/json"
-	"net"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -18,26 +14,7 @@ import (
 func TestLifeBinary(t *testing.T) {
 	t.Parallel()
 	requireBPF(t)
-	bin := filepath.Join(t.TempDir(), "tcptrace")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v: %s", err, out)
-	}
-	ns := newNetns(t)
-	cmd := exec.Command(bin, "life", "--json", "--netns", ns.path, "--count", "12")
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	defer cmd.Process.Kill()
-	srv := ns.start(t, serverComm, "wait-eof", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
-	cli := ns.start(t, clientComm, "close-first", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
-	waitAttached(t, cmd.Process.Pid, &stderr)
-	c := &conn{srv: srv, cli: cli}
-	c.run()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tcptrace life: %v, stderr: %s", err, stderr.String())
-	}
+	stdout, stderr, srv, cli := overOneConnection(t, "life", "--json", "--count", "12")
 	type record struct {
 		PID         uint32
 		Comm        string
@@ -51,9 +28,9 @@ func TestLifeBinary(t *testing.T) {
 		End         string
 		ClosedFirst string `json:"closed_first"`
 	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	if len(lines) != 2 {
-		t.Fatalf("want 2 records, got %d:\n%s", len(lines), stdout.String())
+		t.Fatalf("want 2 records, got %d:\n%s", len(lines), stdout)
 	}
 	got := map[string]record{}
 	for _, l := range lines {
@@ -72,7 +49,7 @@ func TestLifeBinary(t *testing.T) {
 		sv.LPort != port || sv.RPort != cl.LPort || sv.TxBytes != 0 || sv.RxBytes != 0 || sv.HandshakeMs == nil || !sv.Whole {
 		t.Errorf("server record %+v", sv)
 	}
-	if !strings.Contains(stderr.String(), "tcptrace: 2 connections, 12 events, 0 lost") {
-		t.Errorf("exit line: %q", stderr.String())
+	if !strings.Contains(stderr, "tcptrace: 2 connections, 12 events, 0 lost") {
+		t.Errorf("exit line: %q", stderr)
 	}
 }

@@ -1,7 +1,6 @@
 package kerneltest
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -33,57 +32,27 @@ func TestLifeRecords(t *testing.T) {
 		return nil
 	}, func() error { return nil })
 	tr := startTracerFollow(t, filter.Filter{Netns: ns.ino}, timewait.Options{}, tracker)
-	clients := map[uint16]bool{}
-	var lport uint16
-	inNetns(t, ns, func() {
-		lc := net.ListenConfig{}
-		lc.SetMultipathTCP(false)
-		ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	lport, ports := connectN(t, ns, n, func(c net.Conn) error {
+		c.Write(make([]byte, up))
+		c.(*net.TCPConn).CloseWrite()
+		if got, err := io.ReadAll(c); err != nil || len(got) != down {
+			return fmt.Errorf("client read %d bytes, %v", len(got), err)
 		}
-		lport = uint16(ln.Addr().(*net.TCPAddr).Port)
-		done := make(chan error, n)
-		go func() {
-			for range n {
-				c, err := ln.Accept()
-				if err != nil {
-					done <- err
-					return
-				}
-				got, err := io.ReadAll(c)
-				if err == nil && len(got) != up {
-					err = fmt.Errorf("server read %d bytes, want %d", len(got), up)
-				}
-				if err == nil {
-					_, err = c.Write(make([]byte, down))
-				}
-				c.Close()
-				done <- err
-			}
-		}()
-		d := net.Dialer{}
-		d.SetMultipathTCP(false)
-		for range n {
-			c, err := d.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			clients[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = true
-			c.Write(make([]byte, up))
-			c.(*net.TCPConn).CloseWrite()
-			if got, err := io.ReadAll(c); err != nil || len(got) != down {
-				t.Fatalf("client read %d bytes, %v", len(got), err)
-			}
-			c.Close()
+		return nil
+	}, func(c net.Conn) error {
+		got, err := io.ReadAll(c)
+		if err == nil && len(got) != up {
+			err = fmt.Errorf("server read %d bytes, want %d", len(got), up)
 		}
-		for range n {
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
+		if err == nil {
+			_, err = c.Write(make([]byte, down))
 		}
-		ln.Close()
+		return err
 	})
+	clients := map[uint16]bool{}
+	for _, p := range ports {
+		clients[p] = true
+	}
 	tr.waitFor("every end", 5*time.Second, func(evs []events.Event) bool {
 		ends := 0
 		for _, e := range evs {

@@ -2,10 +2,6 @@ package kerneltest
 
 import (
 	"encoding/json"
-	"net"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -18,29 +14,10 @@ import (
 func TestStatsBinary(t *testing.T) {
 	t.Parallel()
 	requireBPF(t)
-	bin := filepath.Join(t.TempDir(), "tcptrace")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v: %s", err, out)
-	}
-	ns := newNetns(t)
-	cmd := exec.Command(bin, "stats", "--json", "--netns", ns.path, "--count", "12", "--interval", "1h")
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	defer cmd.Process.Kill()
-	srv := ns.start(t, serverComm, "wait-eof", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
-	cli := ns.start(t, clientComm, "close-first", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 0)
-	waitAttached(t, cmd.Process.Pid, &stderr)
-	c := &conn{srv: srv, cli: cli}
-	c.run()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tcptrace stats: %v, stderr: %s", err, stderr.String())
-	}
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	stdout, _, srv, _ := overOneConnection(t, "stats", "--json", "--count", "12", "--interval", "1h")
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
 	if len(lines) != 1 {
-		t.Fatalf("want one interval, got %d lines:\n%s", len(lines), stdout.String())
+		t.Fatalf("want one interval, got %d lines:\n%s", len(lines), stdout)
 	}
 	var iv struct {
 		Events      uint64

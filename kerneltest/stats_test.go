@@ -1,7 +1,6 @@
 package kerneltest
 
 import (
-	"context"
 	"io"
 	"net"
 	"os/exec"
@@ -25,46 +24,14 @@ func TestStatsCounts(t *testing.T) {
 	const n = 20
 	agg := aggregate.New(0, time.Now())
 	tr := startTracerFollow(t, filter.Filter{Netns: ns.ino}, timewait.Options{}, agg)
-	var lport int
-	inNetns(t, ns, func() {
-		lc := net.ListenConfig{}
-		lc.SetMultipathTCP(false) // plain TCP: one socket each side
-		ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lport = ln.Addr().(*net.TCPAddr).Port
-		served := make(chan error, n)
-		go func() {
-			for range n {
-				c, err := ln.Accept()
-				if err != nil {
-					served <- err
-					return
-				}
-				// read to the client's FIN, then close: CLOSE_WAIT,
-				// LAST_ACK on the server, TIME_WAIT on the client
-				_, err = io.ReadAll(c)
-				served <- err
-				c.Close()
-			}
-		}()
-		d := net.Dialer{}
-		d.SetMultipathTCP(false)
-		for range n {
-			c, err := d.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.Write([]byte("x"))
-			c.Close()
-		}
-		for range n {
-			if err := <-served; err != nil {
-				t.Fatal(err)
-			}
-		}
-		ln.Close()
+	// the client writes and closes; the server reads to the EOF and
+	// closes: CLOSE_WAIT, LAST_ACK on the server, TIME_WAIT on the client
+	lport, _ := connectN(t, ns, n, func(c net.Conn) error {
+		_, err := c.Write([]byte("x"))
+		return err
+	}, func(c net.Conn) error {
+		_, err := io.ReadAll(c)
+		return err
 	})
 	tr.waitFor("every connection's end and the listener's", 5*time.Second, func(evs []events.Event) bool {
 		tw, lastAck, listenerEnd := 0, 0, 0

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,10 +50,7 @@ func TestTopInTmux(t *testing.T) {
 		}
 		t.Skip("no tmux")
 	}
-	bin := filepath.Join(t.TempDir(), "tcptrace")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v: %s", err, out)
-	}
+	bin := tcptraceBinary(t)
 	ns := newNetns(t)
 	x := tmux{t, fmt.Sprintf("tcptrace-test-%d", os.Getpid())}
 	t.Cleanup(func() { x.run("kill-server") })

@@ -1,7 +1,6 @@
 package sockdiag
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -28,21 +27,11 @@ func (p *Prober) LookupMany(netns, pid uint32, n int, ev func(i int) *events.Eve
 	if n == 0 {
 		return nil
 	}
-	c, err := p.conn(netns, pid)
-	if err != nil {
-		return err
-	}
-	raw, err := c.SyscallConn()
+	s, err := p.session(netns, pid)
 	if err != nil {
 		return fmt.Errorf("sock_diag lookups in netns %d: %w", netns, err)
 	}
-	if err := c.SetReadDeadline(time.Now().Add(dumpTimeout)); err != nil {
-		return fmt.Errorf("sock_diag lookups in netns %d: %w", netns, err)
-	}
-	defer c.SetReadDeadline(time.Time{})
-	if p.buf == nil {
-		p.buf = make([]byte, 256<<10)
-	}
+	defer s.end()
 	const size = unix.NLMSG_HDRLEN + 56
 	req := make([]byte, batchMax*size)
 	le := binary.NativeEndian
@@ -59,26 +48,16 @@ func (p *Prober) LookupMany(netns, pid uint32, n int, ev func(i int) *events.Eve
 			le.PutUint32(m[12:], 0)
 			putRequest(m[unix.NLMSG_HDRLEN:], ev(start+k))
 		}
-		var serr error
-		err = raw.Write(func(fd uintptr) bool {
-			serr = unix.Sendto(int(fd), req[:count*size], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-			return serr != unix.EAGAIN
-		})
-		if err = cmp.Or(err, serr); err != nil {
+		if err := s.send(req[:count*size]); err != nil {
 			return fmt.Errorf("sock_diag lookups in netns %d: %w", netns, err)
 		}
 		answered := 0
 		for answered < count {
-			var got int
-			var rerr error
-			err := raw.Read(func(fd uintptr) bool {
-				got, _, rerr = unix.Recvfrom(int(fd), p.buf, 0)
-				return rerr != unix.EAGAIN && rerr != unix.EINTR
-			})
-			if err = cmp.Or(err, rerr); err != nil {
+			b, err := s.recv()
+			if err != nil {
 				return fmt.Errorf("sock_diag lookups in netns %d: %w", netns, err)
 			}
-			k, err := parseAnswers(p.buf[:got], first, count, func(k int, s Socket, found bool) {
+			k, err := parseAnswers(b, first, count, func(k int, s Socket, found bool) {
 				fn(start+k, s, found)
 			})
 			if err != nil {

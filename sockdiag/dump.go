@@ -1,7 +1,6 @@
 package sockdiag
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -53,18 +52,11 @@ func miniSocket(data []byte) MiniSocket {
 // dump calls fn with each struct inet_diag_msg (at least 56 bytes) of a
 // dump of family's TCP sockets in states, in netns.
 func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, fn func(msg []byte)) error {
-	c, err := p.conn(netns, pid)
-	if err != nil {
-		return err
-	}
-	raw, err := c.SyscallConn()
+	s, err := p.session(netns, pid)
 	if err != nil {
 		return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
 	}
-	if err := c.SetReadDeadline(time.Now().Add(dumpTimeout)); err != nil {
-		return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
-	}
-	defer c.SetReadDeadline(time.Time{})
+	defer s.end()
 	p.seq++
 	req := make([]byte, unix.NLMSG_HDRLEN+56)
 	le := binary.NativeEndian
@@ -82,28 +74,15 @@ func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, fn func(ms
 	// no cookie: every socket
 	le.PutUint32(r[48:], noCookie)
 	le.PutUint32(r[52:], noCookie)
-	var serr error
-	err = raw.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-		return serr != unix.EAGAIN
-	})
-	if err = cmp.Or(err, serr); err != nil {
+	if err := s.send(req); err != nil {
 		return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
 	}
-	if p.buf == nil {
-		p.buf = make([]byte, 256<<10)
-	}
 	for {
-		var n int
-		var rerr error
-		err := raw.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), p.buf, 0)
-			return rerr != unix.EAGAIN && rerr != unix.EINTR
-		})
-		if err = cmp.Or(err, rerr); err != nil {
+		b, err := s.recv()
+		if err != nil {
 			return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
 		}
-		done, err := parseDump(p.buf[:n], p.seq, fn)
+		done, err := parseDump(b, p.seq, fn)
 		if err != nil {
 			return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
 		}

@@ -16,36 +16,92 @@ import (
 	"github.com/tcptrace/tcptrace/stream"
 )
 
+// aggFlags are the flags of the commands that aggregate (stats, top).
+type aggFlags struct {
+	common
+	interval time.Duration
+	maxKeys  int
+}
+
+func (c *aggFlags) register(fs *flag.FlagSet, interval time.Duration) {
+	c.common.register(fs)
+	fs.DurationVar(&c.interval, "interval", interval, "")
+	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
+}
+
+func (c *aggFlags) check() error {
+	if err := c.common.check(); err != nil {
+		return err
+	}
+	switch {
+	case c.interval < 100*time.Millisecond:
+		return errors.New("--interval must be at least 100ms")
+	case c.maxKeys < 1:
+		return errors.New("--max-keys must be at least 1")
+	}
+	return nil
+}
+
+// aggregator is an aggregate with its sockets per state seeded from a
+// dump of the namespace, and set again from one each minute.
+type aggregator struct {
+	*aggregate.Aggregate
+	filter   filter.Filter
+	seeded   bool
+	lastSeed time.Time
+	stderr   io.Writer
+}
+
+func newAggregator(c *aggFlags, stderr io.Writer) (*aggregator, error) {
+	f, err := c.filter()
+	if err != nil {
+		return nil, usageError{err}
+	}
+	a := &aggregator{Aggregate: aggregate.New(c.maxKeys, time.Now()), filter: f, lastSeed: time.Now(), stderr: stderr}
+	a.seeded, err = seedSockets(a.Aggregate, f)
+	if err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
+	} else if !a.seeded {
+		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm and --state cannot be applied to a socket dump")
+	}
+	return a, nil
+}
+
+// reseed sets the sockets per state from a dump again, once a minute:
+// what the transitions keep drifts from what the kernel has (ends not
+// followed past --tw-max, sockets whose transitions the kernel part of
+// the filter let through only as hints).
+func (a *aggregator) reseed() {
+	if !a.seeded || time.Since(a.lastSeed) < reseedEvery {
+		return
+	}
+	a.lastSeed = time.Now()
+	if _, err := seedSockets(a.Aggregate, a.filter); err != nil {
+		fmt.Fprintf(a.stderr, "tcptrace: warning: %v\n", err)
+	}
+}
+
 // statsConfig is what the stats command's flags say.
 type statsConfig struct {
-	common
-	json     bool
-	interval time.Duration
-	top      int
-	maxKeys  int
+	aggFlags
+	json bool
+	top  int
 }
 
 func parseStats(args []string, stderr io.Writer) (*statsConfig, error) {
 	c := &statsConfig{}
 	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
-	c.register(fs)
+	c.aggFlags.register(fs, 5*time.Second)
 	fs.BoolVar(&c.json, "json", false, "")
-	fs.DurationVar(&c.interval, "interval", 5*time.Second, "")
 	fs.IntVar(&c.top, "top", 10, "")
-	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
 	if err := parseFlags(fs, args, statsUsage, stderr); err != nil {
 		return nil, err
 	}
-	if err := c.check(); err != nil {
+	if err := c.aggFlags.check(); err != nil {
 		return nil, usageError{err}
 	}
-	switch {
-	case c.interval < 100*time.Millisecond:
-		return nil, usageError{errors.New("--interval must be at least 100ms")}
-	case c.top < 1:
+	if c.top < 1 {
 		return nil, usageError{errors.New("--top must be at least 1")}
-	case c.maxKeys < 1:
-		return nil, usageError{errors.New("--max-keys must be at least 1")}
 	}
 	return c, nil
 }
@@ -57,29 +113,13 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	f, err := c.filter()
+	agg, err := newAggregator(&c.aggFlags, stderr)
 	if err != nil {
-		return usageError{err}
-	}
-	agg := aggregate.New(c.maxKeys, time.Now())
-	seeded, err := seedSockets(agg, f)
-	if err != nil {
-		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
-	} else if !seeded {
-		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm and --state cannot be applied to a socket dump")
+		return err
 	}
 	var werr error
-	lastSeed := time.Now()
 	onStats := func(st stream.Stats) {
-		// what the transitions keep drifts from what the kernel has
-		// (sockets the filter's kernel part let through as hints, ends
-		// not followed past --tw-max): a dump puts it right each minute
-		if seeded && time.Since(lastSeed) >= reseedEvery {
-			lastSeed = time.Now()
-			if _, err := seedSockets(agg, f); err != nil {
-				fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
-			}
-		}
+		agg.reseed()
 		iv := agg.Take(time.Now())
 		x := report.Extra{Lost: st.Lost}
 		var err error
@@ -92,7 +132,7 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			werr = fmt.Errorf("write output: %w", err)
 		}
 	}
-	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval}, agg)
+	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval}, agg.Aggregate)
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 	return errors.Join(err, werr)
 }

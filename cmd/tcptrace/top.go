@@ -11,35 +11,19 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/tcptrace/tcptrace/aggregate"
 	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/top"
 )
 
-// topConfig is what the top command's flags say.
-type topConfig struct {
-	common
-	interval time.Duration
-	maxKeys  int
-}
-
-func parseTop(args []string, stderr io.Writer) (*topConfig, error) {
-	c := &topConfig{}
+func parseTop(args []string, stderr io.Writer) (*aggFlags, error) {
+	c := &aggFlags{}
 	fs := flag.NewFlagSet("top", flag.ContinueOnError)
-	c.register(fs)
-	fs.DurationVar(&c.interval, "interval", time.Second, "")
-	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
+	c.register(fs, time.Second)
 	if err := parseFlags(fs, args, topUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.check(); err != nil {
 		return nil, usageError{err}
-	}
-	switch {
-	case c.interval < 100*time.Millisecond:
-		return nil, usageError{errors.New("--interval must be at least 100ms")}
-	case c.maxKeys < 1:
-		return nil, usageError{errors.New("--max-keys must be at least 1")}
 	}
 	return c, nil
 }
@@ -51,23 +35,20 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	f, err := c.filter()
+	agg, err := newAggregator(c, stderr)
 	if err != nil {
-		return usageError{err}
-	}
-	agg := aggregate.New(c.maxKeys, time.Now())
-	if _, err := seedSockets(agg, f); err != nil {
-		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
+		return err
 	}
 	out, isFile := stdout.(*os.File)
 	if !isFile || !term.IsTerminal(int(out.Fd())) {
 		var werr error
 		st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
-			s := top.Take(agg, time.Now(), st.Lost)
+			agg.reseed()
+			s := top.Take(agg.Aggregate, time.Now(), st.Lost)
 			if err := top.Plain(stdout, &s); err != nil && werr == nil {
 				werr = fmt.Errorf("write output: %w", err)
 			}
-		}}, agg)
+		}}, agg.Aggregate)
 		fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 		return errors.Join(err, werr)
 	}
@@ -86,12 +67,13 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		quit() // the user quit: stop the trace
 	}()
 	st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
-		s := top.Take(agg, time.Now(), st.Lost)
+		agg.reseed()
+		s := top.Take(agg.Aggregate, time.Now(), st.Lost)
 		select {
 		case snaps <- s:
 		default: // the screen is behind: it gets the next one
 		}
-	}}, agg)
+	}}, agg.Aggregate)
 	quit()
 	<-done
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
