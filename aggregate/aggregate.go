@@ -180,6 +180,10 @@ func (a *Aggregate) Seed(perState [States]int64) {
 	a.Sockets = perState
 }
 
+// Peek is the current interval so far, not ended: the caller must not
+// keep its maps past the next Write.
+func (a *Aggregate) Peek() *Interval { return &a.cur }
+
 // Take ends the current interval at now and returns it.
 func (a *Aggregate) Take(now time.Time) Interval {
 	iv := a.cur

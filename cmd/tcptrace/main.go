@@ -165,6 +165,7 @@ const usage = `Usage: tcptrace [trace] [flags]
        tcptrace stats [flags]    aggregates every --interval (tcptrace stats --help)
        tcptrace life [flags]     one line per finished connection (tcptrace life --help)
        tcptrace top [flags]      a live full-screen view (tcptrace top --help)
+       tcptrace agent [flags]    Prometheus metrics at /metrics (tcptrace agent --help)
        tcptrace graph [flags]    the state machine as DOT, or one connection's ladder (tcptrace graph --help)
 
 Streams every TCP state transition on this host, attributed to the process
@@ -219,6 +220,7 @@ var commands = map[string]func(ctx context.Context, args []string, stdout, stder
 	"graph": runGraph,
 	"life":  runLife,
 	"top":   runTop,
+	"agent": runAgent,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -294,6 +296,8 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 type hooks struct {
 	onStats func(stream.Stats)
 	every   time.Duration
+	// onAttach runs once the programs are attached
+	onAttach func()
 }
 
 // trace loads and attaches the tracer with the shared flags and streams
@@ -310,6 +314,9 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	defer tr.Close()
 	if err := tr.Attach(); err != nil {
 		return stream.Stats{}, err
+	}
+	if h.onAttach != nil {
+		h.onAttach()
 	}
 	// sockets older than the tracer: their owners from the start
 	seed, err := tr.Holders()

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tcptrace/tcptrace/aggregate"
+	"github.com/tcptrace/tcptrace/cgroups"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/metrics"
+	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/stream"
+)
+
+// agentConfig is what the agent command's flags say.
+type agentConfig struct {
+	common
+	listen string
+	topK   int
+}
+
+func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
+	c := &agentConfig{}
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	c.register(fs)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "")
+	fs.IntVar(&c.topK, "top-k", metrics.DefaultTopK, "")
+	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
+		return nil, err
+	}
+	if err := c.check(); err != nil {
+		return nil, usageError{err}
+	}
+	if c.topK < 1 {
+		return nil, usageError{errors.New("--top-k must be at least 1")}
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return nil, usageError{fmt.Errorf("--listen %q: want host:port", c.listen)}
+	}
+	return c, nil
+}
+
+// runAgent serves the metrics until SIGINT or SIGTERM; SIGHUP is ignored.
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseAgent(args, stderr)
+	if err != nil {
+		return err
+	}
+	signal.Ignore(syscall.SIGHUP)
+	// listen before loading: a port in use is said at once
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.listen, err)
+	}
+	names := cgroups.New()
+	x := metrics.New(c.topK, names.Name)
+	f, err := c.filter()
+	if err != nil {
+		ln.Close()
+		return usageError{err}
+	}
+	seed := func() {
+		if len(f.PIDs) > 0 || f.Comm != "" || len(f.States) > 0 {
+			return // a dump cannot apply them
+		}
+		for _, fam := range []events.Family{4, 6} {
+			if per, err := dumpStates(f.Netns, fam, f.LPorts, f.RPorts); err == nil {
+				x.Seed(fam, per)
+			} else {
+				fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
+			}
+		}
+	}
+	seed()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(x, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var ready atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "not attached yet", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
+	go srv.Serve(ln)
+	defer func() {
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	fmt.Fprintf(stderr, "tcptrace: serving metrics on http://%s/metrics\n", ln.Addr())
+
+	lastSeed := time.Now()
+	st, err := trace(ctx, &c.common, stderr, hooks{every: 5 * time.Second, onStats: func(st stream.Stats) {
+		ready.Store(true)
+		x.SetStats(st.Lost, st.Untracked, st.Unknown)
+		if time.Since(lastSeed) >= reseedEvery {
+			lastSeed = time.Now()
+			seed()
+		}
+	}, onAttach: func() { ready.Store(true) }}, x)
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	return err
+}
+
+// dumpStates counts a namespace's sockets per state (0: this process's
+// namespace), with the port filters applied.
+func dumpStates(netns uint32, family events.Family, lports, rports []uint16) ([aggregate.States]int64, error) {
+	var per [aggregate.States]int64
+	p := sockdiag.NewProber()
+	defer p.Close()
+	if netns == 0 {
+		ino, err := sockdiag.NetnsInode("/proc/self/ns/net")
+		if err != nil {
+			return per, err
+		}
+		netns = ino
+	}
+	err := p.Sockets(netns, 0, uint8(family), func(s sockdiag.Listed) {
+		if (len(lports) == 0 || contains(lports, s.LPort)) && (len(rports) == 0 || contains(rports, s.RPort)) &&
+			s.State < aggregate.States && s.State != events.Close {
+			per[s.State]++
+		}
+	})
+	return per, err
+}
+
+const agentUsage = `Usage: tcptrace agent [flags]
+
+Runs until SIGINT or SIGTERM (SIGHUP is ignored) and serves Prometheus
+metrics of every TCP state transition at /metrics, and /healthz (200 once
+attached). Counters and gauges are kept by the transitions, so a scrape
+costs the same whatever the number of sockets; the sockets per state are
+seeded from a socket dump at start and set again from one each minute.
+It takes the filter and limit flags of tcptrace trace (tcptrace --help).
+The README lists every metric.
+
+  --listen ADDR       where to serve; default 127.0.0.1:9464 (loopback: say
+                      another address explicitly, and see the README on
+                      exposing it)
+                        tcptrace agent --listen 127.0.0.1:9464
+  --top-k N           process names and cgroups with series of their own,
+                      the first seen; the rest count as "other"; default 20
+                        tcptrace agent --top-k 50
+`

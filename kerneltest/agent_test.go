@@ -1,0 +1,240 @@
+package kerneltest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// startAgent runs `tcptrace agent` for the namespace on a free loopback
+// port, and returns its address once /healthz says it is attached.
+func startAgent(t *testing.T, ns *netns, args ...string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(tcptraceBinary(t), append([]string{"agent", "--netns", ns.path, "--listen", addr}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return addr
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent never became healthy; stderr: %s", stderr.String())
+		}
+	}
+}
+
+// scrape reads /metrics as Prometheus would, by series.
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	r, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(r.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for name, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[key+",count"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+const connections = 20
+
+// twentyConnections makes 20 connections in the namespace, the client
+// closing first, and waits until the agent has counted every end.
+func twentyConnections(t *testing.T, ns *netns, addr string) {
+	t.Helper()
+	connectN(t, ns, connections, func(c net.Conn) error {
+		_, err := c.Write([]byte("x"))
+		return err
+	}, func(c net.Conn) error {
+		_, err := io.ReadAll(c)
+		return err
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m := scrape(t, addr)
+		if m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LAST_ACK"] == connections &&
+			m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LISTEN"] == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent did not count every end: %v", m)
+		}
+	}
+}
+
+// The agent's /metrics after 20 real connections: every transition
+// counter exactly 20, the process's counts, the TIME_WAIT sockets as ss
+// sees them, nothing lost; it survives SIGHUP; /healthz answers.
+func TestAgentMetrics(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	addr := startAgent(t, ns)
+	twentyConnections(t, ns, addr)
+	m := scrape(t, addr)
+	for _, cell := range [][2]string{{"CLOSE", "SYN_SENT"}, {"SYN_SENT", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT1"},
+		{"FIN_WAIT1", "FIN_WAIT2"}, {"FIN_WAIT2", "TIME_WAIT"}, {"LISTEN", "SYN_RECV"}, {"SYN_RECV", "ESTABLISHED"},
+		{"ESTABLISHED", "CLOSE_WAIT"}, {"CLOSE_WAIT", "LAST_ACK"}, {"LAST_ACK", "CLOSE"}} {
+		key := fmt.Sprintf("tcptrace_transitions_total,family=ipv4,new=%s,old=%s", cell[1], cell[0])
+		if m[key] != connections {
+			t.Errorf("%s = %v, want %d", key, m[key], connections)
+		}
+	}
+	comm := filepath.Base(os.Args[0])
+	if len(comm) > 15 {
+		comm = comm[:15]
+	}
+	for key, want := range map[string]float64{
+		"tcptrace_timewait_entries_total":                        connections,
+		"tcptrace_closes_total,cause=closed,family=ipv4":         connections + 1,
+		"tcptrace_process_connections_total,comm=" + comm:        2 * connections,
+		"tcptrace_process_timewait_entries_total,comm=" + comm:   connections,
+		"tcptrace_process_close_wait,comm=" + comm:               0,
+		"tcptrace_state_duration_seconds,state=syn_sent,count":   connections,
+		"tcptrace_state_duration_seconds,state=close_wait,count": connections,
+		"tcptrace_events_lost_total":                             0,
+		"tcptrace_sockets,family=ipv4,state=TIME_WAIT":           connections,
+	} {
+		if got, ok := m[key]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
+		}
+	}
+	if _, ok := m["go_goroutines"]; !ok {
+		t.Error("no Go process metrics")
+	}
+	// SIGHUP does not stop it
+	exec.Command("pkill", "-HUP", "-f", "tcptrace agent --netns "+ns.path).Run()
+	time.Sleep(200 * time.Millisecond)
+	if r, err := http.Get("http://" + addr + "/healthz"); err != nil || r.StatusCode != http.StatusOK {
+		t.Errorf("after SIGHUP: %v", err)
+	}
+	// no endpoint changes state: anything but GET is refused
+	if r, err := http.Post("http://"+addr+"/metrics", "text/plain", nil); err != nil || r.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /metrics: %v %v", r.StatusCode, err)
+	}
+}
+
+// A real Prometheus (Debian's) scrapes the agent; after 20 connections a
+// PromQL query over its HTTP API returns exactly 20 on the right series.
+func TestPrometheusScrapesAgent(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	prom, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatal("prometheus is not installed (CI installs it)")
+		}
+		t.Skip("no prometheus")
+	}
+	ns := newNetns(t)
+	addr := startAgent(t, ns)
+	dir := t.TempDir()
+	config := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: [%q]\n", addr)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	promAddr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, prom, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+promAddr)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	twentyConnections(t, ns, addr)
+
+	query := `sum(tcptrace_transitions_total{job="tcptrace",old="LAST_ACK",new="CLOSE"})`
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		v, err := promQuery(promAddr, query)
+		if err == nil && v == connections {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PromQL %s: %v, %v; prometheus: %.2000s", query, v, err, stderr.String())
+		}
+	}
+	if v, err := promQuery(promAddr, `tcptrace_timewait_entries_total{job="tcptrace"}`); err != nil || v != connections {
+		t.Errorf("TIME_WAIT entries: %v, %v", v, err)
+	}
+}
+
+// promQuery runs an instant query that returns one sample.
+func promQuery(addr, q string) (float64, error) {
+	r, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return 0, err
+	}
+	defer r.Body.Close()
+	var res struct {
+		Status string
+		Data   struct {
+			Result []struct {
+				Value [2]any
+			}
+		}
+	}
+	if err := json.NewDecoder(r.Body).Decode(&res); err != nil {
+		return 0, err
+	}
+	if res.Status != "success" || len(res.Data.Result) != 1 {
+		return 0, fmt.Errorf("status %s, %d results", res.Status, len(res.Data.Result))
+	}
+	s, _ := res.Data.Result[0].Value[1].(string)
+	return strconv.ParseFloat(s, 64)
+}

@@ -1,0 +1,285 @@
+// Package metrics exports what tcptrace sees as Prometheus metrics, for
+// `tcptrace agent`. An Exporter is a stream.Consumer that keeps counters
+// and gauges current from the transitions, and a prometheus.Collector
+// that reads them at a scrape: a scrape costs the same whatever the
+// number of sockets (node_exporter's tcpstat dumps every socket at each
+// one).
+//
+// Attribution is bounded: per process name and per cgroup, the first
+// TopK seen get series of their own and the rest share one labelled
+// "other", so that every counter stays monotonic; no pid, peer address or
+// client port is ever a label.
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tcptrace/tcptrace/aggregate"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Other is the label of what is past the first TopK.
+const Other = "other"
+
+// DefaultTopK bounds the process names and the cgroups with series of
+// their own.
+const DefaultTopK = 20
+
+// family index: 0 is IPv4, 1 IPv6
+func fam(f events.Family) int {
+	if f == 6 {
+		return 1
+	}
+	return 0
+}
+
+var families = [2]string{"ipv4", "ipv6"}
+
+// owned is what is counted per process name or cgroup.
+type owned struct {
+	connections uint64 // new connections: connect() or a listener's child
+	timeWaits   uint64 // TIME_WAITs entered
+	closeWaits  int64  // CLOSE_WAITs held now
+}
+
+// ownerTable gives the first topK keys series of their own.
+type ownerTable struct {
+	topK   int
+	byKey  map[string]*owned
+	other  owned
+	others map[string]bool // keys counted in other, for their CLOSE_WAITs' end; bounded by maxOthers
+}
+
+const maxOthers = 65536
+
+func newOwnerTable(topK int) *ownerTable {
+	return &ownerTable{topK: topK, byKey: map[string]*owned{}, others: map[string]bool{}}
+}
+
+func (t *ownerTable) get(key string) *owned {
+	if o, ok := t.byKey[key]; ok {
+		return o
+	}
+	if len(t.byKey) < t.topK {
+		o := &owned{}
+		t.byKey[key] = o
+		return o
+	}
+	return &t.other
+}
+
+// Durations are the histograms exported, by the state they time.
+var durationStates = [aggregate.Histograms]string{
+	aggregate.ClientHandshake: "syn_sent",
+	aggregate.ServerHandshake: "syn_recv",
+	aggregate.Lifetime:        "established",
+	aggregate.CloseWait:       "close_wait",
+	aggregate.FinWait2:        "fin_wait2",
+	aggregate.TimeWait:        "time_wait",
+}
+
+// lastBucket is the last log2 bucket exported as its own bound: 2^27 us,
+// about 134 s, past TIME_WAIT's 60 s.
+const lastBucket = 27
+
+// Exporter counts transitions for Prometheus. Write runs on the stream's
+// goroutine, Collect on the HTTP server's: a mutex keeps them apart.
+type Exporter struct {
+	mu          sync.Mutex
+	transitions [2][aggregate.States][aggregate.States]uint64
+	closes      [2][aggregate.Causes]uint64
+	sockets     [2][aggregate.States]int64
+	twEntries   uint64
+	durations   [aggregate.Histograms]aggregate.Histogram
+	comms       *ownerTable
+	cgroups     *ownerTable
+	cgroupPath  func(id uint64) string
+	// the socket each live ESTABLISHED connection began at, for its
+	// lifetime: shared with the aggregate's logic
+	agg *aggregate.Aggregate
+	// lost and the tables' health, from the stream's stats
+	lost, untracked, unknown uint64
+	// what the owner of a socket was when it entered CLOSE_WAIT, so the
+	// right series goes down when it leaves
+	cwOwner map[uint64][2]string
+
+	descs struct {
+		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown,
+		commConns, commTW, commCW, cgConns, cgTW, cgCW *prometheus.Desc
+	}
+}
+
+// New returns an exporter with topK process names and cgroups of their
+// own; cgroupPath names a cgroup id (package cgroups).
+func New(topK int, cgroupPath func(uint64) string) *Exporter {
+	if topK <= 0 {
+		topK = DefaultTopK
+	}
+	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupPath: cgroupPath,
+		agg: aggregate.New(0, time.Now()), cwOwner: map[uint64][2]string{}}
+	d := &x.descs
+	d.transitions = prometheus.NewDesc("tcptrace_transitions_total", "TCP state transitions, by address family, old and new state.", []string{"family", "old", "new"}, nil)
+	d.closes = prometheus.NewDesc("tcptrace_closes_total", "Transitions to CLOSE, by address family and cause.", []string{"family", "cause"}, nil)
+	d.sockets = prometheus.NewDesc("tcptrace_sockets", "TCP sockets in each state now, by address family: seeded from a socket dump, kept by the transitions.", []string{"family", "state"}, nil)
+	d.twEntries = prometheus.NewDesc("tcptrace_timewait_entries_total", "Connections that entered TIME_WAIT.", nil, nil)
+	d.durations = prometheus.NewDesc("tcptrace_state_duration_seconds", "Time spent in a state before leaving it: syn_sent and syn_recv are the handshakes, established the connection's lifetime.", []string{"state"}, nil)
+	d.lost = prometheus.NewDesc("tcptrace_events_lost_total", "Transitions the kernel could not hand over (ring buffer full), or records that could not be decoded.", nil, nil)
+	d.untracked = prometheus.NewDesc("tcptrace_timewait_untracked_total", "Connections not followed to the end of TIME_WAIT: --tw-max reached.", nil, nil)
+	d.unknown = prometheus.NewDesc("tcptrace_owner_unknown_total", "Records whose owner was not known: the socket table was full.", nil, nil)
+	d.commConns = prometheus.NewDesc("tcptrace_process_connections_total", "New connections (connect() or a listener's child) by owning process name; past the first names, \"other\".", []string{"comm"}, nil)
+	d.commTW = prometheus.NewDesc("tcptrace_process_timewait_entries_total", "TIME_WAITs entered by owning process name.", []string{"comm"}, nil)
+	d.commCW = prometheus.NewDesc("tcptrace_process_close_wait", "CLOSE_WAITs held now by owning process name: the peer closed, the process has not.", []string{"comm"}, nil)
+	d.cgConns = prometheus.NewDesc("tcptrace_cgroup_connections_total", "New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, \"other\".", []string{"cgroup"}, nil)
+	d.cgTW = prometheus.NewDesc("tcptrace_cgroup_timewait_entries_total", "TIME_WAITs entered by the owner's cgroup.", []string{"cgroup"}, nil)
+	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait", "CLOSE_WAITs held now by the owner's cgroup.", []string{"cgroup"}, nil)
+	return x
+}
+
+// Seed sets the sockets per state of a family (4 or 6) from a dump.
+func (x *Exporter) Seed(family events.Family, perState [aggregate.States]int64) {
+	x.mu.Lock()
+	x.sockets[fam(family)] = perState
+	x.mu.Unlock()
+}
+
+// SetStats takes the stream's counts.
+func (x *Exporter) SetStats(lost, untracked, unknown uint64) {
+	x.mu.Lock()
+	x.lost, x.untracked, x.unknown = lost, untracked, unknown
+	x.mu.Unlock()
+}
+
+// Flush does nothing: the metrics are read at a scrape.
+func (x *Exporter) Flush() error { return nil }
+
+// Write counts one completed event.
+func (x *Exporter) Write(e *events.Event) error {
+	if e.Old >= aggregate.States || e.New >= aggregate.States {
+		return nil
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	f := fam(e.Family)
+	x.transitions[f][e.Old][e.New]++
+	if e.New == events.Close && e.Cause < aggregate.Causes {
+		x.closes[f][e.Cause]++
+	}
+	child := e.Old == events.Listen && e.New == events.SynRecv
+	if e.Old != events.Close && !child && x.sockets[f][e.Old] > 0 {
+		x.sockets[f][e.Old]--
+	}
+	if e.New != events.Close {
+		x.sockets[f][e.New]++
+	}
+	// the histograms, as the aggregate keeps them (its lifetime table
+	// included); its own interval is never taken, so they are cumulative
+	x.agg.Write(e)
+
+	newConn := e.Old == events.Close && e.New == events.SynSent || child
+	switch {
+	case newConn, e.New == events.TimeWait, e.New == events.CloseWait, e.Old == events.CloseWait:
+	default:
+		return nil
+	}
+	comm := e.CommString()
+	if e.PID == 0 {
+		comm = "unknown"
+	}
+	cg := x.cgroupPath(e.Cgroup)
+	keys := [2]string{comm, cg}
+	if e.Old == events.CloseWait {
+		// the series it went up on when it entered
+		if k, ok := x.cwOwner[e.Sock]; ok {
+			keys = k
+			delete(x.cwOwner, e.Sock)
+		}
+	}
+	for i, t := range []*ownerTable{x.comms, x.cgroups} {
+		o := t.get(keys[i])
+		switch {
+		case newConn:
+			o.connections++
+		case e.New == events.TimeWait:
+			o.timeWaits++
+		case e.New == events.CloseWait:
+			o.closeWaits++
+		case e.Old == events.CloseWait && o.closeWaits > 0:
+			o.closeWaits--
+		}
+	}
+	if e.New == events.TimeWait {
+		x.twEntries++
+	}
+	if e.New == events.CloseWait && len(x.cwOwner) < maxOthers {
+		x.cwOwner[e.Sock] = keys
+	}
+	return nil
+}
+
+// Describe sends every metric's description.
+func (x *Exporter) Describe(ch chan<- *prometheus.Desc) {
+	d := &x.descs
+	for _, desc := range []*prometheus.Desc{d.transitions, d.closes, d.sockets, d.twEntries, d.durations, d.lost, d.untracked,
+		d.unknown, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW} {
+		ch <- desc
+	}
+}
+
+// Collect sends the metrics' values: the cost is the series', not the
+// sockets'.
+func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	d := &x.descs
+	for f := range 2 {
+		for o := range aggregate.States {
+			for n := range aggregate.States {
+				if c := x.transitions[f][o][n]; c > 0 {
+					ch <- prometheus.MustNewConstMetric(d.transitions, prometheus.CounterValue, float64(c),
+						families[f], events.State(o).String(), events.State(n).String())
+				}
+			}
+		}
+		for c := 1; c < aggregate.Causes; c++ {
+			ch <- prometheus.MustNewConstMetric(d.closes, prometheus.CounterValue, float64(x.closes[f][c]), families[f], events.Cause(c).String())
+		}
+		for st := 1; st < aggregate.States; st++ {
+			if events.State(st) == events.Close {
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(x.sockets[f][st]), families[f], events.State(st).String())
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(d.twEntries, prometheus.CounterValue, float64(x.twEntries))
+	ch <- prometheus.MustNewConstMetric(d.lost, prometheus.CounterValue, float64(x.lost))
+	ch <- prometheus.MustNewConstMetric(d.untracked, prometheus.CounterValue, float64(x.untracked))
+	ch <- prometheus.MustNewConstMetric(d.unknown, prometheus.CounterValue, float64(x.unknown))
+	iv := x.agg.Peek()
+	for h, state := range durationStates {
+		hist := &iv.Histograms[h]
+		buckets := make(map[float64]uint64, lastBucket)
+		var cum uint64
+		for k := 0; k < lastBucket; k++ {
+			cum += hist.Buckets[k]
+			buckets[aggregate.BucketStart(k+1).Seconds()] = cum
+		}
+		ch <- prometheus.MustNewConstHistogram(d.durations, hist.Count, hist.Sum.Seconds(), buckets, state)
+	}
+	for _, t := range []struct {
+		table         *ownerTable
+		conns, tw, cw *prometheus.Desc
+	}{{x.comms, d.commConns, d.commTW, d.commCW}, {x.cgroups, d.cgConns, d.cgTW, d.cgCW}} {
+		send := func(key string, o *owned) {
+			ch <- prometheus.MustNewConstMetric(t.conns, prometheus.CounterValue, float64(o.connections), key)
+			ch <- prometheus.MustNewConstMetric(t.tw, prometheus.CounterValue, float64(o.timeWaits), key)
+			ch <- prometheus.MustNewConstMetric(t.cw, prometheus.GaugeValue, float64(o.closeWaits), key)
+		}
+		for k, o := range t.table.byKey {
+			send(k, o)
+		}
+		send(Other, &t.table.other)
+	}
+}

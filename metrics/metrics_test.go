@@ -1,0 +1,124 @@
+package metrics
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+func ev(sock uint64, comm string, cgroup uint64, old, new events.State, dwell time.Duration, cause events.Cause) *events.Event {
+	e := &events.Event{Kind: events.Transition, Sock: sock, PID: 1, Cgroup: cgroup, Family: 4, Old: old, New: new,
+		Dwell: dwell, DwellKnown: dwell > 0, Cause: cause}
+	copy(e.Comm[:], comm)
+	return e
+}
+
+func cgroupName(id uint64) string { return map[uint64]string{7: "web.service", 8: "db.service"}[id] }
+
+// Counters per transition and cause, sockets per state, TIME_WAIT
+// entries and durations; per process name the first TopK have series
+// and the rest count as other; a CLOSE_WAIT goes down on the series it
+// went up on.
+func TestExporter(t *testing.T) {
+	x := New(2, cgroupName)
+	for _, e := range []*events.Event{
+		ev(1, "curl", 7, events.Close, events.SynSent, 0, 0),
+		ev(1, "curl", 7, events.SynSent, events.Established, 50*time.Microsecond, 0),
+		ev(1, "curl", 7, events.Established, events.FinWait1, time.Millisecond, 0),
+		ev(1, "curl", 7, events.FinWait1, events.FinWait2, time.Millisecond, 0),
+		ev(1, "curl", 7, events.FinWait2, events.TimeWait, time.Millisecond, 0),
+		ev(2, "nginx", 8, events.Listen, events.SynRecv, 0, 0),
+		ev(2, "nginx", 8, events.SynRecv, events.Established, 5*time.Microsecond, 0),
+		ev(2, "nginx", 8, events.Established, events.CloseWait, time.Millisecond, 0),
+		ev(3, "third", 8, events.Close, events.SynSent, 0, 0),
+		ev(3, "third", 8, events.SynSent, events.Close, 30*time.Microsecond, events.CauseRefused),
+	} {
+		x.Write(e)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(x)
+	want := `
+# HELP tcptrace_process_close_wait CLOSE_WAITs held now by owning process name: the peer closed, the process has not.
+# TYPE tcptrace_process_close_wait gauge
+tcptrace_process_close_wait{comm="curl"} 0
+tcptrace_process_close_wait{comm="nginx"} 1
+tcptrace_process_close_wait{comm="other"} 0
+# HELP tcptrace_process_connections_total New connections (connect() or a listener's child) by owning process name; past the first names, "other".
+# TYPE tcptrace_process_connections_total counter
+tcptrace_process_connections_total{comm="curl"} 1
+tcptrace_process_connections_total{comm="nginx"} 1
+tcptrace_process_connections_total{comm="other"} 1
+# HELP tcptrace_timewait_entries_total Connections that entered TIME_WAIT.
+# TYPE tcptrace_timewait_entries_total counter
+tcptrace_timewait_entries_total 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_process_close_wait",
+		"tcptrace_process_connections_total", "tcptrace_timewait_entries_total"); err != nil {
+		t.Error(err)
+	}
+	// the CLOSE_WAIT ends: its series goes back to 0
+	x.Write(ev(2, "nginx", 8, events.CloseWait, events.LastAck, 300*time.Millisecond, 0))
+	x.Write(ev(2, "nginx", 8, events.LastAck, events.Close, time.Millisecond, events.CauseClosed))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "," + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				values[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				values[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				values[key+",count"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	for key, want := range map[string]float64{
+		"tcptrace_process_close_wait,comm=nginx":                        0,
+		"tcptrace_cgroup_close_wait,cgroup=db.service":                  0,
+		"tcptrace_cgroup_connections_total,cgroup=db.service":           2,
+		"tcptrace_cgroup_connections_total,cgroup=web.service":          1,
+		"tcptrace_transitions_total,family=ipv4,new=SYN_SENT,old=CLOSE": 2,
+		"tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LAST_ACK": 1,
+		"tcptrace_closes_total,cause=refused,family=ipv4":               1,
+		"tcptrace_closes_total,cause=closed,family=ipv4":                1,
+		"tcptrace_sockets,family=ipv4,state=TIME_WAIT":                  1,
+		"tcptrace_sockets,family=ipv4,state=CLOSE_WAIT":                 0,
+		"tcptrace_state_duration_seconds,state=syn_sent,count":          1,
+		"tcptrace_state_duration_seconds,state=close_wait,count":        1,
+		"tcptrace_state_duration_seconds,state=established,count":       2,
+	} {
+		if got, ok := values[key]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
+		}
+	}
+}
+
+// A scrape costs the series, not the sockets: 100,000 sockets in
+// TIME_WAIT are one gauge.
+func BenchmarkScrape(b *testing.B) {
+	x := New(0, cgroupName)
+	for i := range uint64(100000) {
+		x.Write(ev(i, "churn", 7, events.FinWait2, events.TimeWait, time.Millisecond, 0))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(x)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := reg.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
