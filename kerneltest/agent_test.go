@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,8 +22,35 @@ import (
 )
 
 // startAgent runs `tcptrace agent` for the namespace on a free loopback
-// port, and returns its address once /healthz says it is attached.
-func startAgent(t *testing.T, ns *netns, args ...string) string {
+// port, and returns its address once /healthz says it is attached. With
+// a wrapper, the agent runs through it (a command and its arguments).
+func startAgent(t *testing.T, ns *netns, wrapper ...string) string {
+	t.Helper()
+	addr, _ := startAgentAt(t, ns, tcptraceBinary(t), wrapper...)
+	return addr
+}
+
+// lockedBuffer is a stderr a test may read while the process writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startAgentAt is startAgent with the binary at bin; it also returns the
+// agent's stderr.
+func startAgentAt(t *testing.T, ns *netns, bin string, wrapper ...string) (string, *lockedBuffer) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -30,9 +58,10 @@ func startAgent(t *testing.T, ns *netns, args ...string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cmd := exec.Command(tcptraceBinary(t), append([]string{"agent", "--netns", ns.path, "--listen", addr}, args...)...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	argv := append(wrapper, bin, "agent", "--netns", ns.path, "--listen", addr)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +73,7 @@ func startAgent(t *testing.T, ns *netns, args ...string) string {
 		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusOK {
-				return addr
+				return addr, stderr
 			}
 		}
 		if time.Now().After(deadline) {
@@ -120,6 +149,60 @@ func TestAgentMetrics(t *testing.T) {
 	ns := newNetns(t)
 	addr := startAgent(t, ns)
 	twentyConnections(t, ns, addr)
+	checkAgent(t, addr)
+	// SIGHUP does not stop it
+	exec.Command("pkill", "-HUP", "-f", "tcptrace agent --netns "+ns.path).Run()
+	time.Sleep(200 * time.Millisecond)
+	if r, err := http.Get("http://" + addr + "/healthz"); err != nil || r.StatusCode != http.StatusOK {
+		t.Errorf("after SIGHUP: %v", err)
+	}
+	// no endpoint changes state: anything but GET is refused
+	if r, err := http.Post("http://"+addr+"/metrics", "text/plain", nil); err != nil || r.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /metrics: %v %v", r.StatusCode, err)
+	}
+}
+
+// The agent with exactly the capabilities deploy/tcptrace-agent.service
+// grants, as a user with no others (nobody), under no_new_privs, as
+// systemd would start it: every count as with root, and no warning.
+func TestAgentWithUnitCapabilities(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	unit, err := os.ReadFile("../deploy/tcptrace-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var caps []string
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "AmbientCapabilities="); ok {
+			for _, c := range strings.Fields(v) {
+				caps = append(caps, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
+			}
+		}
+	}
+	if len(caps) == 0 {
+		t.Fatal("the unit grants no capabilities")
+	}
+	set := "-all," + strings.Join(caps, ",")
+	ns := newNetns(t)
+	// the binary is in a directory nobody can read
+	bin := filepath.Join(t.TempDir(), "tcptrace")
+	if out, err := exec.Command("cp", tcptraceBinary(t), bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v: %s", err, out)
+	}
+	os.Chmod(filepath.Dir(bin), 0o755)
+	addr, stderr := startAgentAt(t, ns, bin, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs",
+		"--inh-caps="+set, "--ambient-caps="+set, "--bounding-set="+set)
+	twentyConnections(t, ns, addr)
+	checkAgent(t, addr)
+	if w := stderr.String(); strings.Contains(w, "warning") {
+		t.Errorf("warnings with the unit's capabilities: %s", w)
+	}
+}
+
+// checkAgent checks the counts of twentyConnections on the agent.
+func checkAgent(t *testing.T, addr string) {
+	t.Helper()
 	m := scrape(t, addr)
 	for _, cell := range [][2]string{{"CLOSE", "SYN_SENT"}, {"SYN_SENT", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT1"},
 		{"FIN_WAIT1", "FIN_WAIT2"}, {"FIN_WAIT2", "TIME_WAIT"}, {"LISTEN", "SYN_RECV"}, {"SYN_RECV", "ESTABLISHED"},
@@ -151,20 +234,11 @@ func TestAgentMetrics(t *testing.T) {
 	if _, ok := m["go_goroutines"]; !ok {
 		t.Error("no Go process metrics")
 	}
-	// SIGHUP does not stop it
-	exec.Command("pkill", "-HUP", "-f", "tcptrace agent --netns "+ns.path).Run()
-	time.Sleep(200 * time.Millisecond)
-	if r, err := http.Get("http://" + addr + "/healthz"); err != nil || r.StatusCode != http.StatusOK {
-		t.Errorf("after SIGHUP: %v", err)
-	}
-	// no endpoint changes state: anything but GET is refused
-	if r, err := http.Post("http://"+addr+"/metrics", "text/plain", nil); err != nil || r.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("POST /metrics: %v %v", r.StatusCode, err)
-	}
 }
 
 // A real Prometheus (Debian's) scrapes the agent; after 20 connections a
-// PromQL query over its HTTP API returns exactly 20 on the right series.
+// PromQL query over its HTTP API returns exactly 20 on the right series,
+// and every panel's query of deploy/grafana-dashboard.json returns data.
 func TestPrometheusScrapesAgent(t *testing.T) {
 	t.Parallel()
 	requireBPF(t)
@@ -197,6 +271,15 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); cmd.Wait() })
+	// scraped once before the connections, so that rates see them
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if v, err := promQuery(promAddr, `up{job="tcptrace"}`); err == nil && v == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus never scraped the agent: %.2000s", stderr.String())
+		}
+	}
 	twentyConnections(t, ns, addr)
 
 	query := `sum(tcptrace_transitions_total{job="tcptrace",old="LAST_ACK",new="CLOSE"})`
@@ -212,6 +295,62 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 	if v, err := promQuery(promAddr, `tcptrace_timewait_entries_total{job="tcptrace"}`); err != nil || v != connections {
 		t.Errorf("TIME_WAIT entries: %v, %v", v, err)
 	}
+
+	// every query of the Grafana dashboard runs and returns something
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	b, err := os.ReadFile("../deploy/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			q := strings.ReplaceAll(tg.Expr, "$__rate_interval", "30s")
+			// a rate needs two samples of a series: series born with
+			// the connections have them a scrape later
+			n, err := promSeries(promAddr, q)
+			for deadline := time.Now().Add(10 * time.Second); err == nil && n == 0 && time.Now().Before(deadline); {
+				time.Sleep(500 * time.Millisecond)
+				n, err = promSeries(promAddr, q)
+			}
+			if err != nil || n == 0 {
+				t.Errorf("panel %q: %s: %d series, %v", p.Title, q, n, err)
+			}
+			queries++
+		}
+	}
+	if queries < len(dash.Panels) {
+		t.Errorf("%d queries for %d panels", queries, len(dash.Panels))
+	}
+}
+
+// promSeries runs an instant query and says how many series it returns.
+func promSeries(addr, q string) (int, error) {
+	r, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return 0, err
+	}
+	defer r.Body.Close()
+	var res struct {
+		Status string
+		Error  string
+		Data   struct{ Result []json.RawMessage }
+	}
+	if err := json.NewDecoder(r.Body).Decode(&res); err != nil {
+		return 0, err
+	}
+	if res.Status != "success" {
+		return 0, fmt.Errorf("%s: %s", res.Status, res.Error)
+	}
+	return len(res.Data.Result), nil
 }
 
 // promQuery runs an instant query that returns one sample.
