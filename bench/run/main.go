@@ -36,6 +36,7 @@ type config struct {
 	storm           time.Duration
 	stormRate       float64
 	stormTargets    int
+	soak            time.Duration
 	mode            string
 	clients         int
 	burst           time.Duration
@@ -55,6 +56,7 @@ func main() {
 	flag.DurationVar(&c.storm, "storm", 110*time.Second, "the TIME_WAIT expiry storm's length, past 60 s (0: none)")
 	flag.Float64Var(&c.stormRate, "storm-rate", 800, "the storm's connections per second: as many TIME_WAITs expire each second once 60 s have passed")
 	flag.IntVar(&c.stormTargets, "storm-targets", 4, "server addresses in the storm, so that connect() finds free ports at that rate")
+	flag.DurationVar(&c.soak, "soak", 0, "instead of the rest: tcptrace agent under the storm's churn for this long (at least 10m for the README's figures)")
 	flag.StringVar(&c.mode, "mode", "client-close", "churn mode")
 	flag.IntVar(&c.clients, "c", 4, "churn clients")
 	flag.DurationVar(&c.burst, "burst", time.Second, "length of the burst run")
@@ -94,14 +96,17 @@ func run(c *config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: run it with sudo")
 	}
+	if c.soak > 0 {
+		return soak(c)
+	}
 	if c.pairs == 0 {
 		// the storm alone
 		return storm(c)
 	}
-	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text", "stats"}}}
+	shapes := []shape{{name: "blocking", pairs: c.pairs, dur: c.dur, kinds: []string{"untraced", "json", "text", "stats", "agent"}}}
 	if c.loopPairs > 0 {
 		shapes = append(shapes, shape{name: "event loop", loop: true, pairs: c.loopPairs, dur: c.loopDur,
-			kinds: []string{"untraced", "json", "text", "stats", "dropped"}})
+			kinds: []string{"untraced", "json", "text", "stats", "agent", "dropped"}})
 	}
 	var tables []string
 	for _, sh := range shapes {
@@ -206,6 +211,8 @@ func measureShape(c *config, sh shape) (string, error) {
 		switch k {
 		case "stats":
 			label = "`tcptrace stats --interval 1s > file`"
+		case "agent":
+			label = "`tcptrace agent`"
 		case "dropped":
 			label = "`tcptrace -L 1` (kernel drops every record)"
 		}
@@ -273,6 +280,9 @@ func churnRunWith(c *config, kind, mode string, loop bool, clients int, dur time
 		case "stats":
 			// aggregates instead of lines, printed every second
 			args = append(args, "stats", "--interval", "1s")
+		case "agent":
+			// the metrics, scraped by nobody: what keeping them costs
+			args = append(args, "agent", "--listen", "127.0.0.1:0")
 		case "dropped":
 			// no socket has local port 1: the kernel filter drops
 			// every record, leaving the programs and the settles

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"sync/atomic"
 	"syscall"
@@ -28,8 +29,11 @@ import (
 // agentConfig is what the agent command's flags say.
 type agentConfig struct {
 	common
-	listen string
-	topK   int
+	listen       string
+	topK         int
+	otlpEndpoint string
+	otlpProtocol string
+	otlpInterval time.Duration
 }
 
 func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
@@ -38,6 +42,9 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	c.register(fs)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "")
 	fs.IntVar(&c.topK, "top-k", metrics.DefaultTopK, "")
+	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
+	fs.StringVar(&c.otlpProtocol, "otlp-protocol", "", "")
+	fs.DurationVar(&c.otlpInterval, "otlp-interval", 30*time.Second, "")
 	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
 		return nil, err
 	}
@@ -49,6 +56,14 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.listen); err != nil {
 		return nil, usageError{fmt.Errorf("--listen %q: want host:port", c.listen)}
+	}
+	if c.otlpInterval < time.Second {
+		return nil, usageError{errors.New("--otlp-interval must be at least 1s")}
+	}
+	switch c.otlpProtocol {
+	case "", "grpc", "http/protobuf":
+	default:
+		return nil, usageError{fmt.Errorf("--otlp-protocol %q: want grpc or http/protobuf", c.otlpProtocol)}
 	}
 	return c, nil
 }
@@ -101,6 +116,22 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 	go srv.Serve(ln)
+	// OTLP, when asked for by flag or by the SDK's environment
+	if c.otlpEndpoint != "" || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") != "" {
+		shutdown, err := x.PushOTLP(ctx, metrics.OTLPOptions{Endpoint: c.otlpEndpoint, Protocol: c.otlpProtocol, Interval: c.otlpInterval})
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer func() {
+			// one last push of what was counted
+			shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := shutdown(shut); err != nil {
+				fmt.Fprintf(stderr, "tcptrace: warning: OTLP: %v\n", err)
+			}
+		}()
+	}
 	defer func() {
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -160,4 +191,13 @@ The README lists every metric.
   --top-k N           process names and cgroups with series of their own,
                       the first seen; the rest count as "other"; default 20
                         tcptrace agent --top-k 50
+  --otlp-endpoint URL also push the metrics over OTLP with the OpenTelemetry
+                      SDK (or set OTEL_EXPORTER_OTLP_ENDPOINT and the other
+                      OTEL_EXPORTER_OTLP_* variables); http:// or grpc://
+                      is plain text
+                        tcptrace agent --otlp-endpoint grpc://127.0.0.1:4317
+  --otlp-protocol P   grpc or http/protobuf; default OTEL_EXPORTER_OTLP_PROTOCOL, else grpc
+                        tcptrace agent --otlp-endpoint http://127.0.0.1:4318 --otlp-protocol http/protobuf
+  --otlp-interval D   how often to push; default 30s
+                        tcptrace agent --otlp-endpoint grpc://collector:4317 --otlp-interval 10s
 `
