@@ -82,15 +82,22 @@ func soak(c *config) error {
 	if err := churn.Wait(); err != nil {
 		return fmt.Errorf("churn: %v: %s", err, churnOut.String())
 	}
-	time.Sleep(time.Second) // the last transitions through the pipeline
-	m, err := scrapeAgent(addr)
-	if err != nil {
-		return err
-	}
 	var n int
 	var rate, secs float64
 	if _, err := fmt.Sscanf(churnOut.String(), "connections/s: %f (%d in %fs", &rate, &n, &secs); err != nil {
 		return fmt.Errorf("churn output %q: %w", churnOut.String(), err)
+	}
+	// the last connections' ends: a client's dead FIN_WAIT2 waiting for
+	// its peer is resolved by the peer's close, or by sock_diag a second
+	// later
+	var m map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if m, err = scrapeAgent(addr); err != nil {
+			return err
+		}
+		if m["tcptrace_timewait_entries_total"] >= float64(n) || time.Now().After(deadline) {
+			break
+		}
 	}
 	agent.Process.Signal(os.Interrupt)
 	agent.Wait()
