@@ -185,10 +185,19 @@ func TestAgentWithUnitCapabilities(t *testing.T) {
 	}
 	set := "-all," + strings.Join(caps, ",")
 	ns := newNetns(t)
-	// the binary is in a directory nobody can read
-	bin := filepath.Join(t.TempDir(), "tcptrace")
-	if out, err := exec.Command("cp", tcptraceBinary(t), bin).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v: %s", err, out)
+	// the binaries in a directory nobody may read: tcptrace agent runs
+	// tcptrace-agent, next to it (t.TempDir's parent is private)
+	dir, err := os.MkdirTemp("", "tcptrace-caps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "tcptrace")
+	for _, name := range []string{"tcptrace", "tcptrace-agent"} {
+		src := filepath.Join(filepath.Dir(tcptraceBinary(t)), name)
+		if out, err := exec.Command("cp", src, filepath.Join(filepath.Dir(bin), name)).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
 	}
 	os.Chmod(filepath.Dir(bin), 0o755)
 	addr, stderr := startAgentAt(t, ns, bin, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs",

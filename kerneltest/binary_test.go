@@ -81,7 +81,8 @@ var built struct {
 	err  error
 }
 
-// tcptraceBinary builds cmd/tcptrace once for the package's tests.
+// tcptraceBinary builds cmd/tcptrace once for the package's tests, with
+// tcptrace-agent next to it.
 func tcptraceBinary(t *testing.T) string {
 	t.Helper()
 	built.once.Do(func() {
@@ -91,6 +92,12 @@ func tcptraceBinary(t *testing.T) string {
 		built.path = filepath.Join(built.dir, "tcptrace")
 		if out, err := exec.Command("go", "build", "-o", built.path, "github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
 			built.err = fmt.Errorf("build: %v: %s", err, out)
+			return
+		}
+		// tcptrace agent runs this one, next to it
+		if out, err := exec.Command("go", "build", "-tags", "agent", "-o", filepath.Join(built.dir, "tcptrace-agent"),
+			"github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("build the agent: %v: %s", err, out)
 		}
 	})
 	if built.err != nil {
