@@ -12,6 +12,7 @@
 package metrics
 
 import (
+	"strconv"
 	"sync"
 	"time"
 
@@ -105,10 +106,59 @@ type Exporter struct {
 	// what the owner of a socket was when it entered CLOSE_WAIT, so the
 	// right series goes down when it leaves
 	cwOwner map[uint64][2]string
+	// per listening port, when asked for (Ports > 0): the first Ports
+	// ports, then other; servers holds the live server connections'
+	// ports by cookie, since only a listener's child says it is one
+	ports   *ownerTable
+	servers map[uint64]string
 
 	descs struct {
 		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown,
-		commConns, commTW, commCW, cgConns, cgTW, cgCW *prometheus.Desc
+		commConns, commTW, commCW, cgConns, cgTW, cgCW, portConns, portTW, portCW *prometheus.Desc
+	}
+}
+
+// CountPorts turns on the per-listening-port series, for the first n
+// ports seen (then "other"). Client (ephemeral) ports never count: only
+// connections a listener made.
+func (x *Exporter) CountPorts(n int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.ports = newOwnerTable(n)
+	x.servers = map[uint64]string{}
+}
+
+// port counts a server connection's event by its listening port.
+func (x *Exporter) port(e *events.Event, child bool) {
+	if x.ports == nil {
+		return
+	}
+	key, ok := x.servers[e.Sock]
+	if child && !ok {
+		if len(x.servers) >= maxOthers {
+			return
+		}
+		key = strconv.Itoa(int(e.LPort))
+		x.servers[e.Sock] = key
+		ok = true
+	}
+	if !ok {
+		return
+	}
+	o := x.ports.get(key)
+	switch {
+	case child:
+		o.connections++
+	case e.New == events.CloseWait:
+		o.closeWaits++
+	case e.Old == events.CloseWait && o.closeWaits > 0:
+		o.closeWaits--
+	}
+	if e.New == events.TimeWait {
+		o.timeWaits++
+	}
+	if e.New == events.Close || e.New == events.TimeWait {
+		delete(x.servers, e.Sock)
 	}
 }
 
@@ -135,6 +185,9 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	d.cgConns = prometheus.NewDesc("tcptrace_cgroup_connections_total", "New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, \"other\".", []string{"cgroup"}, nil)
 	d.cgTW = prometheus.NewDesc("tcptrace_cgroup_timewait_entries_total", "TIME_WAITs entered by the owner's cgroup.", []string{"cgroup"}, nil)
 	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait", "CLOSE_WAITs held now by the owner's cgroup.", []string{"cgroup"}, nil)
+	d.portConns = prometheus.NewDesc("tcptrace_port_connections_total", "New server connections by listening port (--ports); past the first ports, \"other\".", []string{"port"}, nil)
+	d.portTW = prometheus.NewDesc("tcptrace_port_timewait_entries_total", "Server connections that entered TIME_WAIT (the server closed first), by listening port.", []string{"port"}, nil)
+	d.portCW = prometheus.NewDesc("tcptrace_port_close_wait", "Server connections in CLOSE_WAIT now, by listening port.", []string{"port"}, nil)
 	return x
 }
 
@@ -177,6 +230,7 @@ func (x *Exporter) Write(e *events.Event) error {
 	// the histograms, as the aggregate keeps them (its lifetime table
 	// included); its own interval is never taken, so they are cumulative
 	x.agg.Write(e)
+	x.port(e, child)
 
 	newConn := e.Old == events.Close && e.New == events.SynSent || child
 	switch {
@@ -223,7 +277,7 @@ func (x *Exporter) Write(e *events.Event) error {
 func (x *Exporter) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.descs
 	for _, desc := range []*prometheus.Desc{d.transitions, d.closes, d.sockets, d.twEntries, d.durations, d.lost, d.untracked,
-		d.unknown, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW} {
+		d.unknown, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW, d.portConns, d.portTW, d.portCW} {
 		ch <- desc
 	}
 }
@@ -271,7 +325,10 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 	for _, t := range []struct {
 		table         *ownerTable
 		conns, tw, cw *prometheus.Desc
-	}{{x.comms, d.commConns, d.commTW, d.commCW}, {x.cgroups, d.cgConns, d.cgTW, d.cgCW}} {
+	}{{x.comms, d.commConns, d.commTW, d.commCW}, {x.cgroups, d.cgConns, d.cgTW, d.cgCW}, {x.ports, d.portConns, d.portTW, d.portCW}} {
+		if t.table == nil {
+			continue // ports not asked for
+		}
 		send := func(key string, o *owned) {
 			ch <- prometheus.MustNewConstMetric(t.conns, prometheus.CounterValue, float64(o.connections), key)
 			ch <- prometheus.MustNewConstMetric(t.tw, prometheus.CounterValue, float64(o.timeWaits), key)

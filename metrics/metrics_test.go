@@ -122,3 +122,66 @@ func BenchmarkScrape(b *testing.B) {
 		}
 	}
 }
+
+// Per listening port, when asked for: a listener's children count by its
+// port, the first ports have series, then other; a client's ephemeral
+// port never counts; without CountPorts there is no port series at all.
+func TestPorts(t *testing.T) {
+	child := func(sock uint64, port uint16) *events.Event {
+		e := ev(sock, "nginx", 8, events.Listen, events.SynRecv, 0, 0)
+		e.LPort = port
+		return e
+	}
+	server := func(sock uint64, port uint16, old, new events.State) *events.Event {
+		e := ev(sock, "nginx", 8, old, new, time.Millisecond, 0)
+		e.LPort = port
+		return e
+	}
+	x := New(0, cgroupName)
+	x.CountPorts(2)
+	for _, e := range []*events.Event{
+		child(1, 80), server(1, 80, events.SynRecv, events.Established), server(1, 80, events.Established, events.CloseWait),
+		child(2, 443), server(2, 443, events.SynRecv, events.Established), server(2, 443, events.Established, events.FinWait1),
+		server(2, 443, events.FinWait1, events.FinWait2), server(2, 443, events.FinWait2, events.TimeWait),
+		child(3, 8080), // a third port: other
+		// a client: its local port is ephemeral and never counts
+		server(4, 40000, events.Established, events.CloseWait),
+	} {
+		x.Write(e)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(x)
+	want := `
+# HELP tcptrace_port_close_wait Server connections in CLOSE_WAIT now, by listening port.
+# TYPE tcptrace_port_close_wait gauge
+tcptrace_port_close_wait{port="443"} 0
+tcptrace_port_close_wait{port="80"} 1
+tcptrace_port_close_wait{port="other"} 0
+# HELP tcptrace_port_connections_total New server connections by listening port (--ports); past the first ports, "other".
+# TYPE tcptrace_port_connections_total counter
+tcptrace_port_connections_total{port="443"} 1
+tcptrace_port_connections_total{port="80"} 1
+tcptrace_port_connections_total{port="other"} 1
+# HELP tcptrace_port_timewait_entries_total Server connections that entered TIME_WAIT (the server closed first), by listening port.
+# TYPE tcptrace_port_timewait_entries_total counter
+tcptrace_port_timewait_entries_total{port="443"} 1
+tcptrace_port_timewait_entries_total{port="80"} 0
+tcptrace_port_timewait_entries_total{port="other"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_port_close_wait",
+		"tcptrace_port_connections_total", "tcptrace_port_timewait_entries_total"); err != nil {
+		t.Error(err)
+	}
+	// off by default
+	y := New(0, cgroupName)
+	y.Write(child(1, 80))
+	if n, err := testutil.GatherAndCount(prometheusRegistry(y), "tcptrace_port_connections_total"); err != nil || n != 0 {
+		t.Errorf("%d port series without CountPorts, %v", n, err)
+	}
+}
+
+func prometheusRegistry(c prometheus.Collector) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(c)
+	return r
+}

@@ -33,6 +33,7 @@ type agentConfig struct {
 	common
 	listen       string
 	topK         int
+	ports        int
 	otlpEndpoint string
 	otlpProtocol string
 	otlpInterval time.Duration
@@ -44,6 +45,7 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	c.register(fs)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "")
 	fs.IntVar(&c.topK, "top-k", metrics.DefaultTopK, "")
+	fs.IntVar(&c.ports, "ports", 0, "")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
 	fs.StringVar(&c.otlpProtocol, "otlp-protocol", "", "")
 	fs.DurationVar(&c.otlpInterval, "otlp-interval", 30*time.Second, "")
@@ -55,6 +57,9 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	}
 	if c.topK < 1 {
 		return nil, usageError{errors.New("--top-k must be at least 1")}
+	}
+	if c.ports < 0 || c.ports > maxPorts {
+		return nil, usageError{fmt.Errorf("--ports must be from 0 to %d", maxPorts)}
 	}
 	if _, _, err := net.SplitHostPort(c.listen); err != nil {
 		return nil, usageError{fmt.Errorf("--listen %q: want host:port", c.listen)}
@@ -84,6 +89,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	names := cgroups.New()
 	x := metrics.New(c.topK, names.Name)
+	if c.ports > 0 {
+		x.CountPorts(c.ports)
+	}
 	f, err := c.filter()
 	if err != nil {
 		ln.Close()
@@ -154,6 +162,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return err
 }
 
+// maxPorts caps --ports: three series each.
+const maxPorts = 1024
+
 // dumpStates counts a namespace's sockets per state (0: this process's
 // namespace), with the port filters applied.
 func dumpStates(netns uint32, family events.Family, lports, rports []uint16) ([aggregate.States]int64, error) {
@@ -193,6 +204,10 @@ The README lists every metric.
   --top-k N           process names and cgroups with series of their own,
                       the first seen; the rest count as "other"; default 20
                         tcptrace agent --top-k 50
+  --ports N           also series per listening port (new server connections,
+                      CLOSE_WAIT held, TIME_WAIT entered) for the first N ports
+                      seen, then "other"; never client ports; default 0: off
+                        tcptrace agent --ports 16
   --otlp-endpoint URL also push the metrics over OTLP with the OpenTelemetry
                       SDK (or set OTEL_EXPORTER_OTLP_ENDPOINT and the other
                       OTEL_EXPORTER_OTLP_* variables); http:// or grpc://
