@@ -12,7 +12,9 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 
 	"github.com/tcptrace/tcptrace/aggregate"
@@ -85,7 +87,8 @@ func (x *Exporter) PushOTLP(ctx context.Context, o OTLPOptions) (shutdown func(c
 	}
 	res, _ := resource.Merge(resource.Default(), resource.NewSchemaless(attribute.String("service.name", "tcptrace")))
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res),
-		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(o.Interval))))
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(exp, sdkmetric.WithInterval(o.Interval),
+			sdkmetric.WithProducer(&durations{x: x, start: time.Now()}))))
 	if err := x.register(mp.Meter("github.com/tcptrace/tcptrace")); err != nil {
 		mp.Shutdown(ctx)
 		return nil, err
@@ -184,4 +187,59 @@ func (x *Exporter) register(m metric.Meter) error {
 		return nil
 	}, conns, transitions, closes, twEntries, procConns, procCW, lost)
 	return err
+}
+
+// durations hands the SDK the state-duration histograms as they are
+// already kept (log2 buckets, cumulative since start): the API has no
+// observable histograms, and recording each transition again through a
+// synchronous one would cost every event.
+type durations struct {
+	x     *Exporter
+	start time.Time
+}
+
+// Produce is sdkmetric.Producer's.
+func (d *durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
+	x := d.x
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	iv := x.agg.Peek()
+	now := time.Now()
+	bounds := make([]float64, lastBucket)
+	for k := range lastBucket {
+		bounds[k] = aggregate.BucketStart(k + 1).Seconds()
+	}
+	var points []metricdata.HistogramDataPoint[float64]
+	for h, state := range otlpDurationStates {
+		hist := &iv.Histograms[h]
+		counts := make([]uint64, lastBucket+1)
+		for k, n := range hist.Buckets {
+			counts[min(k, lastBucket)] += n
+		}
+		points = append(points, metricdata.HistogramDataPoint[float64]{
+			Attributes: attribute.NewSet(attribute.String("tcptrace.state", state)),
+			StartTime:  d.start, Time: now, Count: hist.Count, Sum: hist.Sum.Seconds(),
+			Bounds: bounds, BucketCounts: counts,
+		})
+	}
+	return []metricdata.ScopeMetrics{{
+		Scope: instrumentation.Scope{Name: "github.com/tcptrace/tcptrace"},
+		Metrics: []metricdata.Metrics{{
+			Name:        "tcptrace.state.duration",
+			Description: "time spent in a state before leaving it: syn_sent and syn_received are the handshakes, established a connection's lifetime",
+			Unit:        "s",
+			Data:        metricdata.Histogram[float64]{Temporality: metricdata.CumulativeTemporality, DataPoints: points},
+		}},
+	}}, nil
+}
+
+// otlpDurationStates names the histograms by the semantic conventions'
+// state names.
+var otlpDurationStates = [aggregate.Histograms]string{
+	aggregate.ClientHandshake: "syn_sent",
+	aggregate.ServerHandshake: "syn_received",
+	aggregate.Lifetime:        "established",
+	aggregate.CloseWait:       "close_wait",
+	aggregate.FinWait2:        "fin_wait_2",
+	aggregate.TimeWait:        "time_wait",
 }

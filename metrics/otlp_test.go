@@ -50,6 +50,20 @@ func (r *receiver) points() map[string]int64 {
 					dps = d.Sum.GetDataPoints()
 				case *metricpb.Metric_Gauge:
 					dps = d.Gauge.GetDataPoints()
+				case *metricpb.Metric_Histogram:
+					// count, and the bucket that holds the values
+					for _, hp := range d.Histogram.GetDataPoints() {
+						key := m.GetName()
+						for _, kv := range hp.GetAttributes() {
+							key += "," + kv.GetKey() + "=" + kv.GetValue().GetStringValue()
+						}
+						out[key+",count"] = int64(hp.GetCount())
+						for i, n := range hp.GetBucketCounts() {
+							if n > 0 {
+								out[key+",bucket"] = int64(i)
+							}
+						}
+					}
 				}
 				for _, dp := range dps {
 					key := m.GetName()
@@ -120,6 +134,11 @@ func TestOTLP(t *testing.T) {
 		"tcptrace.process.connections,process.executable.name=curl":     1,
 		"tcptrace.process.close_wait,process.executable.name=nginx":     1,
 		"tcptrace.closes,network.type=ipv4,tcptrace.close.cause=closed": 0,
+		// the handshake's 50 us: the bucket from 32 to 64 us, the sixth
+		"tcptrace.state.duration,tcptrace.state=syn_sent,count":     1,
+		"tcptrace.state.duration,tcptrace.state=syn_sent,bucket":    5,
+		"tcptrace.state.duration,tcptrace.state=syn_received,count": 1,
+		"tcptrace.state.duration,tcptrace.state=time_wait,count":    0,
 	} {
 		if v, ok := got[key]; !ok || v != want {
 			t.Errorf("%s = %d (present %v), want %d", key, v, ok, want)
