@@ -341,36 +341,16 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 	}
 }
 
-// promSeries runs an instant query and says how many series it returns.
-func promSeries(addr, q string) (int, error) {
+// promResult runs an instant query and returns its samples' values.
+func promResult(addr, q string) ([]float64, error) {
 	r, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer r.Body.Close()
 	var res struct {
 		Status string
 		Error  string
-		Data   struct{ Result []json.RawMessage }
-	}
-	if err := json.NewDecoder(r.Body).Decode(&res); err != nil {
-		return 0, err
-	}
-	if res.Status != "success" {
-		return 0, fmt.Errorf("%s: %s", res.Status, res.Error)
-	}
-	return len(res.Data.Result), nil
-}
-
-// promQuery runs an instant query that returns one sample.
-func promQuery(addr, q string) (float64, error) {
-	r, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, err
-	}
-	defer r.Body.Close()
-	var res struct {
-		Status string
 		Data   struct {
 			Result []struct {
 				Value [2]any
@@ -378,11 +358,35 @@ func promQuery(addr, q string) (float64, error) {
 		}
 	}
 	if err := json.NewDecoder(r.Body).Decode(&res); err != nil {
+		return nil, err
+	}
+	if res.Status != "success" {
+		return nil, fmt.Errorf("%s: %s", res.Status, res.Error)
+	}
+	values := make([]float64, len(res.Data.Result))
+	for i, s := range res.Data.Result {
+		v, _ := s.Value[1].(string)
+		if values[i], err = strconv.ParseFloat(v, 64); err != nil {
+			return nil, err
+		}
+	}
+	return values, nil
+}
+
+// promQuery runs an instant query that returns one sample.
+func promQuery(addr, q string) (float64, error) {
+	values, err := promResult(addr, q)
+	if err != nil {
 		return 0, err
 	}
-	if res.Status != "success" || len(res.Data.Result) != 1 {
-		return 0, fmt.Errorf("status %s, %d results", res.Status, len(res.Data.Result))
+	if len(values) != 1 {
+		return 0, fmt.Errorf("%d results", len(values))
 	}
-	s, _ := res.Data.Result[0].Value[1].(string)
-	return strconv.ParseFloat(s, 64)
+	return values[0], nil
+}
+
+// promSeries runs an instant query and says how many series it returns.
+func promSeries(addr, q string) (int, error) {
+	values, err := promResult(addr, q)
+	return len(values), err
 }

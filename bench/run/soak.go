@@ -20,19 +20,10 @@ import (
 // they equal what the churn made, with nothing lost.
 func soak(c *config) error {
 	ns := fmt.Sprintf("tcpsoak-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add: %v: %s", err, out)
+	if err := expiryNetns(ns); err != nil {
+		return err
 	}
 	defer exec.Command("ip", "netns", "del", ns).Run()
-	for _, cmd := range [][]string{
-		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"},
-		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"},
-	} {
-		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
-		}
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err

@@ -12,6 +12,26 @@ import (
 	"time"
 )
 
+// expiryNetns makes a namespace where TIME_WAITs expire instead of being
+// reused (tcp_tw_reuse=0, as toward any host but loopback), with the
+// widest port range; the caller deletes it.
+func expiryNetns(ns string) error {
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns add: %v: %s", err, out)
+	}
+	for _, cmd := range [][]string{
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"},
+		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"},
+	} {
+		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+			exec.Command("ip", "netns", "del", ns).Run()
+			return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	return nil
+}
+
 // storm runs a TIME_WAIT storm whose TIME_WAITs expire: in a namespace
 // with tcp_tw_reuse=0 (as toward any host but loopback) and the widest
 // port range, the client-close churn makes TIME_WAIT sockets at a steady
@@ -23,19 +43,10 @@ import (
 // and counts the TIME_WAIT ends tcptrace reported in each interval.
 func storm(c *config) error {
 	ns := fmt.Sprintf("tcpstorm-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add: %v: %s", err, out)
+	if err := expiryNetns(ns); err != nil {
+		return err
 	}
 	defer exec.Command("ip", "netns", "del", ns).Run()
-	for _, cmd := range [][]string{
-		{"ip", "-n", ns, "link", "set", "lo", "up"},
-		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"},
-		{"ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"},
-	} {
-		if out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %v: %s", strings.Join(cmd, " "), err, out)
-		}
-	}
 	f, err := os.CreateTemp(c.dir, "tcpstorm-*.out")
 	if err != nil {
 		return err
