@@ -20,11 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/tcptrace/tcptrace/aggregate"
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/metrics"
-	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stream"
 )
 
@@ -98,11 +96,11 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{err}
 	}
 	seed := func() {
-		if len(f.PIDs) > 0 || f.Comm != "" || len(f.States) > 0 {
-			return // a dump cannot apply them
+		if !dumpable(f) {
+			return
 		}
 		for _, fam := range []events.Family{4, 6} {
-			if per, err := dumpStates(f.Netns, fam, f.LPorts, f.RPorts); err == nil {
+			if per, err := dumpStates(f, fam); err == nil {
 				x.Seed(fam, per)
 			} else {
 				fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
@@ -164,28 +162,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // maxPorts caps --ports: three series each.
 const maxPorts = 1024
-
-// dumpStates counts a namespace's sockets per state (0: this process's
-// namespace), with the port filters applied.
-func dumpStates(netns uint32, family events.Family, lports, rports []uint16) ([aggregate.States]int64, error) {
-	var per [aggregate.States]int64
-	p := sockdiag.NewProber()
-	defer p.Close()
-	if netns == 0 {
-		ino, err := sockdiag.NetnsInode("/proc/self/ns/net")
-		if err != nil {
-			return per, err
-		}
-		netns = ino
-	}
-	err := p.Sockets(netns, 0, uint8(family), func(s sockdiag.Listed) {
-		if (len(lports) == 0 || contains(lports, s.LPort)) && (len(rports) == 0 || contains(rports, s.RPort)) &&
-			s.State < aggregate.States && s.State != events.Close {
-			per[s.State]++
-		}
-	})
-	return per, err
-}
 
 const agentUsage = `Usage: tcptrace agent [flags]
 

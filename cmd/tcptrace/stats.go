@@ -145,36 +145,53 @@ const reseedEvery = time.Minute
 // namespace's TCP sockets, when the filter can be applied to a dump: it
 // says false when it cannot (an owner or state filter).
 func seedSockets(agg *aggregate.Aggregate, f filter.Filter) (bool, error) {
-	if len(f.PIDs) > 0 || f.Comm != "" || len(f.States) > 0 {
+	if !dumpable(f) {
 		return false, nil
 	}
+	var per [aggregate.States]int64
+	for _, fam := range []events.Family{4, 6} {
+		if f.Family != 0 && f.Family != uint8(fam) {
+			continue
+		}
+		n, err := dumpStates(f, fam)
+		if err != nil {
+			return false, err
+		}
+		for st := range per {
+			per[st] += n[st]
+		}
+	}
+	agg.Seed(per)
+	return true, nil
+}
+
+// dumpable says whether a socket dump can apply f: it cannot tell owners
+// or transitions.
+func dumpable(f filter.Filter) bool {
+	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0
+}
+
+// dumpStates counts the sockets of f's namespace (0: this process's) per
+// state, for one family, with f's port filters applied.
+func dumpStates(f filter.Filter, family events.Family) ([aggregate.States]int64, error) {
+	var per [aggregate.States]int64
 	p := sockdiag.NewProber()
 	defer p.Close()
 	netns := f.Netns
 	if netns == 0 {
 		ino, err := sockdiag.NetnsInode("/proc/self/ns/net")
 		if err != nil {
-			return false, err
+			return per, err
 		}
 		netns = ino
 	}
-	var per [aggregate.States]int64
-	for _, fam := range []uint8{4, 6} {
-		if f.Family != 0 && f.Family != fam {
-			continue
+	err := p.Sockets(netns, 0, uint8(family), func(s sockdiag.Listed) {
+		if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) &&
+			s.State < aggregate.States && s.State != events.Close {
+			per[s.State]++
 		}
-		err := p.Sockets(netns, 0, fam, func(s sockdiag.Listed) {
-			if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) &&
-				s.State < aggregate.States && s.State != events.Close {
-				per[s.State]++
-			}
-		})
-		if err != nil {
-			return false, err
-		}
-	}
-	agg.Seed(per)
-	return true, nil
+	})
+	return per, err
 }
 
 func contains(list []uint16, v uint16) bool {
