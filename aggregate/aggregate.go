@@ -28,7 +28,7 @@ const States = 13
 
 // Causes is the number of close causes: events.Cause values index arrays
 // of it.
-const Causes = 8
+const Causes = 9
 
 // Buckets is the histograms' size: bucket k counts times from 2^k to
 // 2^(k+1) microseconds, bucket 0 everything under 2 us, the last

@@ -478,7 +478,8 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	} else if (by_owner(t->oldstate, t->newstate) ||
 		   (t->newstate == TCP_CLOSE && !t->rst_sent && !(t->skflags & (1 << SOCK_DEAD)) &&
 		    (t->cause == CAUSE_RESET_SENT ||
-		     (t->oldstate == TCP_SYN_SENT && t->cause == CAUSE_CLOSED)))) {
+		     (t->oldstate == TCP_SYN_SENT &&
+		      (t->cause == CAUSE_CLOSED || t->cause == CAUSE_NO_PORT))))) {
 		if (!task)
 			task = bpf_get_current_task_btf();
 		set_owner(e, task);
@@ -558,6 +559,10 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 		    (t.skflags & ((1 << SOCK_DONE) | (1 << SOCK_DEAD)))));
 	if (newstate == TCP_CLOSE && !handoff)
 		t.cause = close_cause(sk, oldstate, t.rst_sent);
+	/* connect() sets SYN_SENT before it looks for a local port, and
+	 * CLOSE, with the port still 0, when it finds none */
+	if (t.cause == CAUSE_CLOSED && oldstate == TCP_SYN_SENT && !t.sport)
+		t.cause = CAUSE_NO_PORT;
 	if (handoff && (t.skflags & (1 << SOCK_DONE))) {
 		/* the peer's FIN is in: TIME_WAIT starts now */
 		newstate = STATE_TIME_WAIT;

@@ -45,6 +45,7 @@ enum {
 	CAUSE_TIMEOUT = 5,        /* retransmissions or a FIN_WAIT2 timer ran out */
 	CAUSE_UNREACHABLE = 6,    /* an ICMP error ended the handshake */
 	CAUSE_REUSED = 7,         /* a TIME_WAIT socket taken over by a new connection */
+	CAUSE_NO_PORT = 8,        /* connect() found no free local port (EADDRNOTAVAIL) */
 };
 
 /* a pseudo state the kernel's tracepoint never reports for a full socket */

@@ -98,6 +98,7 @@ const (
 	CauseTimeout       Cause = 5 // SYN or data retransmissions, or a FIN_WAIT2 timer, ran out
 	CauseUnreachable   Cause = 6 // an ICMP error ended the handshake
 	CauseReused        Cause = 7 // a TIME_WAIT socket taken over by a new connection
+	CauseNoPort        Cause = 8 // connect() found no free local port (EADDRNOTAVAIL, "Cannot assign requested address")
 )
 
 var causeNames = [...]string{
@@ -109,6 +110,7 @@ var causeNames = [...]string{
 	CauseTimeout:       "timeout",
 	CauseUnreachable:   "unreachable",
 	CauseReused:        "reused",
+	CauseNoPort:        "no_port",
 }
 
 // String gives the cause's name, empty for none.

@@ -237,12 +237,24 @@ func checkAgent(t *testing.T, addr string) {
 		"tcptrace_sockets,family=ipv4,state=TIME_WAIT":           connections,
 	} {
 		if got, ok := m[key]; !ok || got != want {
-			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
+			t.Errorf("%s = %v (present %v), want %v; the family's series: %v", key, got, ok, want, family(m, key))
 		}
 	}
 	if _, ok := m["go_goroutines"]; !ok {
 		t.Error("no Go process metrics")
 	}
+}
+
+// family lists the series of key's metric in m, for a failure's message.
+func family(m map[string]float64, key string) map[string]float64 {
+	name, _, _ := strings.Cut(key, ",")
+	out := map[string]float64{}
+	for k, v := range m {
+		if n, _, _ := strings.Cut(k, ","); n == name {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // A real Prometheus (Debian's) scrapes the agent; after 20 connections a

@@ -294,7 +294,13 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 	// mini-socket to make room for it
 	if e.Old == events.SynSent || e.Old == events.SynRecv {
 		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.Sock != e.Sock {
-			ev := f.transition(en, e.Mono, events.Close, events.CauseReused)
+			// past its timer, the timer wheel ended it and the port
+			// was taken again before the check that would have said so
+			cause := events.CauseReused
+			if en.ev.New == events.TimeWait && e.Mono >= en.ends {
+				cause = events.CauseClosed
+			}
+			ev := f.transition(en, e.Mono, events.Close, cause)
 			f.remove(en)
 			if err := emit(ev); err != nil {
 				return false, err

@@ -226,6 +226,24 @@ func TestReuse(t *testing.T) {
 	}
 }
 
+// A new connection on a tuple whose TIME_WAIT is past its timer: the
+// timer wheel ended it and the port search took the port again before the
+// follower's check. That is an expiry, not a reuse.
+func TestTakenAfterExpiry(t *testing.T) {
+	f := New(&fakeDiag{}, Options{})
+	var out []events.Event
+	tw := *parked(1000 * ms)
+	tw.Kind, tw.New = events.Transition, events.TimeWait
+	observe(t, f, &tw, &out)
+	at := 1000*ms + uint64(TimeWaitLen) + 5*ms
+	next := *parked(at)
+	next.Kind, next.Sock, next.Old, next.New = events.Transition, 9, events.SynSent, events.Established
+	observe(t, f, &next, &out)
+	if len(out) != 1 || out[0].Old != events.TimeWait || out[0].Cause != events.CauseClosed || out[0].Mono != at {
+		t.Fatalf("got %+v, want TIME_WAIT -> CLOSE closed at %d", out, at)
+	}
+}
+
 // Hints feed the follower but are not shown; what it makes is emitted
 // whatever the record that revealed it (the caller filters it).
 func TestHints(t *testing.T) {

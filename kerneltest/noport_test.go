@@ -1,0 +1,115 @@
+package kerneltest
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/filter"
+)
+
+// exhaust fills a two-port range: in ns (ip_local_port_range 40000-40001,
+// tcp_tw_reuse 0) two connections to a listener, closed first by the
+// client, leave both ports in TIME_WAIT; then failures more connects to
+// the same listener fail with EADDRNOTAVAIL. It returns the listener's
+// port.
+func exhaust(t *testing.T, ns *netns, failures int) uint16 {
+	t.Helper()
+	ns.sysctl(t, "net.ipv4.ip_local_port_range", "40000 40001")
+	ns.sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
+	var lport uint16
+	inNetns(t, ns, func() {
+		// a port outside the range: port 0 would take one of the two
+		ln, err := net.Listen("tcp4", "127.0.0.1:8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		lport = uint16(ln.Addr().(*net.TCPAddr).Port)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(io.Discard, c); c.Close() }()
+			}
+		}()
+		d := net.Dialer{Timeout: 2 * time.Second}
+		d.SetMultipathTCP(false)
+		for range 2 {
+			c, err := d.Dial("tcp4", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+		}
+		// the clients' TIME_WAITs hold both ports once their servers close
+		time.Sleep(100 * time.Millisecond)
+		// one connect() each, as a C client makes: Go's Dial tries
+		// again on EADDRNOTAVAIL
+		for i := range failures {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: 8080, Addr: [4]byte{127, 0, 0, 1}})
+			unix.Close(fd)
+			if !errors.Is(err, syscall.EADDRNOTAVAIL) {
+				t.Fatalf("connect %d: %v, want EADDRNOTAVAIL", i+3, err)
+			}
+		}
+	})
+	return lport
+}
+
+// A connect() that finds no free local port ends SYN_SENT -> CLOSE with
+// cause no_port, in the connecting process, with local port 0; the
+// connections that did connect end orderly.
+func TestNoPortCause(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	x := startTracer(t, filter.Filter{Netns: ns.ino})
+	lport := exhaust(t, ns, 2)
+	noPort := func(evs []events.Event) (n int) {
+		for _, e := range evs {
+			if e.Old == events.SynSent && e.New == events.Close && e.Cause == events.CauseNoPort {
+				n++
+			}
+		}
+		return n
+	}
+	evs := x.waitFor("two no_port closes", 5*time.Second, func(evs []events.Event) bool { return noPort(evs) == 2 })
+	evs = x.stop()
+	if n := noPort(evs); n != 2 {
+		t.Fatalf("%d no_port closes, want 2:\n%s", n, dump(evs))
+	}
+	for _, e := range evs {
+		if e.Old != events.SynSent || e.New != events.Close {
+			continue
+		}
+		if e.Cause != events.CauseNoPort || e.LPort != 0 || e.RPort != lport || e.PID != uint32(os.Getpid()) {
+			t.Errorf("failed connect: cause %s lport %d rport %d pid %d, want no_port 0 %d %d",
+				e.Cause, e.LPort, e.RPort, e.PID, lport, os.Getpid())
+		}
+	}
+	established := 0
+	for _, e := range evs {
+		if e.Old == events.SynSent && e.New == events.Established {
+			established++
+			if e.LPort < 40000 || e.LPort > 40001 {
+				t.Errorf("client port %d outside the range", e.LPort)
+			}
+		}
+	}
+	if established != 2 {
+		t.Errorf("%d connects succeeded, want 2 ", established)
+	}
+}
