@@ -168,7 +168,9 @@ func runSuper() int {
 
 // runWorker serves TT_CONNS connections (default 1), at once each,
 // from the listener at fd 3, or from its own with TT_OWN=1 (then it
-// waits for go first), then closes the listener and says "done".
+// waits for go first), then closes the listener and says "done". With
+// TT_LEAK=1 it never reads nor closes them, says "held" and waits a
+// minute: connections whose clients close stay in CLOSE_WAIT.
 func runWorker() int {
 	var l net.Listener
 	var err error
@@ -191,11 +193,21 @@ func runWorker() int {
 			return fail("accept: %v", err)
 		}
 		fmt.Printf("conn %d %d\n", c.RemoteAddr().(*net.TCPAddr).Port, os.Getpid())
+		if env("LEAK") == "1" {
+			// a leak: never read, never close; held until killed
+			defer c.Close()
+			continue
+		}
 		served.Add(1)
 		go func() {
 			defer served.Done()
 			errs <- serve(c)
 		}()
+	}
+	if env("LEAK") == "1" {
+		fmt.Println("held")
+		time.Sleep(time.Minute)
+		return 0
 	}
 	served.Wait()
 	close(errs)

@@ -41,6 +41,10 @@ const DefaultHoldFor = 100 * time.Millisecond
 // out with the best owner known.
 const maxHeld = 6
 
+// maxWait bounds, in HoldFor, how long a connection's records wait for a
+// holders dump that the dumps' spacing puts off.
+const maxWait = 10
+
 // Options configure a Table.
 type Options struct {
 	// Max bounds the sockets followed (DefaultMax if 0).
@@ -566,9 +570,11 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 	// in the order they happened
 	slices.SortFunc(due, func(a, b uint64) int { return cmp.Compare(t.pend[a].recs[0].Mono, t.pend[b].recs[0].Mono) })
 	var held map[uint64]events.Holder
+	var later uint64
 	dumped := false
 	for _, sock := range due {
-		if t.pend[sock].addrOnly {
+		p := t.pend[sock]
+		if p.addrOnly {
 			// its owner is known: only its addresses never came
 			o := t.live[sock].owner
 			if err := t.release(sock, o, o, next); err != nil {
@@ -577,7 +583,14 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 			continue
 		}
 		if !dumped {
-			held, dumped = t.dumpNow(now), true
+			held, later = t.dumpNow(now)
+			dumped = true
+		}
+		if later != 0 && now-p.recs[0].Mono < maxWait*t.holdFor {
+			// the dumps' spacing put this one off: a guess from the
+			// listener would name another worker of a prefork server
+			p.deadline = later
+			continue
 		}
 		var o owner
 		if h, ok := held[sock]; ok {
@@ -595,9 +608,13 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 // socket in it. A dump walks every open file on the host, so they are
 // spaced: at least HoldFor apart, and 20 times as long as the last one
 // took, so that dumps cost at most a twentieth of a core.
-func (t *Table) dumpNow(now uint64) map[uint64]events.Holder {
-	if t.dump == nil || (t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < max(t.holdFor, 20*t.dumpTook)) {
-		return nil
+// When the spacing puts the dump off, later says when it may run.
+func (t *Table) dumpNow(now uint64) (held map[uint64]events.Holder, later uint64) {
+	if t.dump == nil {
+		return nil, 0
+	}
+	if gap := max(t.holdFor, 20*t.dumpTook); t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < gap {
+		return nil, t.lastDump + gap
 	}
 	t.lastDump = now
 	began := time.Now()
@@ -606,10 +623,10 @@ func (t *Table) dumpNow(now uint64) map[uint64]events.Holder {
 	t.Dumps++
 	if err != nil {
 		t.DumpErr = err
-		return nil
+		return nil, 0
 	}
 	t.takeDump(hs)
-	return youngestPerSocket(hs)
+	return youngestPerSocket(hs), 0
 }
 
 // fallback names a server connection's handshake when no process that

@@ -167,6 +167,8 @@ const usage = `Usage: tcptrace [trace] [flags]
        tcptrace top [flags]      a live full-screen view (tcptrace top --help)
        tcptrace agent [flags]    Prometheus metrics at /metrics (tcptrace agent --help)
        tcptrace graph [flags]    the state machine as DOT, or one connection's ladder (tcptrace graph --help)
+       tcptrace timewait [flags] TIME_WAIT storms and port exhaustion, with verdicts (tcptrace timewait --help)
+       tcptrace closewait [flags] sockets stuck in CLOSE_WAIT and the handshake states (tcptrace closewait --help)
 
 Streams every TCP state transition on this host, attributed to the process
 that owns the socket, until Ctrl-C, SIGTERM, --duration or --count. Needs
@@ -215,12 +217,14 @@ Limits:
 // commands are tcptrace's subcommands; with none, or flags first, it is
 // trace.
 var commands = map[string]func(ctx context.Context, args []string, stdout, stderr io.Writer) error{
-	"trace": runTrace,
-	"stats": runStats,
-	"graph": runGraph,
-	"life":  runLife,
-	"top":   runTop,
-	"agent": runAgent,
+	"trace":     runTrace,
+	"stats":     runStats,
+	"graph":     runGraph,
+	"life":      runLife,
+	"top":       runTop,
+	"agent":     runAgent,
+	"timewait":  runTimewait,
+	"closewait": runClosewait,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -298,6 +302,8 @@ type hooks struct {
 	every   time.Duration
 	// onAttach runs once the programs are attached
 	onAttach func()
+	// onSeed gets the holders of the sockets open when tracing began
+	onSeed func([]events.Holder)
 }
 
 // trace loads and attaches the tracer with the shared flags and streams
@@ -322,6 +328,9 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	seed, err := tr.Holders()
 	if err != nil {
 		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets opened before tcptrace have no owner until a system call on them\n", err)
+	}
+	if h.onSeed != nil {
+		h.onSeed(seed)
 	}
 	if c.duration > 0 {
 		var cancel context.CancelFunc

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tcptrace/tcptrace/cgroups"
+	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/storm"
+	"github.com/tcptrace/tcptrace/stream"
+)
+
+// reportFlags are the flags of the live reports (timewait, closewait).
+type reportFlags struct {
+	common
+	interval time.Duration
+	json     bool
+	once     bool
+	top      int
+}
+
+func (c *reportFlags) register(fs *flag.FlagSet) {
+	c.common.register(fs)
+	fs.DurationVar(&c.interval, "interval", 2*time.Second, "")
+	fs.BoolVar(&c.json, "json", false, "")
+	fs.BoolVar(&c.once, "once", false, "")
+	fs.IntVar(&c.top, "top", 10, "")
+}
+
+func (c *reportFlags) check() error {
+	if err := c.common.check(); err != nil {
+		return err
+	}
+	switch {
+	case c.interval < 100*time.Millisecond:
+		return errors.New("--interval must be at least 100ms")
+	case c.top < 1:
+		return errors.New("--top must be at least 1")
+	case c.once && c.duration == 0:
+		return errors.New("--once needs --duration: the report comes when it ends")
+	}
+	return nil
+}
+
+// reportNetns is the namespace a report dumps: --netns, else tcptrace's.
+func (c *reportFlags) reportNetns() (uint32, error) {
+	f, err := c.filter()
+	if err != nil {
+		return 0, usageError{err}
+	}
+	if f.Netns != 0 {
+		return f.Netns, nil
+	}
+	return sockdiag.SelfNetns()
+}
+
+type timewaitConfig struct {
+	reportFlags
+	warnPct float64
+}
+
+func parseTimewait(args []string, stderr io.Writer) (*timewaitConfig, error) {
+	c := &timewaitConfig{}
+	fs := flag.NewFlagSet("timewait", flag.ContinueOnError)
+	c.reportFlags.register(fs)
+	fs.Float64Var(&c.warnPct, "warn-pct", storm.DefaultWarnPct, "")
+	if err := parseFlags(fs, args, timewaitUsage, stderr); err != nil {
+		return nil, err
+	}
+	if err := c.reportFlags.check(); err != nil {
+		return nil, usageError{err}
+	}
+	if c.warnPct <= 0 || c.warnPct > 100 {
+		return nil, usageError{errors.New("--warn-pct must be in (0, 100]")}
+	}
+	return c, nil
+}
+
+// runTimewait reports on the namespace's TIME_WAIT sockets every
+// interval, or once at the end of --duration.
+func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseTimewait(args, stderr)
+	if err != nil {
+		return err
+	}
+	netns, err := c.reportNetns()
+	if err != nil {
+		return err
+	}
+	tracker := storm.NewTracker(0)
+	names := cgroups.New()
+	reporter := storm.NewReporter(tracker, names.Name, c.warnPct, time.Now())
+	prober := sockdiag.NewProber()
+	defer prober.Close()
+	var werr error
+	report := func() {
+		snap, err := storm.Take(prober, netns, 0)
+		if err == nil {
+			rep := reporter.Build(snap)
+			if c.json {
+				err = storm.WriteJSON(stdout, rep)
+			} else {
+				err = storm.WriteText(stdout, rep, c.top)
+			}
+		}
+		if err != nil && werr == nil {
+			werr = err
+		}
+	}
+	h := hooks{}
+	if !c.once {
+		h = hooks{every: c.interval, onStats: func(stream.Stats) { report() }}
+	}
+	st, err := trace(ctx, &c.common, stderr, h, tracker)
+	if err == nil && werr == nil && c.once {
+		report()
+	}
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	return errors.Join(err, werr)
+}
+
+const timewaitUsage = `Usage: tcptrace timewait [flags]
+
+A live report on TIME_WAIT sockets and local port use, every --interval:
+how many exist (from a socket dump of the namespace), who creates them
+toward which destination and how fast (from the transitions), which side
+closes first, how much of the port range each destination takes, the
+connects that found no free port, the namespace's settings and counters,
+and verdicts in plain words. It reports on one namespace: --netns, else
+tcptrace's own. It takes the filter flags of tcptrace trace
+(tcptrace --help), which narrow the transitions counted.
+
+  --interval D        how often to report; default 2s
+                        tcptrace timewait --interval 5s
+  --json              one JSON object per report (the README documents every key)
+                        tcptrace timewait --json
+  --once              a single report when --duration ends
+                        tcptrace timewait --once --duration 30s
+  --top N             rows of each table in text; default 10
+                        tcptrace timewait --top 20
+  --warn-pct P        warn when TIME_WAIT and live connections toward one
+                      destination take P% of the usable port range, now or
+                      at the current rate; default 80
+                        tcptrace timewait --warn-pct 50
+`

@@ -1,0 +1,470 @@
+package storm
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tcptrace/tcptrace/cgroups"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/netconf"
+	"github.com/tcptrace/tcptrace/sockdiag"
+)
+
+// DefaultWarnPct is the share of a destination's usable port range, in
+// TIME_WAIT or in use, past which a report warns: connect() slows down
+// well before the range is full, as it searches for a free port.
+const DefaultWarnPct = 80
+
+// serverVerdictMin is how many TIME_WAITs on one server port make a
+// verdict: a few are every server's normal.
+const serverVerdictMin = 100
+
+// timeWaitLen is the kernel's TCP_TIMEWAIT_LEN: a TIME_WAIT created now
+// is gone in 60 s, so a steady rate r keeps r × 60 of them.
+const timeWaitLen = 60 * time.Second
+
+// Snapshot is what the namespace has now: its sockets, by a dump, and
+// its settings and counters.
+type Snapshot struct {
+	Time     time.Time
+	Netns    uint32
+	Sockets  []sockdiag.Detail // TIME_WAIT and every other state but CLOSE
+	Settings netconf.Settings
+	Counters netconf.Counters
+	// TWSize is a TIME_WAIT socket's size in the kernel, bytes
+	TWSize int
+}
+
+// Take dumps netns's TCP sockets (both families) and reads its settings
+// and counters. pid, if not 0, is a process in the namespace.
+func Take(p *sockdiag.Prober, netns, pid uint32) (*Snapshot, error) {
+	s := &Snapshot{Time: time.Now(), Netns: netns, TWSize: twSize()}
+	for _, fam := range []uint8{4, 6} {
+		err := p.Details(netns, pid, fam, sockdiag.AllStates, func(d *sockdiag.Detail) {
+			if d.State != events.Close {
+				s.Sockets = append(s.Sockets, *d)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	ns, err := sockdiag.OpenNetns(netns, pid)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	s.Settings, s.Counters, err = netconf.Read(ns)
+	return s, err
+}
+
+// twSize reads the size of a TIME_WAIT socket from /proc/slabinfo, or
+// says 256, its size on x86-64 Linux 6.
+func twSize() int {
+	b, err := os.ReadFile("/proc/slabinfo")
+	if err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			f := strings.Fields(l)
+			if len(f) > 3 && f[0] == "tw_sock_TCP" {
+				if n, err := strconv.Atoi(f[3]); err == nil && n > 0 {
+					return n
+				}
+			}
+		}
+	}
+	return 256
+}
+
+// Report is one refresh of `tcptrace timewait`. The README documents
+// every key.
+type Report struct {
+	Time          time.Time          `json:"time"`
+	Interval      float64            `json:"interval_s"`
+	TimeWaitTotal int                `json:"timewait_total"`
+	Destinations  []Destination      `json:"destinations"`
+	ServerPorts   []ServerPort       `json:"server_ports"`
+	Settings      Settings           `json:"settings"`
+	Counters      map[string]Counter `json:"counters"`
+	Verdicts      []Verdict          `json:"verdicts"`
+}
+
+// Destination is a group of TIME_WAIT sockets: a client's toward one
+// remote address and port, or a server's on one port toward one client
+// host.
+type Destination struct {
+	LAddr string `json:"laddr"`
+	RAddr string `json:"raddr"`
+	RPort uint16 `json:"rport,omitempty"`
+	LPort uint16 `json:"lport,omitempty"`
+	// TimeWait is how many exist now, by the dump; Live how many other
+	// connections (any state but LISTEN and TIME_WAIT) take a local
+	// port toward the same destination
+	TimeWait int `json:"timewait"`
+	Live     int `json:"live"`
+	// the least and most time left before they go, seconds
+	ExpiresMin float64 `json:"expires_min_s"`
+	ExpiresMax float64 `json:"expires_max_s"`
+	// Created counts the TIME_WAITs entered since tcptrace started;
+	// CreatedPerS over the last interval, and Expected the count that
+	// rate keeps in steady state (× 60 s)
+	Created     uint64  `json:"created"`
+	CreatedPerS float64 `json:"created_per_s"`
+	Expected    int     `json:"expected_timewait"`
+	// ActiveCloser is the side that closed first, whose side keeps the
+	// TIME_WAIT: "client" or "server"
+	ActiveCloser string       `json:"active_closer"`
+	Owners       []OwnerCount `json:"owners"`
+	// PortRangeUsedPct: TIME_WAIT and live connections toward this
+	// destination over the usable ports; a client's only
+	PortRangeUsedPct *float64 `json:"port_range_used_pct"`
+	ConnectFailures  uint64   `json:"connect_failures"`
+	// HandshakeMs: the mean time connects spent in SYN_SENT, failed
+	// ones included (their port search)
+	HandshakeMs float64 `json:"handshake_ms"`
+}
+
+// OwnerCount is a process that made TIME_WAITs, or failed connects,
+// toward a destination: Count TIME_WAITs, ConnectFailures connects that
+// found no free port.
+type OwnerCount struct {
+	PID             uint32 `json:"pid"`
+	Comm            string `json:"comm"`
+	Unit            string `json:"unit"`
+	Count           uint64 `json:"count"`
+	ConnectFailures uint64 `json:"connect_failures"`
+}
+
+// ServerPort sums a server's TIME_WAITs on one local port.
+type ServerPort struct {
+	Port        uint16  `json:"port"`
+	Listening   bool    `json:"listening"`
+	TimeWait    int     `json:"timewait"`
+	Created     uint64  `json:"created"`
+	CreatedPerS float64 `json:"created_per_s"`
+	MemoryBytes int     `json:"memory_bytes"`
+	// ClearsAt is when the last of them goes
+	ClearsAt time.Time `json:"clears_at"`
+}
+
+// Settings are the sysctls read in the namespace.
+type Settings struct {
+	TWReuse       int    `json:"tcp_tw_reuse"`
+	MaxTWBuckets  int    `json:"tcp_max_tw_buckets"`
+	FinTimeout    int    `json:"tcp_fin_timeout"`
+	PortRange     [2]int `json:"ip_local_port_range"`
+	ReservedPorts string `json:"ip_local_reserved_ports"`
+	UsablePorts   int    `json:"usable_ports"`
+}
+
+// Counter is a TcpExt counter: its value and its rate over the interval.
+type Counter struct {
+	Total uint64  `json:"total"`
+	PerS  float64 `json:"per_s"`
+}
+
+// reportedCounters are the counters a report carries.
+var reportedCounters = []string{"TCPTimeWaitOverflow", "TWRecycled", "TWKilled", "TW"}
+
+// Verdict is a conclusion in plain words, with its severity: "warning"
+// (something fails or will) or "info".
+type Verdict struct {
+	Severity string `json:"severity"`
+	Text     string `json:"text"`
+}
+
+// Reporter builds reports from a tracker and snapshots, keeping what a
+// rate needs from one report to the next.
+type Reporter struct {
+	tracker  *Tracker
+	unit     func(cgroup uint64) string
+	warnPct  float64
+	started  time.Time
+	last     time.Time
+	counters netconf.Counters
+}
+
+// NewReporter reports on t; unit names a cgroup (package cgroups).
+func NewReporter(t *Tracker, unit func(uint64) string, warnPct float64, started time.Time) *Reporter {
+	if warnPct <= 0 {
+		warnPct = DefaultWarnPct
+	}
+	return &Reporter{tracker: t, unit: unit, warnPct: warnPct, started: started, last: started}
+}
+
+// dumped is what the dump says of a group.
+type dumped struct {
+	timeWait int
+	live     int
+	min, max time.Duration
+}
+
+func (d *dumped) add(s *sockdiag.Detail) {
+	if d.timeWait == 0 || s.Expires < d.min {
+		d.min = s.Expires
+	}
+	d.max = max(d.max, s.Expires)
+	d.timeWait++
+}
+
+// Build makes the report of snap and what the tracker counted since the
+// last report.
+func (r *Reporter) Build(snap *Snapshot) *Report {
+	t := r.tracker
+	elapsed := snap.Time.Sub(r.last).Seconds()
+	if elapsed <= 0 {
+		elapsed = 1
+	}
+	st := &snap.Settings
+	rep := &Report{Time: snap.Time, Interval: elapsed, Counters: map[string]Counter{}, Destinations: []Destination{}, ServerPorts: []ServerPort{}, Verdicts: []Verdict{},
+		Settings: Settings{TWReuse: st.TWReuse, MaxTWBuckets: st.MaxTWBuckets, FinTimeout: st.FinTimeout,
+			PortRange: [2]int{st.PortLow, st.PortHigh}, ReservedPorts: st.Reserved, UsablePorts: st.UsablePorts()}}
+	for _, name := range reportedCounters {
+		v := snap.Counters[name]
+		c := Counter{Total: v}
+		if prev, ok := r.counters[name]; ok && v >= prev {
+			c.PerS = float64(v-prev) / elapsed
+		}
+		rep.Counters[name] = c
+	}
+
+	// what the dump shows: listeners, TIME_WAITs by group, live
+	// connections by destination
+	listening := map[uint16]bool{}
+	for i := range snap.Sockets {
+		if s := &snap.Sockets[i]; s.State == events.Listen {
+			listening[s.LPort] = true
+		}
+	}
+	isServer := func(s *sockdiag.Detail) bool {
+		if listening[s.LPort] {
+			return true
+		}
+		if _, ok := t.listened[portKey{snap.Netns, s.LPort}]; ok {
+			return true
+		}
+		return !st.InRange(s.LPort) && st.InRange(s.RPort)
+	}
+	groups := map[Group]*dumped{}
+	live := map[Group]int{}
+	byPort := map[uint16]*ServerPort{}
+	var clearsAt = map[uint16]time.Duration{}
+	for i := range snap.Sockets {
+		s := &snap.Sockets[i]
+		switch s.State {
+		case events.Listen:
+			continue
+		case events.TimeWait:
+			rep.TimeWaitTotal++
+			g := Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, RPort: s.RPort}
+			if isServer(s) {
+				g = Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, LPort: s.LPort}
+				sp := serverPort(byPort, s.LPort, listening)
+				sp.TimeWait++
+				clearsAt[s.LPort] = max(clearsAt[s.LPort], s.Expires)
+			}
+			d := groups[g]
+			if d == nil {
+				d = &dumped{}
+				groups[g] = d
+			}
+			d.add(s)
+		case events.FinWait2:
+			// a FIN_WAIT2 mini-socket holds its port too
+			fallthrough
+		default:
+			live[Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, RPort: s.RPort}]++
+		}
+	}
+	for g, c := range t.groups {
+		if g.Netns != snap.Netns {
+			continue
+		}
+		if _, ok := groups[g]; !ok && (c.created > 0 || c.failures > 0) {
+			groups[g] = &dumped{}
+		}
+		if g.Server() {
+			sp := serverPort(byPort, g.LPort, listening)
+			sp.Created += c.created
+			sp.CreatedPerS += float64(c.created-c.mark) / elapsed
+		}
+	}
+
+	usable := st.UsablePorts()
+	for g, d := range groups {
+		c := t.groups[g]
+		dst := Destination{LAddr: addr(g.LAddr), RAddr: addr(g.RAddr), RPort: g.RPort, LPort: g.LPort,
+			TimeWait: d.timeWait, ExpiresMin: d.min.Seconds(), ExpiresMax: d.max.Seconds(), ActiveCloser: "client", Owners: []OwnerCount{}}
+		if g.Server() {
+			dst.ActiveCloser = "server"
+		} else {
+			dst.Live = live[g]
+			pct := 0.0
+			if usable > 0 {
+				pct = 100 * float64(d.timeWait+dst.Live) / float64(usable)
+			}
+			dst.PortRangeUsedPct = &pct
+		}
+		if c != nil {
+			dst.Created = c.created
+			dst.CreatedPerS = float64(c.created-c.mark) / elapsed
+			dst.ConnectFailures = c.failures
+			if c.handshakes > 0 {
+				dst.HandshakeMs = float64(c.handshake) / float64(c.handshakes) / 1e6
+			}
+			for o, n := range c.owners {
+				dst.Owners = append(dst.Owners, OwnerCount{PID: o.PID, Comm: o.Comm, Unit: r.unit(o.Cgroup), Count: n.timeWaits, ConnectFailures: n.failures})
+			}
+			slices.SortFunc(dst.Owners, func(a, b OwnerCount) int {
+				return cmp.Or(cmp.Compare(b.Count+b.ConnectFailures, a.Count+a.ConnectFailures), cmp.Compare(a.PID, b.PID))
+			})
+		}
+		dst.Expected = int(dst.CreatedPerS*timeWaitLen.Seconds() + 0.5)
+		rep.Destinations = append(rep.Destinations, dst)
+	}
+	slices.SortFunc(rep.Destinations, func(a, b Destination) int {
+		return cmp.Or(cmp.Compare(b.TimeWait, a.TimeWait), cmp.Compare(b.Created, a.Created), cmp.Compare(b.ConnectFailures, a.ConnectFailures),
+			strings.Compare(a.RAddr, b.RAddr), cmp.Compare(a.RPort, b.RPort), cmp.Compare(a.LPort, b.LPort), strings.Compare(a.LAddr, b.LAddr))
+	})
+	for port, sp := range byPort {
+		sp.MemoryBytes = sp.TimeWait * snap.TWSize
+		if sp.TimeWait > 0 {
+			sp.ClearsAt = snap.Time.Add(clearsAt[port]).Truncate(time.Second).Add(time.Second)
+		}
+		rep.ServerPorts = append(rep.ServerPorts, *sp)
+	}
+	slices.SortFunc(rep.ServerPorts, func(a, b ServerPort) int {
+		return cmp.Or(cmp.Compare(b.TimeWait, a.TimeWait), cmp.Compare(a.Port, b.Port))
+	})
+
+	rep.Verdicts = r.verdicts(rep, snap)
+
+	for _, c := range t.groups {
+		c.mark = c.created
+	}
+	r.counters = snap.Counters
+	r.last = snap.Time
+	return rep
+}
+
+func serverPort(m map[uint16]*ServerPort, port uint16, listening map[uint16]bool) *ServerPort {
+	sp := m[port]
+	if sp == nil {
+		sp = &ServerPort{Port: port, Listening: listening[port]}
+		m[port] = sp
+	}
+	return sp
+}
+
+func addr(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// verdicts says what the numbers of rep mean, most urgent first.
+func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
+	var warn, info []Verdict
+	st := &snap.Settings
+	if c := rep.Counters["TCPTimeWaitOverflow"]; c.PerS > 0 {
+		warn = append(warn, Verdict{"warning", fmt.Sprintf(
+			"tcp_max_tw_buckets (%d) reached: new TIME_WAIT sockets are being dropped (TCPTimeWaitOverflow +%.0f/s); "+
+				"their connections skip TIME_WAIT, so delayed segments of old connections may reach new ones",
+			st.MaxTWBuckets, c.PerS)})
+	} else if st.MaxTWBuckets > 0 && rep.TimeWaitTotal*10 >= st.MaxTWBuckets*9 {
+		warn = append(warn, Verdict{"warning", fmt.Sprintf(
+			"%d TIME_WAIT sockets, %.0f%% of tcp_max_tw_buckets (%d): past it, new ones are dropped",
+			rep.TimeWaitTotal, 100*float64(rep.TimeWaitTotal)/float64(st.MaxTWBuckets), st.MaxTWBuckets)})
+	}
+	for i := range rep.Destinations {
+		d := &rep.Destinations[i]
+		if d.ActiveCloser != "client" {
+			continue
+		}
+		dest := hostPort(d.RAddr, d.RPort)
+		pct := *d.PortRangeUsedPct
+		expectedPct := 0.0
+		if st.UsablePorts() > 0 {
+			expectedPct = 100 * float64(d.Expected+d.Live) / float64(st.UsablePorts())
+		}
+		if d.ConnectFailures > 0 {
+			warn = append(warn, Verdict{"warning", fmt.Sprintf(
+				"connect() to %s failed %d times for lack of a free local port (EADDRNOTAVAIL, \"Cannot assign requested address\"): %s; %d TIME_WAIT and %d live connections hold %.0f%% of the %d usable ports",
+				dest, d.ConnectFailures, who(d.Owners), d.TimeWait, d.Live, pct, st.UsablePorts())})
+		}
+		if pct >= r.warnPct || expectedPct >= r.warnPct {
+			fix := "reuse connections (keep-alive, pooling) or let the server close"
+			if st.TWReuse == 0 {
+				fix += "; net.ipv4.tcp_tw_reuse=1 lets connect() take a TIME_WAIT port safely (with TCP timestamps)"
+			}
+			outlook := fmt.Sprintf("%d expected at this rate, %.0f%% of the port range for that destination", d.Expected, max(pct, expectedPct))
+			if expectedPct > 100 {
+				outlook = fmt.Sprintf("this rate would keep %d, more than the %d usable ports: connects will fail with EADDRNOTAVAIL", d.Expected, st.UsablePorts())
+			}
+			warn = append(warn, Verdict{"warning", fmt.Sprintf(
+				"client %s (%s) opens %.0f conn/s to %s and closes first: %d TIME_WAIT now (%.0f%% of the port range), %s; %s",
+				d.LAddr, who(d.Owners), d.CreatedPerS, dest, d.TimeWait, pct, outlook, fix)})
+		}
+		if d.HandshakeMs >= 1 && pct >= 50 {
+			warn = append(warn, Verdict{"warning", fmt.Sprintf(
+				"connects to %s spend %.1f ms in SYN_SENT on average with %.0f%% of the port range taken: the kernel searches the range for a free port, checking each against the TIME_WAIT sockets",
+				dest, d.HandshakeMs, pct)})
+		}
+	}
+	for _, sp := range rep.ServerPorts {
+		switch {
+		case !sp.Listening && sp.TimeWait > 0:
+			warn = append(warn, Verdict{"warning", fmt.Sprintf(
+				"port %d is held by %d TIME_WAIT sockets of the previous server: a listener restarting without SO_REUSEADDR cannot bind until %s",
+				sp.Port, sp.TimeWait, sp.ClearsAt.Local().Format("15:04:05"))})
+		case sp.TimeWait >= serverVerdictMin:
+			info = append(info, Verdict{"info", fmt.Sprintf(
+				"server port %d closes first: %d TIME_WAIT accumulate here (%.0f/s), harmless for the port range, %s of kernel memory; clients that close first would keep them instead",
+				sp.Port, sp.TimeWait, sp.CreatedPerS, size(sp.MemoryBytes))})
+		}
+	}
+	return append(append([]Verdict{}, warn...), info...)
+}
+
+func hostPort(a string, port uint16) string {
+	if strings.Contains(a, ":") {
+		return "[" + a + "]:" + strconv.Itoa(int(port))
+	}
+	return a + ":" + strconv.Itoa(int(port))
+}
+
+// who names the owners of a destination, largest first.
+func who(owners []OwnerCount) string {
+	if len(owners) == 0 {
+		return "owner not seen: made before tcptrace started"
+	}
+	var parts []string
+	for i, o := range owners {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("%d more", len(owners)-3))
+			break
+		}
+		p := fmt.Sprintf("pid %d %s", o.PID, o.Comm)
+		if o.Unit != "" && o.Unit != "/" && o.Unit != cgroups.Unknown {
+			p += ", " + o.Unit
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func size(b int) string {
+	switch {
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.0f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", b)
+}

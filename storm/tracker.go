@@ -1,0 +1,161 @@
+// Package storm answers what a TIME_WAIT storm or a port exhaustion is
+// made of: who creates the TIME_WAIT sockets, toward which destination,
+// how fast, which side closes first, how close each destination is to
+// running out of local ports, and what to change. A Tracker counts from
+// the transitions; a Report joins its counts with a socket dump of the
+// namespace (what `ss -tan state time-wait -o` reads) and the namespace's
+// settings and counters (package netconf), and says what it means.
+package storm
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Group is a set of TIME_WAIT sockets with one cause: a client's toward
+// one destination (LPort 0), or a server's on one listening port toward
+// one client host (RPort 0).
+type Group struct {
+	Netns        uint32
+	LAddr, RAddr netip.Addr
+	LPort, RPort uint16
+}
+
+// Server says whether the group is a server's: the local side closed
+// first as the server.
+func (g Group) Server() bool { return g.RPort == 0 }
+
+// Owner is a process that made TIME_WAITs.
+type Owner struct {
+	PID    uint32
+	Comm   string
+	Cgroup uint64
+}
+
+// maxOwners bounds the owners kept per group.
+const maxOwners = 8
+
+// counts is what the transitions tell of a group.
+type counts struct {
+	created    uint64 // TIME_WAITs entered
+	mark       uint64 // created at the last report
+	failures   uint64 // connects that found no free port
+	handshakes uint64 // client handshakes timed, and their time in SYN_SENT
+	handshake  time.Duration
+	owners     map[Owner]*ownerCounts
+}
+
+// ownerCounts is what one owner made in a group.
+type ownerCounts struct {
+	timeWaits, failures uint64
+}
+
+// owner is e's owner's counts, nil past maxOwners.
+func (c *counts) owner(e *events.Event) *ownerCounts {
+	o := Owner{PID: e.PID, Comm: e.CommString(), Cgroup: e.Cgroup}
+	n := c.owners[o]
+	if n == nil && len(c.owners) < maxOwners {
+		n = &ownerCounts{}
+		c.owners[o] = n
+	}
+	return n
+}
+
+// DefaultMaxGroups bounds the groups a Tracker keeps.
+const DefaultMaxGroups = 4096
+
+// maxServers bounds the live server connections remembered.
+const maxServers = 1 << 20
+
+// Tracker counts TIME_WAIT entries, failed connects and handshake times
+// per group, from the transitions. It is a stream.Consumer; its Write and
+// the Report built from it run on the stream's goroutine.
+type Tracker struct {
+	groups map[Group]*counts
+	// servers holds the live connections a listener made, by cookie:
+	// only the LISTEN -> SYN_RECV says a connection is a server's
+	servers map[uint64]struct{}
+	// listened holds the ports seen listening, by namespace
+	listened  map[portKey]struct{}
+	maxGroups int
+	// Dropped counts the events of groups past maxGroups.
+	Dropped uint64
+}
+
+type portKey struct {
+	netns uint32
+	port  uint16
+}
+
+// NewTracker returns a tracker of at most maxGroups groups (0: the
+// default).
+func NewTracker(maxGroups int) *Tracker {
+	if maxGroups <= 0 {
+		maxGroups = DefaultMaxGroups
+	}
+	return &Tracker{groups: map[Group]*counts{}, servers: map[uint64]struct{}{}, listened: map[portKey]struct{}{}, maxGroups: maxGroups}
+}
+
+func (t *Tracker) group(g Group) *counts {
+	c := t.groups[g]
+	if c == nil {
+		if len(t.groups) >= t.maxGroups {
+			t.Dropped++
+			return nil
+		}
+		c = &counts{owners: map[Owner]*ownerCounts{}}
+		t.groups[g] = c
+	}
+	return c
+}
+
+// Write counts one event.
+func (t *Tracker) Write(e *events.Event) error {
+	switch {
+	case e.New == events.Listen:
+		t.listened[portKey{e.Netns, e.LPort}] = struct{}{}
+	case e.Old == events.Listen && e.New == events.SynRecv:
+		if len(t.servers) < maxServers {
+			t.servers[e.Sock] = struct{}{}
+		}
+	case e.Old == events.SynSent && e.New == events.Established:
+		if c := t.group(Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}); c != nil && e.DwellKnown {
+			c.handshakes++
+			c.handshake += e.Dwell
+		}
+	case e.Old == events.SynSent && e.New == events.Close && e.Cause == events.CauseNoPort:
+		// connect() chose the source address before it searched for
+		// a port: the record still has it
+		if c := t.group(Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}); c != nil {
+			c.failures++
+			if o := c.owner(e); o != nil {
+				o.failures++
+			}
+			if e.DwellKnown {
+				c.handshakes++
+				c.handshake += e.Dwell
+			}
+		}
+	case e.New == events.TimeWait:
+		_, server := t.servers[e.Sock]
+		delete(t.servers, e.Sock)
+		g := Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}
+		if server {
+			g = Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, LPort: e.LPort}
+		}
+		if c := t.group(g); c != nil {
+			c.created++
+			if o := c.owner(e); o != nil {
+				o.timeWaits++
+			}
+		}
+	case e.New == events.Close:
+		delete(t.servers, e.Sock)
+	}
+	return nil
+}
+
+// Flush does nothing: reports are built on demand.
+func (t *Tracker) Flush() error { return nil }

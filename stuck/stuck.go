@@ -1,0 +1,151 @@
+// Package stuck finds connections that stay where they should only pass:
+// CLOSE_WAIT (the peer closed, the application never called close(): a
+// leak), FIN_WAIT2 (we closed, the peer never did), SYN_RECV (a SYN flood
+// or a dead peer) and SYN_SENT (a destination that does not answer). A
+// Tracker learns each socket's owner and when it entered its state from
+// the transitions, and is seeded from a dump at start, so that a leak that
+// began before tcptrace is found too; a Reporter joins it with a dump of
+// the namespace (ages, unread bytes, accept queues) at each refresh.
+package stuck
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/sockdiag"
+)
+
+// Watched are the states a socket should not stay in.
+var Watched = []events.State{events.CloseWait, events.FinWait2, events.SynRecv, events.SynSent}
+
+func watched(s events.State) bool {
+	return s == events.CloseWait || s == events.FinWait2 || s == events.SynRecv || s == events.SynSent
+}
+
+// Owner is the process that holds a socket.
+type Owner struct {
+	PID    uint32
+	Comm   string
+	Cgroup uint64
+}
+
+// sock is what is known of a socket in a watched state.
+type sock struct {
+	state events.State
+	since time.Time
+	// known: since is when it entered the state; otherwise it is when
+	// tcptrace first saw it there, and the age is at least that
+	known bool
+	owner Owner
+}
+
+// maxSockets bounds the sockets followed.
+const maxSockets = 1 << 20
+
+// Failure names a failed handshake's side: a client's toward RAddr:RPort
+// (LPort 0), or a server's on LPort (RPort 0).
+type Failure struct {
+	Netns uint32
+	RAddr netip.Addr
+	RPort uint16
+	LPort uint16
+}
+
+// maxFailures bounds the failure keys kept.
+const maxFailures = 4096
+
+// Tracker follows sockets in the watched states and counts failed
+// handshakes by cause. It is a stream.Consumer; it and the Reporter run
+// on the stream's goroutine.
+type Tracker struct {
+	socks     map[uint64]*sock
+	listeners map[uint64]Owner // who made each listener seen, by cookie
+	failures  map[Failure]*[16]uint64
+	// FailuresDropped counts failures past maxFailures keys.
+	FailuresDropped uint64
+}
+
+// NewTracker returns an empty tracker.
+func NewTracker() *Tracker {
+	return &Tracker{socks: map[uint64]*sock{}, listeners: map[uint64]Owner{}, failures: map[Failure]*[16]uint64{}}
+}
+
+func ownerOf(e *events.Event) Owner { return Owner{PID: e.PID, Comm: e.CommString(), Cgroup: e.Cgroup} }
+
+// Seed takes the holders of the sockets open when tracing began
+// (loader.Tracer.Holders) and a dump of the namespace then: the sockets
+// already in a watched state are followed from now, their age unknown.
+func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time.Time) {
+	owners := map[uint64]Owner{}
+	start := map[uint64]uint64{}
+	for i := range holders {
+		h := &holders[i]
+		comm := string(h.Comm[:])
+		for j, c := range h.Comm {
+			if c == 0 {
+				comm = string(h.Comm[:j])
+				break
+			}
+		}
+		// the youngest holder: a worker forked from its master holds
+		// what it was handed
+		if _, ok := owners[h.Sock]; !ok || h.Start > start[h.Sock] {
+			owners[h.Sock] = Owner{PID: h.PID, Comm: comm, Cgroup: h.Cgroup}
+			start[h.Sock] = h.Start
+		}
+	}
+	for i := range dump {
+		d := &dump[i]
+		switch {
+		case d.State == events.Listen:
+			if o, ok := owners[d.Cookie]; ok {
+				t.listeners[d.Cookie] = o
+			}
+		case watched(d.State):
+			if _, ok := t.socks[d.Cookie]; !ok && len(t.socks) < maxSockets {
+				t.socks[d.Cookie] = &sock{state: d.State, since: now, owner: owners[d.Cookie]}
+			}
+		}
+	}
+}
+
+// Write follows one event.
+func (t *Tracker) Write(e *events.Event) error {
+	if e.New == events.Listen {
+		t.listeners[e.Sock] = ownerOf(e)
+	} else if e.Old == events.Listen && e.New == events.Close {
+		delete(t.listeners, e.Sock)
+	}
+	if watched(e.Old) {
+		delete(t.socks, e.Sock)
+		if e.New == events.Close && e.Cause != events.CauseNone {
+			switch e.Old {
+			case events.SynSent:
+				t.fail(Failure{Netns: e.Netns, RAddr: e.RAddr, RPort: e.RPort}, e.Cause)
+			case events.SynRecv:
+				t.fail(Failure{Netns: e.Netns, LPort: e.LPort}, e.Cause)
+			}
+		}
+	}
+	if watched(e.New) && len(t.socks) < maxSockets {
+		t.socks[e.Sock] = &sock{state: e.New, since: e.Time, known: true, owner: ownerOf(e)}
+	}
+	return nil
+}
+
+func (t *Tracker) fail(k Failure, c events.Cause) {
+	n := t.failures[k]
+	if n == nil {
+		if len(t.failures) >= maxFailures {
+			t.FailuresDropped++
+			return
+		}
+		n = new([16]uint64)
+		t.failures[k] = n
+	}
+	n[c&15]++
+}
+
+// Flush does nothing: reports are built on demand.
+func (t *Tracker) Flush() error { return nil }

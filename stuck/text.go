@@ -1,0 +1,104 @@
+package stuck
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteJSON writes rep as one line of JSON.
+func WriteJSON(w io.Writer, rep *Report) error {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// WriteText writes rep for a person: the stuck sockets, the summary per
+// process, failed handshakes, accept queues, then the verdicts.
+func WriteText(w io.Writer, rep *Report, top int) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s  stuck for %s or more: %d sockets\n\n", rep.Time.Local().Format("15:04:05"), ageText(rep.Threshold), len(rep.Sockets))
+	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tCOMM\tUNIT\tSTATE\tLOCAL\tREMOTE\tAGE\tRECV-Q\tUNREAD")
+	for i, s := range rep.Sockets {
+		if i == top {
+			fmt.Fprintf(tw, "... %d more\n", len(rep.Sockets)-top)
+			break
+		}
+		age := ageText(s.Age)
+		if !s.AgeKnown {
+			age = "≥ " + age
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.PID, dash(s.Comm), dash(s.Unit), s.State,
+			hostPort(s.LAddr, s.LPort), hostPort(s.RAddr, s.RPort), age, s.RecvQ, s.Unread)
+	}
+	tw.Flush()
+	if len(rep.ByProcess) > 0 {
+		b.WriteString("\n")
+		tw = tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "PID\tCOMM\tUNIT\tSTATE\tSOCKETS\tOLDEST\tUNREAD")
+		for _, p := range rep.ByProcess {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\n", p.PID, dash(p.Comm), dash(p.Unit), p.State, p.Count, ageText(p.Oldest), p.Unread)
+		}
+		tw.Flush()
+	}
+	if len(rep.HandshakeFailures) > 0 {
+		b.WriteString("\nfailed handshakes since start:\n")
+		for i, f := range rep.HandshakeFailures {
+			if i == top {
+				break
+			}
+			where := "connects to " + hostPort(f.RAddr, f.RPort)
+			if f.Side == "server" {
+				where = fmt.Sprintf("server handshakes on port %d", f.LPort)
+			}
+			fmt.Fprintf(&b, "  %s: %d (%s)\n", where, f.Total, causes(f.Causes))
+		}
+	}
+	full := 0
+	for _, l := range rep.Listeners {
+		if l.Queued > 0 {
+			full++
+		}
+	}
+	fmt.Fprintf(&b, "\naccept queues: %d listeners, %d with connections waiting; ListenOverflows %d (+%.0f/s), ListenDrops %d (+%.0f/s)\n",
+		len(rep.Listeners), full, rep.Counters["ListenOverflows"].Total, rep.Counters["ListenOverflows"].PerS,
+		rep.Counters["ListenDrops"].Total, rep.Counters["ListenDrops"].PerS)
+	for _, l := range rep.Listeners {
+		if l.Queued > 0 {
+			fmt.Fprintf(&b, "  %s pid %d %s: %d queued of %d\n", hostPort(l.LAddr, l.LPort), l.PID, dash(l.Comm), l.Queued, l.Backlog)
+		}
+	}
+	b.WriteString("\n")
+	if len(rep.Verdicts) == 0 {
+		b.WriteString("verdict: nothing stuck\n")
+	}
+	for _, v := range rep.Verdicts {
+		fmt.Fprintf(&b, "! %s\n", v)
+	}
+	b.WriteString("\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func causes(m map[string]uint64) string {
+	var parts []string
+	for _, c := range []string{"refused", "timeout", "no_port", "unreachable", "reset_received", "reset_sent", "closed"} {
+		if n := m[c]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", c, n))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
