@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -89,6 +90,24 @@ func TestDaemonSet(t *testing.T) {
 	for _, m := range c.VolumeMounts {
 		if !m.ReadOnly {
 			t.Errorf("volume %s is writable", m.Name)
+		}
+	}
+}
+
+// The alerting rules load in Prometheus's own checker, and each alert
+// fires on the series of alerts_test.yml that should fire it, not before
+// its time, with its annotations as written (promtool test rules).
+func TestAlertRules(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatal("promtool is not installed (CI installs Debian's prometheus)")
+		}
+		t.Skip("no promtool")
+	}
+	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
+		if out, err := exec.Command(promtool, args...).CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 }

@@ -52,13 +52,19 @@ func (l *lockedBuffer) String() string {
 // agent's stderr.
 func startAgentAt(t *testing.T, ns *netns, bin string, wrapper ...string) (string, *lockedBuffer) {
 	t.Helper()
+	return startAgentArgs(t, ns, bin, nil, wrapper...)
+}
+
+// startAgentArgs is startAgentAt with more arguments for the agent.
+func startAgentArgs(t *testing.T, ns *netns, bin string, args []string, wrapper ...string) (string, *lockedBuffer) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
 	l.Close()
-	argv := append(wrapper, bin, "agent", "--netns", ns.path, "--listen", addr)
+	argv := append(append(wrapper, bin, "agent", "--netns", ns.path, "--listen", addr), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
@@ -255,6 +261,54 @@ func family(m map[string]float64, key string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// The agent's diagnosis metrics: in a namespace whose two ports are held
+// by TIME_WAIT, two connects that find no free port count as no_port
+// failures, the destination's port range is used up, and two CLOSE_WAITs
+// a worker leaks count as stuck for its name once past the threshold.
+func TestAgentDiagnosis(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	addr, _ := startAgentArgs(t, ns, tcptraceBinary(t), []string{"--destinations", "2", "--closewait-threshold", "1s", "--diagnose-every", "1s"})
+	w := ns.start(t, workerComm, "", serverAddr(), 0, "TT_OWN=1", "TT_LEAK=1", "TT_CONNS=2")
+	w.goAhead()
+	w.expect("listening")
+	leakTo(t, ns, 2)
+	w.await("held")
+	lport := exhaust(t, ns, 2)
+	dest := ",laddr=127.0.0.1,raddr=127.0.0.1,rport=" + strconv.Itoa(int(lport))
+	want := map[string]float64{
+		"tcptrace_connect_failures_total,cause=no_port":      2,
+		"tcptrace_connect_failures_total,cause=refused":      0,
+		"tcptrace_port_range_usable":                         2,
+		"tcptrace_port_range_used_ratio_max":                 1,
+		"tcptrace_close_wait_stuck,comm=" + workerComm:       2,
+		"tcptrace_destination_timewait" + dest:               2,
+		"tcptrace_destination_timewait_created_total" + dest: 2,
+		"tcptrace_destination_port_range_used_ratio" + dest:  1,
+		"tcptrace_destination_connect_failures_total" + dest: 2,
+	}
+	var m map[string]float64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		m = scrape(t, addr)
+		ok := true
+		for k, v := range want {
+			ok = ok && m[k] == v
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			for k, v := range want {
+				if got, present := m[k]; got != v {
+					t.Errorf("%s = %v (present %v), want %v; the family's series: %v", k, got, present, v, family(m, k))
+				}
+			}
+			return
+		}
+	}
 }
 
 // A real Prometheus (Debian's) scrapes the agent; after 20 connections a

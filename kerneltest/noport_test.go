@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,10 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
 )
+
+// exhaustPort is exhaust's listener: outside the two-port range, apart
+// from the servers of the tests that use it too.
+const exhaustPort = 9090
 
 // exhaust fills a two-port range: in ns (ip_local_port_range 40000-40001,
 // tcp_tw_reuse 0) two connections to a listener, closed first by the
@@ -27,7 +32,7 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 	var lport uint16
 	inNetns(t, ns, func() {
 		// a port outside the range: port 0 would take one of the two
-		ln, err := net.Listen("tcp4", "127.0.0.1:8080")
+		ln, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(exhaustPort))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +65,7 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = unix.Connect(fd, &unix.SockaddrInet4{Port: 8080, Addr: [4]byte{127, 0, 0, 1}})
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: exhaustPort, Addr: [4]byte{127, 0, 0, 1}})
 			unix.Close(fd)
 			if !errors.Is(err, syscall.EADDRNOTAVAIL) {
 				t.Fatalf("connect %d: %v, want EADDRNOTAVAIL", i+3, err)

@@ -167,6 +167,9 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 				Queued: d.RecvQ, Backlog: d.SendQ, Full: d.RecvQ > d.SendQ})
 			continue
 		}
+		if !t.follows(d.State) {
+			continue
+		}
 		seen[d.Cookie] = true
 		s := t.socks[d.Cookie]
 		if s == nil || s.state != d.State {

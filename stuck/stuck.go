@@ -59,6 +59,9 @@ const maxFailures = 4096
 // handshakes by cause. It is a stream.Consumer; it and the Reporter run
 // on the stream's goroutine.
 type Tracker struct {
+	// only, if not 0, narrows the states followed to one (the agent
+	// follows CLOSE_WAIT alone)
+	only      events.State
 	socks     map[uint64]*sock
 	listeners map[uint64]Owner // who made each listener seen, by cookie
 	failures  map[Failure]*[16]uint64
@@ -66,9 +69,24 @@ type Tracker struct {
 	FailuresDropped uint64
 }
 
-// NewTracker returns an empty tracker.
+// NewTracker returns an empty tracker of every watched state.
 func NewTracker() *Tracker {
 	return &Tracker{socks: map[uint64]*sock{}, listeners: map[uint64]Owner{}, failures: map[Failure]*[16]uint64{}}
+}
+
+// NewTrackerOf returns a tracker of one watched state: no failures, no
+// listeners.
+func NewTrackerOf(state events.State) *Tracker {
+	t := NewTracker()
+	t.only = state
+	return t
+}
+
+func (t *Tracker) follows(s events.State) bool {
+	if t.only != 0 {
+		return s == t.only
+	}
+	return watched(s)
 }
 
 func ownerOf(e *events.Event) Owner { return Owner{PID: e.PID, Comm: e.CommString(), Cgroup: e.Cgroup} }
@@ -102,7 +120,7 @@ func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time
 			if o, ok := owners[d.Cookie]; ok {
 				t.listeners[d.Cookie] = o
 			}
-		case watched(d.State):
+		case t.follows(d.State):
 			if _, ok := t.socks[d.Cookie]; !ok && len(t.socks) < maxSockets {
 				t.socks[d.Cookie] = &sock{state: d.State, since: now, owner: owners[d.Cookie]}
 			}
@@ -112,6 +130,14 @@ func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time
 
 // Write follows one event.
 func (t *Tracker) Write(e *events.Event) error {
+	if t.only != 0 {
+		if e.Old == t.only {
+			delete(t.socks, e.Sock)
+		} else if e.New == t.only && len(t.socks) < maxSockets {
+			t.socks[e.Sock] = &sock{state: e.New, since: e.Time, known: true, owner: ownerOf(e)}
+		}
+		return nil
+	}
 	if e.New == events.Listen {
 		t.listeners[e.Sock] = ownerOf(e)
 	} else if e.Old == events.Listen && e.New == events.Close {

@@ -23,7 +23,9 @@ import (
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/metrics"
+	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stream"
+	"github.com/tcptrace/tcptrace/stuck"
 )
 
 // agentConfig is what the agent command's flags say.
@@ -35,6 +37,9 @@ type agentConfig struct {
 	otlpEndpoint string
 	otlpProtocol string
 	otlpInterval time.Duration
+	dests        int
+	cwThreshold  time.Duration
+	diagEvery    time.Duration
 }
 
 func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
@@ -47,6 +52,9 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", "", "")
 	fs.StringVar(&c.otlpProtocol, "otlp-protocol", "", "")
 	fs.DurationVar(&c.otlpInterval, "otlp-interval", 30*time.Second, "")
+	fs.IntVar(&c.dests, "destinations", 0, "")
+	fs.DurationVar(&c.cwThreshold, "closewait-threshold", stuck.DefaultThreshold, "")
+	fs.DurationVar(&c.diagEvery, "diagnose-every", metrics.DefaultDiagnoseEvery, "")
 	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
 		return nil, err
 	}
@@ -61,6 +69,15 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.listen); err != nil {
 		return nil, usageError{fmt.Errorf("--listen %q: want host:port", c.listen)}
+	}
+	if c.dests < 0 || c.dests > maxDestinations {
+		return nil, usageError{fmt.Errorf("--destinations must be from 0 to %d", maxDestinations)}
+	}
+	if c.diagEvery < time.Second {
+		return nil, usageError{errors.New("--diagnose-every must be at least 1s")}
+	}
+	if c.cwThreshold < 0 {
+		return nil, usageError{errors.New("--closewait-threshold must not be negative")}
 	}
 	if c.otlpInterval < time.Second {
 		return nil, usageError{errors.New("--otlp-interval must be at least 1s")}
@@ -108,9 +125,18 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	seed()
+	netns := f.Netns
+	if netns == 0 {
+		if netns, err = sockdiag.SelfNetns(); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	diag := metrics.NewDiagnosis(netns, c.diagEvery, c.topK, c.dests, c.cwThreshold, names.Name)
+	defer diag.Close()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(x, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(x, diag, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var ready atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Timeout: 10 * time.Second}))
@@ -148,20 +174,29 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "tcptrace: serving metrics on http://%s/metrics\n", ln.Addr())
 
 	lastSeed := time.Now()
-	st, err := trace(ctx, &c.common, stderr, hooks{every: 5 * time.Second, onStats: func(st stream.Stats) {
+	var diagErr error
+	st, err := trace(ctx, &c.common, stderr, hooks{every: min(5*time.Second, c.diagEvery), onStats: func(st stream.Stats) {
 		ready.Store(true)
 		x.SetStats(st.Lost, st.Untracked, st.Unknown)
 		if time.Since(lastSeed) >= reseedEvery {
 			lastSeed = time.Now()
 			seed()
 		}
-	}, onAttach: func() { ready.Store(true) }}, x)
+		diag.Refresh(time.Now())
+		if err := diag.Err(); err != nil && (diagErr == nil || err.Error() != diagErr.Error()) {
+			fmt.Fprintf(stderr, "tcptrace: warning: %v: the port-range and CLOSE_WAIT metrics are not current\n", err)
+		}
+		diagErr = diag.Err()
+	}, onAttach: func() { ready.Store(true) }, onSeed: diag.Seed}, x, diag)
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 	return err
 }
 
 // maxPorts caps --ports: three series each.
 const maxPorts = 1024
+
+// maxDestinations caps --destinations: four series each.
+const maxDestinations = 100
 
 const agentUsage = `Usage: tcptrace agent [flags]
 
@@ -184,6 +219,20 @@ The README lists every metric.
                       CLOSE_WAIT held, TIME_WAIT entered) for the first N ports
                       seen, then "other"; never client ports; default 0: off
                         tcptrace agent --ports 16
+  --destinations N    also series per destination (source address, remote
+                      address and port: TIME_WAIT now, created, port-range
+                      use, connects without a free port) for the N with the
+                      most TIME_WAIT; peer addresses as labels, so off by
+                      default; at most 100
+                        tcptrace agent --destinations 5
+  --closewait-threshold D
+                      CLOSE_WAIT held this long counts in
+                      tcptrace_close_wait_stuck; default 30s
+                        tcptrace agent --closewait-threshold 5m
+  --diagnose-every D  how often to dump the namespace's sockets for the
+                      port-range and CLOSE_WAIT metrics (never at a scrape);
+                      default 15s
+                        tcptrace agent --diagnose-every 1m
   --otlp-endpoint URL also push the metrics over OTLP with the OpenTelemetry
                       SDK (or set OTEL_EXPORTER_OTLP_ENDPOINT and the other
                       OTEL_EXPORTER_OTLP_* variables); http:// or grpc://
