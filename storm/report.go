@@ -395,8 +395,8 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 		}
 		if d.ConnectFailures > 0 {
 			warn = append(warn, Verdict{"warning", fmt.Sprintf(
-				"connect() to %s failed %d times for lack of a free local port (EADDRNOTAVAIL, \"Cannot assign requested address\"): %s; %d TIME_WAIT and %d live connections hold %.0f%% of the %d usable ports",
-				dest, d.ConnectFailures, who(d.Owners), d.TimeWait, d.Live, pct, st.UsablePorts())})
+				"connect() to %s failed %s for lack of a free local port (EADDRNOTAVAIL, \"Cannot assign requested address\"): %s; %d TIME_WAIT and %d live connections hold %.0f%% of the %d usable ports",
+				dest, times(d.ConnectFailures), who(d.Owners), d.TimeWait, d.Live, pct, st.UsablePorts())})
 		}
 		if pct >= r.warnPct || expectedPct >= r.warnPct {
 			fix := "reuse connections (keep-alive, pooling) or let the server close"
@@ -457,6 +457,13 @@ func who(owners []OwnerCount) string {
 		parts = append(parts, p)
 	}
 	return strings.Join(parts, "; ")
+}
+
+func times(n uint64) string {
+	if n == 1 {
+		return "once"
+	}
+	return fmt.Sprintf("%d times", n)
 }
 
 func size(b int) string {

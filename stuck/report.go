@@ -293,8 +293,8 @@ func (r *Reporter) verdicts(rep *Report) []string {
 		}
 		switch p.State {
 		case "CLOSE_WAIT":
-			out = append(out, fmt.Sprintf("%s holds %d connections in CLOSE_WAIT for up to %s: their peers closed and it never called close() on them; %d unread bytes wait in their receive queues. Look for a code path that returns without closing the socket",
-				name, p.Count, ageText(p.Oldest), p.Unread))
+			out = append(out, fmt.Sprintf("%s holds %s in CLOSE_WAIT for up to %s: their peers closed and it never called close() on them; %d unread bytes wait in their receive queues. Look for a code path that returns without closing the socket",
+				name, conns(p.Count), ageText(p.Oldest), p.Unread))
 		case "FIN_WAIT2":
 			out = append(out, fmt.Sprintf("%s closed %d connections whose peers have not closed theirs for up to %s: the peer holds them in CLOSE_WAIT (tcp_fin_timeout ends orphaned ones)",
 				name, p.Count, ageText(p.Oldest)))
@@ -311,14 +311,25 @@ func (r *Reporter) verdicts(rep *Report) []string {
 	}
 	for _, l := range rep.Listeners {
 		if l.Full {
-			out = append(out, fmt.Sprintf("listener %s:%d (pid %d %s) has a full accept queue (%d queued, backlog %d): it does not accept() fast enough; new connections are dropped (ListenOverflows +%.0f/s)",
-				l.LAddr, l.LPort, l.PID, l.Comm, l.Queued, l.Backlog, rep.Counters["ListenOverflows"].PerS))
+			owner := fmt.Sprintf("pid %d %s", l.PID, l.Comm)
+			if l.PID == 0 {
+				owner = "owner not known"
+			}
+			out = append(out, fmt.Sprintf("listener %s (%s) has a full accept queue (%d queued, backlog %d): it does not accept() fast enough; new connections are dropped (ListenOverflows +%.0f/s)",
+				hostPort(l.LAddr, l.LPort), owner, l.Queued, l.Backlog, rep.Counters["ListenOverflows"].PerS))
 		}
 	}
 	if c := rep.Counters["ListenOverflows"]; c.PerS > 0 && !slices.ContainsFunc(rep.Listeners, func(l Listener) bool { return l.Full }) {
 		out = append(out, fmt.Sprintf("accept queues overflowed %.0f times a second since the last report: a listener fell behind", c.PerS))
 	}
 	return out
+}
+
+func conns(n int) string {
+	if n == 1 {
+		return "1 connection"
+	}
+	return fmt.Sprintf("%d connections", n)
 }
 
 func ageText(s float64) string {
