@@ -237,7 +237,8 @@ func (r *Reporter) unitOf(o Owner) string {
 	if o.Cgroup == 0 || r.unit == nil {
 		return ""
 	}
-	if u := r.unit(o.Cgroup); u != cgroups.Unknown {
+	// the root cgroup names nothing a person would look for
+	if u := r.unit(o.Cgroup); u != cgroups.Unknown && u != "/" {
 		return u
 	}
 	return ""
@@ -286,7 +287,7 @@ func (r *Reporter) verdicts(rep *Report) []string {
 	for _, p := range rep.ByProcess {
 		name := fmt.Sprintf("pid %d %s", p.PID, p.Comm)
 		if p.PID == 0 {
-			name = "an unknown process (the socket predates tcptrace and no holder was found)"
+			name = "no known process (closed, or opened before tcptrace and held by none it found)"
 		}
 		if p.Unit != "" && p.Unit != "/" {
 			name += " (" + p.Unit + ")"
@@ -296,8 +297,8 @@ func (r *Reporter) verdicts(rep *Report) []string {
 			out = append(out, fmt.Sprintf("%s holds %s in CLOSE_WAIT for up to %s: their peers closed and it never called close() on them; %d unread bytes wait in their receive queues. Look for a code path that returns without closing the socket",
 				name, conns(p.Count), ageText(p.Oldest), p.Unread))
 		case "FIN_WAIT2":
-			out = append(out, fmt.Sprintf("%s closed %d connections whose peers have not closed theirs for up to %s: the peer holds them in CLOSE_WAIT (tcp_fin_timeout ends orphaned ones)",
-				name, p.Count, ageText(p.Oldest)))
+			out = append(out, fmt.Sprintf("%d connections closed by %s wait in FIN_WAIT2 for up to %s: their peers have not closed theirs (a peer that never calls close() holds them in CLOSE_WAIT); tcp_fin_timeout ends those already closed here",
+				p.Count, name, ageText(p.Oldest)))
 		case "SYN_SENT":
 			out = append(out, fmt.Sprintf("%s has %d connects unanswered for up to %s: the destination drops SYNs (a firewall, a dead host)", name, p.Count, ageText(p.Oldest)))
 		case "SYN_RECV":
