@@ -3,7 +3,7 @@ package kerneltest
 import (
 	"encoding/json"
 	"errors"
-	"io"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -52,58 +52,51 @@ func (r *binaryRun) wait(t *testing.T) string {
 // tests set, so that it takes none of the clients' ports.
 const stormPort = port
 
-// stormConns makes n connections to 127.0.0.1:8080 in ns from this process,
-// one after another, closed first by the client (the server waits for
-// its EOF) or, serverFirst, by the server (it closes at accept; the
-// client waits for EOF). It waits for every server side to be closed and
-// returns the listener, still open.
-func stormConns(t *testing.T, ns *netns, n int, serverFirst bool) net.Listener {
+// startStorm starts a tt-storm process in ns: connections to its own
+// listener on 127.0.0.1:8080, closed first by the client, or serverFirst
+// by the server.
+func startStorm(t *testing.T, ns *netns, serverFirst bool) *proc {
 	t.Helper()
-	var ln net.Listener
-	inNetns(t, ns, func() {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		var err error
-		if ln, err = lc.Listen(t.Context(), "tcp4", "127.0.0.1:"+strconv.Itoa(stormPort)); err != nil {
-			t.Fatal(err)
+	mode := "client-first"
+	if serverFirst {
+		mode = "server-first"
+	}
+	p := ns.start(t, stormComm, mode, serverAddr(), 0)
+	p.expect("listening")
+	return p
+}
+
+// storm has p make n connections and waits until every side is closed.
+func (p *proc) storm(n int) {
+	p.t.Helper()
+	if _, err := fmt.Fprintf(p.stdin, "go %d\n", n); err != nil {
+		p.t.Fatalf("%s: %v", p.role, err)
+	}
+	p.expect(fmt.Sprintf("done %d", n))
+}
+
+// stormUntil has p make connections until ns holds n TIME_WAIT sockets
+// on the side given ("dport" for the client's, "sport" for the
+// server's), and returns how many it made. Every connection enters
+// TIME_WAIT, but even with tcp_tw_reuse=0, for about one in a thousand
+// the kernel ends a live TIME_WAIT early for a new connection with the
+// same addresses and ports (a client's connect() that takes that port
+// again; a client's new SYN to a server's TIME_WAIT): tcptrace shows it
+// "reused", and the dump no longer has it. So the counts are checked
+// against the dump, and the connections made.
+func stormUntil(t *testing.T, ns *netns, p *proc, side string, n int) int {
+	t.Helper()
+	made := 0
+	for held := 0; held < n; held = timeWaitsTo(t, ns, side, stormPort) {
+		if made > n+n/100 {
+			t.Fatalf("%d connections made, %d TIME_WAIT: the kernel ended more than 1%% early", made, held)
 		}
-		served := make(chan error, n)
-		go func() {
-			for range n {
-				c, err := ln.Accept()
-				if err != nil {
-					served <- err
-					return
-				}
-				go func() {
-					if !serverFirst {
-						_, err = io.Copy(io.Discard, c)
-					}
-					served <- errors.Join(err, c.Close())
-				}()
-			}
-		}()
-		d := net.Dialer{Timeout: 5 * time.Second}
-		d.SetMultipathTCP(false)
-		for i := range n {
-			c, err := d.Dial("tcp4", ln.Addr().String())
-			if err != nil {
-				t.Fatalf("connection %d: %v", i+1, err)
-			}
-			if serverFirst {
-				_, err = io.Copy(io.Discard, c)
-			}
-			if err := errors.Join(err, c.Close()); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for range n {
-			if err := <-served; err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
-	return ln
+		p.storm(n - held)
+		made += n - held
+		awaitStable(t, ns)
+	}
+	t.Logf("%d connections made for %d TIME_WAIT", made, n)
+	return made
 }
 
 // timeWaitsTo counts, with ss, the TIME_WAIT sockets of ns whose local
@@ -115,20 +108,6 @@ func timeWaitsTo(t *testing.T, ns *netns, side string, port int) int {
 		t.Fatalf("ss: %v", err)
 	}
 	return strings.Count(string(out), "\n")
-}
-
-// awaitTimeWaits waits until ns holds n TIME_WAIT sockets on port's side.
-func awaitTimeWaits(t *testing.T, ns *netns, side string, port, n int) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		got := timeWaitsTo(t, ns, side, port)
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d TIME_WAIT sockets with %s %d, want %d", got, side, port, n)
-		}
-	}
 }
 
 // awaitStable waits until no connection of ns is between its client's
@@ -216,21 +195,8 @@ func TestTimewaitClientStorm(t *testing.T) {
 	ns.sysctl(t, "net.ipv4.ip_local_port_range", "40000 41999")
 	const n, failures = 2000, 3
 	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10s")
-	// Even with tcp_tw_reuse=0, for about one connect() in a thousand
-	// the kernel takes a port whose TIME_WAIT is live toward the same
-	// destination, ending it (tcptrace shows it "reused"; TWRecycled
-	// does not count it): that TIME_WAIT is gone from the dump. So
-	// connections are made until the dump shows the whole range in
-	// TIME_WAIT; every one made entered TIME_WAIT.
-	made := 0
-	for held := 0; held < n; held = timeWaitsTo(t, ns, "dport", stormPort) {
-		if made > n+n/100 {
-			t.Fatalf("%d connections made, %d TIME_WAIT: the kernel lost more than 1%%", made, held)
-		}
-		stormConns(t, ns, n-held, false).Close()
-		made += n - held
-		awaitStable(t, ns)
-	}
+	p := startStorm(t, ns, false)
+	made := stormUntil(t, ns, p, "dport", n)
 	failConnects(t, ns, failures)
 	rep := decodeLast[storm.Report](t, r.wait(t))
 	ss := timeWaitsTo(t, ns, "dport", stormPort)
@@ -238,7 +204,6 @@ func TestTimewaitClientStorm(t *testing.T) {
 	if rep.TimeWaitTotal != n || len(rep.Destinations) != 1 {
 		t.Fatalf("timewait_total %d, %d destinations, want %d and 1: %+v", rep.TimeWaitTotal, len(rep.Destinations), n, rep.Destinations)
 	}
-	t.Logf("%d connections made for %d TIME_WAIT", made, n)
 	d := rep.Destinations[0]
 	if d.LAddr != "127.0.0.1" || d.RAddr != "127.0.0.1" || d.RPort != stormPort || d.ActiveCloser != "client" {
 		t.Errorf("destination %+v", d)
@@ -246,14 +211,21 @@ func TestTimewaitClientStorm(t *testing.T) {
 	if d.Created != uint64(made) || d.TimeWait != ss || ss != n || d.ConnectFailures != failures {
 		t.Errorf("created %d, timewait %d (ss %d), failures %d; want %d, %d, %d", d.Created, d.TimeWait, ss, d.ConnectFailures, made, n, failures)
 	}
-	if len(d.Owners) != 1 || d.Owners[0].PID != uint32(os.Getpid()) || d.Owners[0].Comm != selfComm() ||
-		d.Owners[0].Count != uint64(made) || d.Owners[0].ConnectFailures != failures {
-		t.Errorf("owners %+v, want pid %d with %d and %d failures", d.Owners, os.Getpid(), made, failures)
+	// the storm's process made the TIME_WAITs, this one the failed connects
+	want := []storm.OwnerCount{{PID: p.pid, Comm: stormComm, Count: uint64(made)}, {PID: uint32(os.Getpid()), Comm: selfComm(), ConnectFailures: failures}}
+	if len(d.Owners) != 2 {
+		t.Fatalf("owners %+v, want %+v", d.Owners, want)
+	}
+	for i, o := range d.Owners {
+		o.Unit = ""
+		if o != want[i] {
+			t.Errorf("owner %+v, want %+v", o, want[i])
+		}
 	}
 	if d.PortRangeUsedPct == nil || *d.PortRangeUsedPct != 100 || rep.Settings.UsablePorts != n || rep.Settings.TWReuse != 0 {
 		t.Errorf("range used %v of %d usable, tw_reuse %d", d.PortRangeUsedPct, rep.Settings.UsablePorts, rep.Settings.TWReuse)
 	}
-	if !hasVerdict(rep.Verdicts, "connect() to 127.0.0.1:8080 failed 3 times", "EADDRNOTAVAIL", "pid "+strconv.Itoa(os.Getpid())) ||
+	if !hasVerdict(rep.Verdicts, "connect() to 127.0.0.1:8080 failed 3 times", "EADDRNOTAVAIL", "pid "+strconv.Itoa(int(p.pid))+" "+stormComm) ||
 		!hasVerdict(rep.Verdicts, "client 127.0.0.1", "closes first", "100% of the port range", "keep-alive") {
 		t.Errorf("verdicts %+v", rep.Verdicts)
 	}
@@ -269,8 +241,8 @@ func TestTimewaitServerStorm(t *testing.T) {
 	ns := newNetns(t)
 	const n = 1000
 	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "6s")
-	ln := stormConns(t, ns, n, true)
-	awaitTimeWaits(t, ns, "sport", stormPort, n)
+	p := startStorm(t, ns, true)
+	made := stormUntil(t, ns, p, "sport", n)
 	rep := decodeLast[storm.Report](t, r.wait(t))
 	var created, held int
 	for _, d := range rep.Destinations {
@@ -280,20 +252,21 @@ func TestTimewaitServerStorm(t *testing.T) {
 		}
 		created += int(d.Created)
 		held += d.TimeWait
-		if len(d.Owners) != 1 || d.Owners[0].PID != uint32(os.Getpid()) {
-			t.Errorf("owners %+v", d.Owners)
+		if len(d.Owners) != 1 || d.Owners[0].PID != p.pid || d.Owners[0].Comm != stormComm {
+			t.Errorf("owners %+v, want the storm's %d", d.Owners, p.pid)
 		}
 	}
-	if created != n || held != n || len(rep.ServerPorts) != 1 || rep.ServerPorts[0].Port != stormPort ||
+	if created != made || held != n || len(rep.ServerPorts) != 1 || rep.ServerPorts[0].Port != stormPort ||
 		rep.ServerPorts[0].TimeWait != n || !rep.ServerPorts[0].Listening {
-		t.Errorf("created %d, held %d, server ports %+v; want %d", created, held, rep.ServerPorts, n)
+		t.Errorf("created %d, held %d, server ports %+v; want %d, %d", created, held, rep.ServerPorts, made, n)
 	}
 	if !hasVerdict(rep.Verdicts, "server port 8080 closes first", "1000 TIME_WAIT", "harmless for the port range") {
 		t.Errorf("verdicts %+v", rep.Verdicts)
 	}
 
 	// the server restarts without SO_REUSEADDR
-	ln.Close()
+	p.stdin.Close()
+	p.wait()
 	inNetns(t, ns, func() {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
 		if err != nil {

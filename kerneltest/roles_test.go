@@ -1,6 +1,7 @@
 package kerneltest
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,9 +29,10 @@ const (
 	workerComm   = "tt-worker"   // serves connections from the listener at fd 3, or its own
 	acceptorComm = "tt-acceptor" // accepts one connection and hands it to a handler
 	handlerComm  = "tt-handler"  // serves the connection handed to it
+	stormComm    = "tt-storm"    // connects to its own listener when told, for the storms
 )
 
-var ownerRoles = []string{daemonComm, masterComm, superComm, workerComm, acceptorComm, handlerComm}
+var ownerRoles = []string{daemonComm, masterComm, superComm, workerComm, acceptorComm, handlerComm, stormComm}
 
 // runOwnerRole runs the role this process was started as, if it is one.
 func runOwnerRole(role string) (int, bool) {
@@ -46,6 +49,8 @@ func runOwnerRole(role string) (int, bool) {
 		return runAcceptor(), true
 	case handlerComm:
 		return runHandler(), true
+	case stormComm:
+		return runStorm(), true
 	}
 	return 0, false
 }
@@ -327,5 +332,67 @@ func runHandler() int {
 		return fail("%v", err)
 	}
 	fmt.Println("served")
+	return 0
+}
+
+// runStorm listens on TT_ADDR and, for each line "go N" on stdin, makes N
+// connections to it, one after another, closed first by the client (the
+// server reads to EOF), or with TT_MODE=server-first by the server (at
+// accept; the client reads to EOF); once every server side is closed it
+// says "done N". It ends at EOF on stdin. A process of its own, that
+// forks nothing: the storms' sockets are never a forked child's too.
+func runStorm() int {
+	l, err := listenPlain()
+	if err != nil {
+		return fail("%v", err)
+	}
+	serverFirst := env("MODE") == "server-first"
+	accepted := make(chan error, 1024)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if !serverFirst {
+					_, err = io.Copy(io.Discard, c)
+				}
+				if cerr := c.Close(); err == nil {
+					err = cerr
+				}
+				accepted <- err
+			}()
+		}
+	}()
+	fmt.Println("listening")
+	d := net.Dialer{Timeout: 5 * time.Second}
+	d.SetMultipathTCP(false)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, err := strconv.Atoi(strings.TrimPrefix(in.Text(), "go "))
+		if err != nil {
+			return fail("bad line %q", in.Text())
+		}
+		for i := range n {
+			c, err := d.Dial("tcp4", env("ADDR"))
+			if err != nil {
+				return fail("connection %d: %v", i+1, err)
+			}
+			if serverFirst {
+				_, err = io.Copy(io.Discard, c)
+			}
+			if cerr := c.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fail("connection %d: %v", i+1, err)
+			}
+			if err := <-accepted; err != nil {
+				return fail("server side %d: %v", i+1, err)
+			}
+		}
+		fmt.Printf("done %d\n", n)
+	}
 	return 0
 }
