@@ -151,9 +151,9 @@ type Aggregate struct {
 	// now, the peer having closed and the process not yet: kept by the
 	// transitions seen (at most maxKeys processes).
 	CloseWaits map[Process]int64
-	// the ESTABLISHED entry of live connections, for their lifetime;
-	// bounded like the top tables
-	born map[uint64]time.Duration
+	// the histograms' source, with the live connections' ESTABLISHED
+	// entry (16 times maxKeys of them)
+	durations *Durations
 	// comms interned: a process's name as a string once, not per event
 	comms map[[events.CommLen]byte]string
 }
@@ -165,7 +165,7 @@ func New(maxKeys int, now time.Time) *Aggregate {
 	if maxKeys <= 0 {
 		maxKeys = DefaultMaxKeys
 	}
-	a := &Aggregate{maxKeys: maxKeys, born: map[uint64]time.Duration{}, comms: map[[events.CommLen]byte]string{},
+	a := &Aggregate{maxKeys: maxKeys, durations: NewDurations(16 * maxKeys), comms: map[[events.CommLen]byte]string{},
 		CloseWaits: map[Process]int64{}}
 	a.reset(now)
 	return a
@@ -214,21 +214,7 @@ func (a *Aggregate) Write(e *events.Event) error {
 	if e.New == events.Close && e.Cause < Causes {
 		iv.Closes[e.Cause]++
 	}
-	if e.DwellKnown {
-		switch {
-		case e.Old == events.SynSent && e.New == events.Established:
-			iv.Histograms[ClientHandshake].Add(e.Dwell)
-		case e.Old == events.SynRecv && e.New == events.Established:
-			iv.Histograms[ServerHandshake].Add(e.Dwell)
-		case e.Old == events.CloseWait:
-			iv.Histograms[CloseWait].Add(e.Dwell)
-		case e.Old == events.FinWait2:
-			iv.Histograms[FinWait2].Add(e.Dwell)
-		case e.Old == events.TimeWait:
-			iv.Histograms[TimeWait].Add(e.Dwell)
-		}
-	}
-	a.lifetime(e)
+	a.durations.Write(e, &iv.Histograms)
 	a.closeWaits(e)
 
 	var c Counts
@@ -280,18 +266,46 @@ func (a *Aggregate) closeWaits(e *events.Event) {
 	}
 }
 
-// lifetime follows a connection from the end of its handshake to its
-// CLOSE or TIME_WAIT.
-func (a *Aggregate) lifetime(e *events.Event) {
+// Durations times states into histograms: the handshakes, CLOSE_WAIT,
+// FIN_WAIT2 and TIME_WAIT from each event's dwell, and a connection's
+// lifetime from its ESTABLISHED to its CLOSE or TIME_WAIT, for which it
+// keeps the live connections' entry (at most maxLive).
+type Durations struct {
+	born    map[uint64]time.Duration
+	maxLive int
+}
+
+// NewDurations returns durations following at most maxLive connections'
+// lifetimes.
+func NewDurations(maxLive int) *Durations {
+	return &Durations{born: map[uint64]time.Duration{}, maxLive: maxLive}
+}
+
+// Write adds e's time in state to h.
+func (d *Durations) Write(e *events.Event, h *[Histograms]Histogram) {
+	if e.DwellKnown {
+		switch {
+		case e.Old == events.SynSent && e.New == events.Established:
+			h[ClientHandshake].Add(e.Dwell)
+		case e.Old == events.SynRecv && e.New == events.Established:
+			h[ServerHandshake].Add(e.Dwell)
+		case e.Old == events.CloseWait:
+			h[CloseWait].Add(e.Dwell)
+		case e.Old == events.FinWait2:
+			h[FinWait2].Add(e.Dwell)
+		case e.Old == events.TimeWait:
+			h[TimeWait].Add(e.Dwell)
+		}
+	}
 	switch {
 	case e.New == events.Established:
-		if len(a.born) < 16*a.maxKeys {
-			a.born[e.Sock] = time.Duration(e.Mono)
+		if len(d.born) < d.maxLive {
+			d.born[e.Sock] = time.Duration(e.Mono)
 		}
 	case e.New == events.Close || e.New == events.TimeWait:
-		if at, ok := a.born[e.Sock]; ok {
-			delete(a.born, e.Sock)
-			a.cur.Histograms[Lifetime].Add(time.Duration(e.Mono) - at)
+		if at, ok := d.born[e.Sock]; ok {
+			delete(d.born, e.Sock)
+			h[Lifetime].Add(time.Duration(e.Mono) - at)
 		}
 	}
 }

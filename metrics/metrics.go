@@ -14,7 +14,6 @@ package metrics
 import (
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -82,6 +81,9 @@ var durationStates = [aggregate.Histograms]string{
 	aggregate.TimeWait:        "time_wait",
 }
 
+// maxLive bounds the live connections whose lifetime is timed.
+const maxLive = 1 << 16
+
 // lastBucket is the last log2 bucket exported as its own bound: 2^27 us,
 // about 134 s, past TIME_WAIT's 60 s.
 const lastBucket = 27
@@ -94,13 +96,13 @@ type Exporter struct {
 	closes      [2][aggregate.Causes]uint64
 	sockets     [2][aggregate.States]int64
 	twEntries   uint64
-	durations   [aggregate.Histograms]aggregate.Histogram
 	comms       *ownerTable
 	cgroups     *ownerTable
 	cgroupPath  func(id uint64) string
-	// the socket each live ESTABLISHED connection began at, for its
-	// lifetime: shared with the aggregate's logic
-	agg *aggregate.Aggregate
+	// the state-duration histograms, cumulative, and what times them
+	// (the aggregate's logic, without its top tables)
+	hist      [aggregate.Histograms]aggregate.Histogram
+	durations *aggregate.Durations
 	// lost and the tables' health, from the stream's stats
 	lost, untracked, unknown uint64
 	// what the owner of a socket was when it entered CLOSE_WAIT, so the
@@ -169,7 +171,7 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 		topK = DefaultTopK
 	}
 	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupPath: cgroupPath,
-		agg: aggregate.New(0, time.Now()), cwOwner: map[uint64][2]string{}}
+		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{}}
 	d := &x.descs
 	d.transitions = prometheus.NewDesc("tcptrace_transitions_total", "TCP state transitions, by address family, old and new state.", []string{"family", "old", "new"}, nil)
 	d.closes = prometheus.NewDesc("tcptrace_closes_total", "Transitions to CLOSE, by address family and cause.", []string{"family", "cause"}, nil)
@@ -227,9 +229,7 @@ func (x *Exporter) Write(e *events.Event) error {
 	if e.New != events.Close {
 		x.sockets[f][e.New]++
 	}
-	// the histograms, as the aggregate keeps them (its lifetime table
-	// included); its own interval is never taken, so they are cumulative
-	x.agg.Write(e)
+	x.durations.Write(e, &x.hist)
 	x.port(e, child)
 
 	newConn := e.Old == events.Close && e.New == events.SynSent || child
@@ -311,9 +311,8 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.lost, prometheus.CounterValue, float64(x.lost))
 	ch <- prometheus.MustNewConstMetric(d.untracked, prometheus.CounterValue, float64(x.untracked))
 	ch <- prometheus.MustNewConstMetric(d.unknown, prometheus.CounterValue, float64(x.unknown))
-	iv := x.agg.Peek()
 	for h, state := range durationStates {
-		hist := &iv.Histograms[h]
+		hist := &x.hist[h]
 		buckets := make(map[float64]uint64, lastBucket)
 		var cum uint64
 		for k := 0; k < lastBucket; k++ {

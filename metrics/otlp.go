@@ -203,7 +203,6 @@ func (d *durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) 
 	x := d.x
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	iv := x.agg.Peek()
 	now := time.Now()
 	bounds := make([]float64, lastBucket)
 	for k := range lastBucket {
@@ -211,7 +210,7 @@ func (d *durations) Produce(context.Context) ([]metricdata.ScopeMetrics, error) 
 	}
 	var points []metricdata.HistogramDataPoint[float64]
 	for h, state := range otlpDurationStates {
-		hist := &iv.Histograms[h]
+		hist := &x.hist[h]
 		counts := make([]uint64, lastBucket+1)
 		for k, n := range hist.Buckets {
 			counts[min(k, lastBucket)] += n
