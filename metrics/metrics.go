@@ -108,6 +108,8 @@ type Exporter struct {
 	// what the owner of a socket was when it entered CLOSE_WAIT, so the
 	// right series goes down when it leaves
 	cwOwner map[uint64][2]string
+	// process names as strings, by the kernel's bytes
+	commNames map[[events.CommLen]byte]string
 	// per listening port, when asked for (Ports > 0): the first Ports
 	// ports, then other; servers holds the live server connections'
 	// ports by cookie, since only a listener's child says it is one
@@ -171,7 +173,8 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 		topK = DefaultTopK
 	}
 	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupPath: cgroupPath,
-		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{}}
+		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{},
+		commNames: map[[events.CommLen]byte]string{}}
 	d := &x.descs
 	d.transitions = prometheus.NewDesc("tcptrace_transitions_total", "TCP state transitions, by address family, old and new state.", []string{"family", "old", "new"}, nil)
 	d.closes = prometheus.NewDesc("tcptrace_closes_total", "Transitions to CLOSE, by address family and cause.", []string{"family", "cause"}, nil)
@@ -238,7 +241,7 @@ func (x *Exporter) Write(e *events.Event) error {
 	default:
 		return nil
 	}
-	comm := e.CommString()
+	comm := x.comm(e)
 	if e.PID == 0 {
 		comm = "unknown"
 	}
@@ -271,6 +274,19 @@ func (x *Exporter) Write(e *events.Event) error {
 		x.cwOwner[e.Sock] = keys
 	}
 	return nil
+}
+
+// comm is e's owner's name, made a string once per name rather than per
+// event (at most maxOthers names kept).
+func (x *Exporter) comm(e *events.Event) string {
+	if s, ok := x.commNames[e.Comm]; ok {
+		return s
+	}
+	s := e.CommString()
+	if len(x.commNames) < maxOthers {
+		x.commNames[e.Comm] = s
+	}
+	return s
 }
 
 // Describe sends every metric's description.
