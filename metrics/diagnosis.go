@@ -74,7 +74,8 @@ func NewDiagnosis(netns uint32, every time.Duration, topK, dests int, threshold 
 // Close releases the namespace's sock_diag connection.
 func (d *Diagnosis) Close() { d.prober.Close() }
 
-// Seed takes the holders at start and finds the CLOSE_WAITs already held.
+// Seed takes the holders at start and finds the CLOSE_WAITs already held
+// and the listeners already there.
 func (d *Diagnosis) Seed(holders []events.Holder) {
 	snap, err := stuck.Take(d.prober, d.netns, 0)
 	if err != nil {
@@ -82,6 +83,7 @@ func (d *Diagnosis) Seed(holders []events.Holder) {
 		return
 	}
 	d.stuck.Seed(holders, snap.Sockets, snap.Time)
+	d.storm.SeedListeners(d.netns, snap.Sockets)
 }
 
 func (d *Diagnosis) setErr(err error) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
 // Group is a set of TIME_WAIT sockets with one cause: a client's toward
@@ -66,18 +67,14 @@ func (c *counts) owner(e *events.Event) *ownerCounts {
 // DefaultMaxGroups bounds the groups a Tracker keeps.
 const DefaultMaxGroups = 4096
 
-// maxServers bounds the live server connections remembered.
-const maxServers = 1 << 20
-
 // Tracker counts TIME_WAIT entries, failed connects and handshake times
 // per group, from the transitions. It is a stream.Consumer; its Write and
 // the Report built from it run on the stream's goroutine.
 type Tracker struct {
 	groups map[Group]*counts
-	// servers holds the live connections a listener made, by cookie:
-	// only the LISTEN -> SYN_RECV says a connection is a server's
-	servers map[uint64]struct{}
-	// listened holds the ports seen listening, by namespace
+	// listened holds the ports seen listening, by namespace: a
+	// TIME_WAIT on one is a server's. (A set of the listeners' children
+	// would say it exactly, at two map operations per connection.)
 	listened  map[portKey]struct{}
 	maxGroups int
 	// Dropped counts the events of groups past maxGroups.
@@ -95,7 +92,7 @@ func NewTracker(maxGroups int) *Tracker {
 	if maxGroups <= 0 {
 		maxGroups = DefaultMaxGroups
 	}
-	return &Tracker{groups: map[Group]*counts{}, servers: map[uint64]struct{}{}, listened: map[portKey]struct{}{}, maxGroups: maxGroups}
+	return &Tracker{groups: map[Group]*counts{}, listened: map[portKey]struct{}{}, maxGroups: maxGroups}
 }
 
 func (t *Tracker) group(g Group) *counts {
@@ -116,10 +113,6 @@ func (t *Tracker) Write(e *events.Event) error {
 	switch {
 	case e.New == events.Listen:
 		t.listened[portKey{e.Netns, e.LPort}] = struct{}{}
-	case e.Old == events.Listen && e.New == events.SynRecv:
-		if len(t.servers) < maxServers {
-			t.servers[e.Sock] = struct{}{}
-		}
 	case e.Old == events.SynSent && e.New == events.Established:
 		if c := t.group(Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}); c != nil && e.DwellKnown {
 			c.handshakes++
@@ -139,8 +132,7 @@ func (t *Tracker) Write(e *events.Event) error {
 			}
 		}
 	case e.New == events.TimeWait:
-		_, server := t.servers[e.Sock]
-		delete(t.servers, e.Sock)
+		_, server := t.listened[portKey{e.Netns, e.LPort}]
 		g := Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}
 		if server {
 			g = Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, LPort: e.LPort}
@@ -151,10 +143,18 @@ func (t *Tracker) Write(e *events.Event) error {
 				o.timeWaits++
 			}
 		}
-	case e.New == events.Close:
-		delete(t.servers, e.Sock)
 	}
 	return nil
+}
+
+// SeedListeners notes the ports listening in netns when tracing began,
+// from a dump: their TIME_WAITs are servers'.
+func (t *Tracker) SeedListeners(netns uint32, dump []sockdiag.Detail) {
+	for i := range dump {
+		if dump[i].State == events.Listen {
+			t.listened[portKey{netns, dump[i].LPort}] = struct{}{}
+		}
+	}
 }
 
 // Flush does nothing: reports are built on demand.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/cgroups"
+	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/storm"
 	"github.com/tcptrace/tcptrace/stream"
@@ -111,9 +112,14 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			werr = err
 		}
 	}
-	h := hooks{}
+	h := hooks{onSeed: func([]events.Holder) {
+		// the listeners already there: their TIME_WAITs are servers'
+		if snap, err := storm.Take(prober, netns, 0); err == nil {
+			tracker.SeedListeners(netns, snap.Sockets)
+		}
+	}}
 	if !c.once {
-		h = hooks{every: c.interval, onStats: func(stream.Stats) { report() }}
+		h.every, h.onStats = c.interval, func(stream.Stats) { report() }
 	}
 	st, err := trace(ctx, &c.common, stderr, h, tracker)
 	if err == nil && werr == nil && c.once {
