@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -124,16 +123,16 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 const connections = 20
 
 // twentyConnections makes 20 connections in the namespace, the client
-// closing first, and waits until the agent has counted every end.
+// closing first, from a tt-storm process (which forks nothing, so no
+// child of another test's fork ever holds one of them at its last
+// close), then ends the listener, and waits until the agent has counted
+// every end.
 func twentyConnections(t *testing.T, ns *netns, addr string) {
 	t.Helper()
-	connectN(t, ns, connections, func(c net.Conn) error {
-		_, err := c.Write([]byte("x"))
-		return err
-	}, func(c net.Conn) error {
-		_, err := io.ReadAll(c)
-		return err
-	})
+	p := startStorm(t, ns, false)
+	p.storm(connections)
+	p.stdin.Close()
+	p.wait()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		m := scrape(t, addr)
 		if m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LAST_ACK"] == connections &&
@@ -227,10 +226,7 @@ func checkAgent(t *testing.T, addr string) {
 			t.Errorf("%s = %v, want %d", key, m[key], connections)
 		}
 	}
-	comm := filepath.Base(os.Args[0])
-	if len(comm) > 15 {
-		comm = comm[:15]
-	}
+	comm := stormComm
 	for key, want := range map[string]float64{
 		"tcptrace_timewait_entries_total":                        connections,
 		"tcptrace_closes_total,cause=closed,family=ipv4":         connections + 1,

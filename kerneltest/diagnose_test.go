@@ -426,3 +426,73 @@ func TestClosewaitPrefork(t *testing.T) {
 		}
 	}
 }
+
+// The handshake states and the accept queue: a connect to a port nobody
+// listens on (refused), and a listener with a backlog of 1 that never
+// accepts, to which 4 clients connect: two fill its queue, the kernel
+// drops the others' SYNs (counted as overflows) and leaves them in
+// SYN_SENT, and the report says which listener is full.
+func TestClosewaitHandshakes(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	var fds []int
+	t.Cleanup(func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	})
+	socket := func() int {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+		return fd
+	}
+	loopback := [4]byte{127, 0, 0, 1}
+	rep := closewaitReport(t, ns, 3*time.Second, func() {
+		inNetns(t, ns, func() {
+			l := socket()
+			if err := unix.Bind(l, &unix.SockaddrInet4{Port: 7000, Addr: loopback}); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Listen(l, 1); err != nil {
+				t.Fatal(err)
+			}
+			for range 4 {
+				unix.Connect(socket(), &unix.SockaddrInet4{Port: 7000, Addr: loopback})
+			}
+			unix.Connect(socket(), &unix.SockaddrInet4{Port: 7001, Addr: loopback})
+		})
+	})
+	refused, synSent := false, 0
+	for _, f := range rep.HandshakeFailures {
+		refused = refused || f.Side == "client" && f.RAddr == "127.0.0.1" && f.RPort == 7001 && f.Causes["refused"] == 1 && f.Total == 1
+	}
+	for _, s := range rep.Sockets {
+		if s.State == "SYN_SENT" && s.RPort == 7000 && s.PID == uint32(os.Getpid()) && s.AgeKnown && s.Age >= 1 {
+			synSent++
+		}
+	}
+	if !refused || synSent != 2 {
+		t.Errorf("refused %v, %d stuck in SYN_SENT (want 2): failures %+v, sockets %+v", refused, synSent, rep.HandshakeFailures, rep.Sockets)
+	}
+	var full *stuck.Listener
+	for i, l := range rep.Listeners {
+		if l.LPort == 7000 {
+			full = &rep.Listeners[i]
+		}
+	}
+	if full == nil || !full.Full || full.Queued != 2 || full.Backlog != 1 || full.PID != uint32(os.Getpid()) ||
+		rep.Counters["ListenOverflows"].Total == 0 {
+		t.Errorf("listener %+v, overflows %+v", full, rep.Counters)
+	}
+	found := false
+	for _, v := range rep.Verdicts {
+		found = found || strings.Contains(v, "listener 127.0.0.1:7000 (pid "+strconv.Itoa(os.Getpid())) && strings.Contains(v, "full accept queue (2 queued, backlog 1)")
+	}
+	if !found {
+		t.Errorf("verdicts %q", rep.Verdicts)
+	}
+}
