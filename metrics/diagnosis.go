@@ -120,19 +120,19 @@ func (d *Diagnosis) Refresh(now time.Time) {
 		return
 	}
 	d.lastCheck = now
-	snap, err := storm.Take(d.prober, d.netns, 0)
+	// the same dump serves the CLOSE_WAITs
+	cw := &stuck.Snapshot{Netns: d.netns}
+	snap, err := storm.Take(d.prober, d.storm, d.netns, 0, func(s *sockdiag.Detail) {
+		if s.State == events.CloseWait {
+			cw.Sockets = append(cw.Sockets, *s)
+		}
+	})
 	if err != nil {
 		d.setErr(err)
 		return
 	}
 	rep := d.stormRep.Build(snap)
-	// the same dump serves the CLOSE_WAITs
-	cw := &stuck.Snapshot{Time: snap.Time, Netns: snap.Netns}
-	for _, s := range snap.Sockets {
-		if s.State == events.CloseWait {
-			cw.Sockets = append(cw.Sockets, s)
-		}
-	}
+	cw.Time = snap.Time
 	stuckRep := d.stuckRep.Build(cw)
 
 	maxUsed := 0.0

@@ -29,39 +29,110 @@ const serverVerdictMin = 100
 // is gone in 60 s, so a steady rate r keeps r × 60 of them.
 const timeWaitLen = 60 * time.Second
 
-// Snapshot is what the namespace has now: its sockets, by a dump, and
-// its settings and counters.
+// Snapshot is what the namespace has now, by a dump of its sockets,
+// counted by group as the dump goes (a storm's 50,000 TIME_WAITs are a
+// few groups, not 50,000 records to keep), and its settings and
+// counters.
 type Snapshot struct {
 	Time     time.Time
 	Netns    uint32
-	Sockets  []sockdiag.Detail // TIME_WAIT and every other state but CLOSE
 	Settings netconf.Settings
 	Counters netconf.Counters
 	// TWSize is a TIME_WAIT socket's size in the kernel, bytes
 	TWSize int
+
+	timeWaits int
+	listening map[uint16]bool
+	groups    map[Group]*dumped
+	live      map[Group]int
+	ports     map[uint16]*dumped // servers' TIME_WAITs by port
+	listened  map[portKey]struct{}
 }
 
-// Take dumps netns's TCP sockets (both families) and reads its settings
-// and counters. pid, if not 0, is a process in the namespace.
-func Take(p *sockdiag.Prober, netns, pid uint32) (*Snapshot, error) {
-	s := &Snapshot{Time: time.Now(), Netns: netns, TWSize: twSize()}
+// NewSnapshot starts a snapshot of netns at the time given, with its
+// settings and counters; t, if not nil, says which ports were seen
+// listening.
+func NewSnapshot(at time.Time, netns uint32, st netconf.Settings, c netconf.Counters, t *Tracker) *Snapshot {
+	s := &Snapshot{Time: at, Netns: netns, Settings: st, Counters: c, TWSize: twSize(),
+		listening: map[uint16]bool{}, groups: map[Group]*dumped{}, live: map[Group]int{}, ports: map[uint16]*dumped{}}
+	if t != nil {
+		s.listened = t.listened
+	}
+	return s
+}
+
+// Add counts one socket of the dump. The kernel dumps the listeners
+// first (its listening hash, then the established one), so a TIME_WAIT
+// on a listening port is known for a server's when it comes.
+func (s *Snapshot) Add(d *sockdiag.Detail) {
+	switch d.State {
+	case events.Close:
+	case events.Listen:
+		s.listening[d.LPort] = true
+	case events.TimeWait:
+		s.timeWaits++
+		g := Group{Netns: s.Netns, LAddr: d.LAddr, RAddr: d.RAddr, RPort: d.RPort}
+		if s.server(d) {
+			g = Group{Netns: s.Netns, LAddr: d.LAddr, RAddr: d.RAddr, LPort: d.LPort}
+			p := s.ports[d.LPort]
+			if p == nil {
+				p = &dumped{}
+				s.ports[d.LPort] = p
+			}
+			p.add(d)
+		}
+		c := s.groups[g]
+		if c == nil {
+			c = &dumped{}
+			s.groups[g] = c
+		}
+		c.add(d)
+	default:
+		// a FIN_WAIT2 mini-socket, like any live connection, holds its
+		// local port
+		s.live[Group{Netns: s.Netns, LAddr: d.LAddr, RAddr: d.RAddr, RPort: d.RPort}]++
+	}
+}
+
+// server says whether a TIME_WAIT is a server's: on a port listening
+// now or seen listening, or, for one tcptrace never saw, on a port out of
+// the ephemeral range toward one in it.
+func (s *Snapshot) server(d *sockdiag.Detail) bool {
+	if s.listening[d.LPort] {
+		return true
+	}
+	if _, ok := s.listened[portKey{s.Netns, d.LPort}]; ok {
+		return true
+	}
+	return !s.Settings.InRange(d.LPort) && s.Settings.InRange(d.RPort)
+}
+
+// Take dumps netns's TCP sockets (both families) into a snapshot, with
+// its settings and counters; also, if not nil, sees every socket of the
+// dump. pid, if not 0, is a process in the namespace.
+func Take(p *sockdiag.Prober, t *Tracker, netns, pid uint32, also func(*sockdiag.Detail)) (*Snapshot, error) {
+	ns, err := sockdiag.OpenNetns(netns, pid)
+	if err != nil {
+		return nil, err
+	}
+	st, c, err := netconf.Read(ns)
+	ns.Close()
+	if err != nil {
+		return nil, err
+	}
+	s := NewSnapshot(time.Now(), netns, st, c, t)
 	for _, fam := range []uint8{4, 6} {
 		err := p.Details(netns, pid, fam, sockdiag.AllStates, func(d *sockdiag.Detail) {
-			if d.State != events.Close {
-				s.Sockets = append(s.Sockets, *d)
+			s.Add(d)
+			if also != nil {
+				also(d)
 			}
 		})
 		if err != nil {
 			return nil, err
 		}
 	}
-	ns, err := sockdiag.OpenNetns(netns, pid)
-	if err != nil {
-		return nil, err
-	}
-	defer ns.Close()
-	s.Settings, s.Counters, err = netconf.Read(ns)
-	return s, err
+	return s, nil
 }
 
 // twSize reads the size of a TIME_WAIT socket from /proc/slabinfo, or
@@ -233,54 +304,16 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 		rep.Counters[name] = c
 	}
 
-	// what the dump shows: listeners, TIME_WAITs by group, live
-	// connections by destination
-	listening := map[uint16]bool{}
-	for i := range snap.Sockets {
-		if s := &snap.Sockets[i]; s.State == events.Listen {
-			listening[s.LPort] = true
-		}
+	rep.TimeWaitTotal = snap.timeWaits
+	groups := make(map[Group]*dumped, len(snap.groups))
+	for g, d := range snap.groups {
+		groups[g] = d
 	}
-	isServer := func(s *sockdiag.Detail) bool {
-		if listening[s.LPort] {
-			return true
-		}
-		if _, ok := t.listened[portKey{snap.Netns, s.LPort}]; ok {
-			return true
-		}
-		return !st.InRange(s.LPort) && st.InRange(s.RPort)
-	}
-	groups := map[Group]*dumped{}
-	live := map[Group]int{}
 	byPort := map[uint16]*ServerPort{}
-	var clearsAt = map[uint16]time.Duration{}
-	for i := range snap.Sockets {
-		s := &snap.Sockets[i]
-		switch s.State {
-		case events.Listen:
-			continue
-		case events.TimeWait:
-			rep.TimeWaitTotal++
-			g := Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, RPort: s.RPort}
-			if isServer(s) {
-				g = Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, LPort: s.LPort}
-				sp := serverPort(byPort, s.LPort, listening)
-				sp.TimeWait++
-				clearsAt[s.LPort] = max(clearsAt[s.LPort], s.Expires)
-			}
-			d := groups[g]
-			if d == nil {
-				d = &dumped{}
-				groups[g] = d
-			}
-			d.add(s)
-		case events.FinWait2:
-			// a FIN_WAIT2 mini-socket holds its port too
-			fallthrough
-		default:
-			live[Group{Netns: snap.Netns, LAddr: s.LAddr, RAddr: s.RAddr, RPort: s.RPort}]++
-		}
+	for port, d := range snap.ports {
+		serverPort(byPort, port, snap.listening).TimeWait = d.timeWait
 	}
+	listening, live := snap.listening, snap.live
 	for g, c := range t.groups {
 		if g.Netns != snap.Netns {
 			continue
@@ -333,8 +366,8 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 	})
 	for port, sp := range byPort {
 		sp.MemoryBytes = sp.TimeWait * snap.TWSize
-		if sp.TimeWait > 0 {
-			sp.ClearsAt = snap.Time.Add(clearsAt[port]).Truncate(time.Second).Add(time.Second)
+		if d := snap.ports[port]; d != nil && d.timeWait > 0 {
+			sp.ClearsAt = snap.Time.Add(d.max).Truncate(time.Second).Add(time.Second)
 		}
 		rep.ServerPorts = append(rep.ServerPorts, *sp)
 	}

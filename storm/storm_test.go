@@ -27,10 +27,22 @@ func tw(laddr netip.Addr, lport uint16, raddr netip.Addr, rport uint16, left tim
 	return sockdiag.Detail{State: events.TimeWait, LAddr: laddr, LPort: lport, RAddr: raddr, RPort: rport, Expires: left}
 }
 
-func snapshot(at time.Time, socks ...sockdiag.Detail) *Snapshot {
-	return &Snapshot{Time: at, Netns: 1, Sockets: socks, TWSize: 256,
-		Settings: netconf.Settings{PortLow: 40000, PortHigh: 40099, MaxTWBuckets: 1000},
-		Counters: netconf.Counters{"TCPTimeWaitOverflow": 0}}
+func snapshot(t *Tracker, at time.Time, socks ...sockdiag.Detail) *Snapshot {
+	s := NewSnapshot(at, 1, netconf.Settings{PortLow: 40000, PortHigh: 40099, MaxTWBuckets: 1000},
+		netconf.Counters{"TCPTimeWaitOverflow": 0}, t)
+	s.TWSize = 256
+	// the kernel dumps listeners first
+	for _, d := range socks {
+		if d.State == events.Listen {
+			s.Add(&d)
+		}
+	}
+	for _, d := range socks {
+		if d.State != events.Listen {
+			s.Add(&d)
+		}
+	}
+	return s
 }
 
 func unit(id uint64) string { return "backup.service" }
@@ -54,7 +66,7 @@ func TestClientStorm(t *testing.T) {
 	fail.Cause = events.CauseNoPort
 	tr.Write(fail)
 	live := sockdiag.Detail{State: events.Established, LAddr: client, LPort: 40095, RAddr: server, RPort: 80}
-	rep := r.Build(snapshot(t0.Add(10*time.Second), append(socks, live)...))
+	rep := r.Build(snapshot(tr, t0.Add(10*time.Second), append(socks, live)...))
 
 	if rep.TimeWaitTotal != 90 || len(rep.Destinations) != 1 {
 		t.Fatalf("total %d, destinations %+v", rep.TimeWaitTotal, rep.Destinations)
@@ -75,7 +87,7 @@ func TestClientStorm(t *testing.T) {
 	checkVerdicts(t, rep.Verdicts, want...)
 
 	// the next report's rate is of its own interval
-	rep = r.Build(snapshot(t0.Add(20*time.Second), socks...))
+	rep = r.Build(snapshot(tr, t0.Add(20*time.Second), socks...))
 	if d := rep.Destinations[0]; d.CreatedPerS != 0 || d.Created != 90 {
 		t.Errorf("second interval: %+v", d)
 	}
@@ -112,7 +124,7 @@ func TestServerStorm(t *testing.T) {
 		socks = append(socks, tw(server, 8080, client, port, time.Duration(i)*100*time.Millisecond))
 	}
 	listener := sockdiag.Detail{State: events.Listen, LAddr: server, LPort: 8080}
-	rep := r.Build(snapshot(t0.Add(15*time.Second), append(socks, listener)...))
+	rep := r.Build(snapshot(tr, t0.Add(15*time.Second), append(socks, listener)...))
 	if len(rep.Destinations) != 1 || rep.Destinations[0].ActiveCloser != "server" || rep.Destinations[0].LPort != 8080 ||
 		rep.Destinations[0].Created != 150 || rep.Destinations[0].PortRangeUsedPct != nil {
 		t.Fatalf("destinations %+v", rep.Destinations)
@@ -123,7 +135,7 @@ func TestServerStorm(t *testing.T) {
 	}
 	checkVerdicts(t, rep.Verdicts, "server port 8080 closes first: 150 TIME_WAIT accumulate here (10/s), harmless for the port range, 38 KiB of kernel memory")
 
-	snap := snapshot(t0.Add(20*time.Second), socks...)
+	snap := snapshot(tr, t0.Add(20*time.Second), socks...)
 	snap.Counters["TCPTimeWaitOverflow"] = 50
 	rep = r.Build(snap)
 	clears := t0.Add(20*time.Second + 15*time.Second).Local().Format("15:04:05")

@@ -99,7 +99,7 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer prober.Close()
 	var werr error
 	report := func() {
-		snap, err := storm.Take(prober, netns, 0)
+		snap, err := storm.Take(prober, tracker, netns, 0, nil)
 		if err == nil {
 			rep := reporter.Build(snap)
 			if c.json {
@@ -114,9 +114,11 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	h := hooks{onSeed: func([]events.Holder) {
 		// the listeners already there: their TIME_WAITs are servers'
-		if snap, err := storm.Take(prober, netns, 0); err == nil {
-			tracker.SeedListeners(netns, snap.Sockets)
+		var listeners []sockdiag.Detail
+		for _, fam := range []uint8{4, 6} {
+			prober.Details(netns, 0, fam, sockdiag.States(events.Listen), func(d *sockdiag.Detail) { listeners = append(listeners, *d) })
 		}
+		tracker.SeedListeners(netns, listeners)
 	}}
 	if !c.once {
 		h.every, h.onStats = c.interval, func(stream.Stats) { report() }
