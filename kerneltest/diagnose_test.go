@@ -129,10 +129,10 @@ func awaitStable(t *testing.T, ns *netns) {
 	}
 }
 
-// failConnects makes k connects to 127.0.0.1:8080 in ns, one system
-// call each as a C client makes them (Go's Dial tries again), each of
-// which must fail with EADDRNOTAVAIL.
-func failConnects(t *testing.T, ns *netns, k int) {
+// failConnects makes k connects to 127.0.0.1:port in ns, one system
+// call each as a C client makes them (Go's Dial tries again on
+// EADDRNOTAVAIL), each of which must fail with EADDRNOTAVAIL.
+func failConnects(t *testing.T, ns *netns, port, k int) {
 	t.Helper()
 	inNetns(t, ns, func() {
 		for i := range k {
@@ -140,7 +140,7 @@ func failConnects(t *testing.T, ns *netns, k int) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = unix.Connect(fd, &unix.SockaddrInet4{Port: stormPort, Addr: [4]byte{127, 0, 0, 1}})
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
 			unix.Close(fd)
 			if !errors.Is(err, syscall.EADDRNOTAVAIL) {
 				t.Fatalf("connect %d: %v, want EADDRNOTAVAIL", i+1, err)
@@ -197,7 +197,7 @@ func TestTimewaitClientStorm(t *testing.T) {
 	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10s")
 	p := startStorm(t, ns, false)
 	made := stormUntil(t, ns, p, "dport", n)
-	failConnects(t, ns, failures)
+	failConnects(t, ns, stormPort, failures)
 	rep := decodeLast[storm.Report](t, r.wait(t))
 	ss := timeWaitsTo(t, ns, "dport", stormPort)
 

@@ -1,16 +1,12 @@
 package kerneltest
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
@@ -58,20 +54,8 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 		}
 		// the clients' TIME_WAITs hold both ports once their servers close
 		time.Sleep(100 * time.Millisecond)
-		// one connect() each, as a C client makes: Go's Dial tries
-		// again on EADDRNOTAVAIL
-		for i := range failures {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = unix.Connect(fd, &unix.SockaddrInet4{Port: exhaustPort, Addr: [4]byte{127, 0, 0, 1}})
-			unix.Close(fd)
-			if !errors.Is(err, syscall.EADDRNOTAVAIL) {
-				t.Fatalf("connect %d: %v, want EADDRNOTAVAIL", i+3, err)
-			}
-		}
 	})
+	failConnects(t, ns, exhaustPort, failures)
 	return lport
 }
 

@@ -176,3 +176,23 @@ func parseNetstat(r io.Reader, prefix string) (Counters, error) {
 	}
 	return nil, fmt.Errorf("netstat: no %s counters", prefix)
 }
+
+// Rate is a counter's value and its rate since an earlier reading.
+type Rate struct {
+	Total uint64  `json:"total"`
+	PerS  float64 `json:"per_s"`
+}
+
+// Rates gives the named counters of c with their rates since prev, read
+// elapsed seconds before; no rate where prev lacks one or it went back.
+func Rates(c, prev Counters, names []string, elapsed float64) map[string]Rate {
+	out := make(map[string]Rate, len(names))
+	for _, name := range names {
+		r := Rate{Total: c[name]}
+		if p, ok := prev[name]; ok && r.Total >= p && elapsed > 0 {
+			r.PerS = float64(r.Total-p) / elapsed
+		}
+		out[name] = r
+	}
+	return out
+}

@@ -155,14 +155,14 @@ func twSize() int {
 // Report is one refresh of `tcptrace timewait`. The README documents
 // every key.
 type Report struct {
-	Time          time.Time          `json:"time"`
-	Interval      float64            `json:"interval_s"`
-	TimeWaitTotal int                `json:"timewait_total"`
-	Destinations  []Destination      `json:"destinations"`
-	ServerPorts   []ServerPort       `json:"server_ports"`
-	Settings      Settings           `json:"settings"`
-	Counters      map[string]Counter `json:"counters"`
-	Verdicts      []Verdict          `json:"verdicts"`
+	Time          time.Time               `json:"time"`
+	Interval      float64                 `json:"interval_s"`
+	TimeWaitTotal int                     `json:"timewait_total"`
+	Destinations  []Destination           `json:"destinations"`
+	ServerPorts   []ServerPort            `json:"server_ports"`
+	Settings      Settings                `json:"settings"`
+	Counters      map[string]netconf.Rate `json:"counters"`
+	Verdicts      []Verdict               `json:"verdicts"`
 }
 
 // Destination is a group of TIME_WAIT sockets: a client's toward one
@@ -233,12 +233,6 @@ type Settings struct {
 	UsablePorts   int    `json:"usable_ports"`
 }
 
-// Counter is a TcpExt counter: its value and its rate over the interval.
-type Counter struct {
-	Total uint64  `json:"total"`
-	PerS  float64 `json:"per_s"`
-}
-
 // reportedCounters are the counters a report carries.
 var reportedCounters = []string{"TCPTimeWaitOverflow", "TWRecycled", "TWKilled", "TW"}
 
@@ -292,17 +286,10 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 		elapsed = 1
 	}
 	st := &snap.Settings
-	rep := &Report{Time: snap.Time, Interval: elapsed, Counters: map[string]Counter{}, Destinations: []Destination{}, ServerPorts: []ServerPort{}, Verdicts: []Verdict{},
+	rep := &Report{Time: snap.Time, Interval: elapsed, Destinations: []Destination{}, ServerPorts: []ServerPort{}, Verdicts: []Verdict{},
 		Settings: Settings{TWReuse: st.TWReuse, MaxTWBuckets: st.MaxTWBuckets, FinTimeout: st.FinTimeout,
 			PortRange: [2]int{st.PortLow, st.PortHigh}, ReservedPorts: st.Reserved, UsablePorts: st.UsablePorts()}}
-	for _, name := range reportedCounters {
-		v := snap.Counters[name]
-		c := Counter{Total: v}
-		if prev, ok := r.counters[name]; ok && v >= prev {
-			c.PerS = float64(v-prev) / elapsed
-		}
-		rep.Counters[name] = c
-	}
+	rep.Counters = netconf.Rates(snap.Counters, r.counters, reportedCounters, elapsed)
 
 	rep.TimeWaitTotal = snap.timeWaits
 	groups := make(map[Group]*dumped, len(snap.groups))

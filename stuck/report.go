@@ -58,10 +58,10 @@ type Report struct {
 	ByProcess []Process `json:"by_process"`
 	// HandshakeFailures count failed connects by destination and failed
 	// server handshakes by port, by cause, since tcptrace started
-	HandshakeFailures []HandshakeFailure `json:"handshake_failures"`
-	Listeners         []Listener         `json:"listeners"`
-	Counters          map[string]Counter `json:"counters"`
-	Verdicts          []string           `json:"verdicts"`
+	HandshakeFailures []HandshakeFailure      `json:"handshake_failures"`
+	Listeners         []Listener              `json:"listeners"`
+	Counters          map[string]netconf.Rate `json:"counters"`
+	Verdicts          []string                `json:"verdicts"`
 }
 
 // Socket is one socket stuck in a state.
@@ -121,12 +121,6 @@ type Listener struct {
 	Full    bool   `json:"full"`
 }
 
-// Counter is a TcpExt counter and its rate over the interval.
-type Counter struct {
-	Total uint64  `json:"total"`
-	PerS  float64 `json:"per_s"`
-}
-
 var reportedCounters = []string{"ListenOverflows", "ListenDrops"}
 
 // Reporter builds reports, keeping the counters for their rates.
@@ -148,16 +142,8 @@ func NewReporter(t *Tracker, unit func(uint64) string, threshold time.Duration, 
 func (r *Reporter) Build(snap *Snapshot) *Report {
 	t := r.tracker
 	rep := &Report{Time: snap.Time, Threshold: r.threshold.Seconds(), Sockets: []Socket{}, ByProcess: []Process{},
-		HandshakeFailures: []HandshakeFailure{}, Listeners: []Listener{}, Counters: map[string]Counter{}, Verdicts: []string{}}
-	elapsed := snap.Time.Sub(r.last).Seconds()
-	for _, name := range reportedCounters {
-		v := snap.Counters[name]
-		c := Counter{Total: v}
-		if prev, ok := r.counters[name]; ok && v >= prev && elapsed > 0 {
-			c.PerS = float64(v-prev) / elapsed
-		}
-		rep.Counters[name] = c
-	}
+		HandshakeFailures: []HandshakeFailure{}, Listeners: []Listener{}, Verdicts: []string{}}
+	rep.Counters = netconf.Rates(snap.Counters, r.counters, reportedCounters, snap.Time.Sub(r.last).Seconds())
 	seen := map[uint64]bool{}
 	for i := range snap.Sockets {
 		d := &snap.Sockets[i]

@@ -11,7 +11,6 @@ import (
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/sockdiag"
-	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/stuck"
 )
 
@@ -53,22 +52,18 @@ func runClosewait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	reporter := stuck.NewReporter(tracker, names.Name, c.threshold, time.Now())
 	prober := sockdiag.NewProber()
 	defer prober.Close()
-	var werr error
-	report := func() {
+	report := func() error {
 		snap, err := stuck.Take(prober, netns, 0)
-		if err == nil {
-			rep := reporter.Build(snap)
-			if c.json {
-				err = stuck.WriteJSON(stdout, rep)
-			} else {
-				err = stuck.WriteText(stdout, rep, c.top)
-			}
+		if err != nil {
+			return err
 		}
-		if err != nil && werr == nil {
-			werr = err
+		rep := reporter.Build(snap)
+		if c.json {
+			return stuck.WriteJSON(stdout, rep)
 		}
+		return stuck.WriteText(stdout, rep, c.top)
 	}
-	h := hooks{onSeed: func(holders []events.Holder) {
+	seed := func(holders []events.Holder) {
 		// the sockets already stuck when tracing began, and their owners
 		snap, err := stuck.Take(prober, netns, 0)
 		if err != nil {
@@ -76,16 +71,8 @@ func runClosewait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return
 		}
 		tracker.Seed(holders, snap.Sockets, snap.Time)
-	}}
-	if !c.once {
-		h.every, h.onStats = c.interval, func(stream.Stats) { report() }
 	}
-	st, err := trace(ctx, &c.common, stderr, h, tracker)
-	if err == nil && werr == nil && c.once {
-		report()
-	}
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
-	return errors.Join(err, werr)
+	return liveReport(ctx, &c.reportFlags, stderr, tracker, seed, report)
 }
 
 const closewaitUsage = `Usage: tcptrace closewait [flags]

@@ -97,35 +97,45 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	reporter := storm.NewReporter(tracker, names.Name, c.warnPct, time.Now())
 	prober := sockdiag.NewProber()
 	defer prober.Close()
-	var werr error
-	report := func() {
+	report := func() error {
 		snap, err := storm.Take(prober, tracker, netns, 0, nil)
-		if err == nil {
-			rep := reporter.Build(snap)
-			if c.json {
-				err = storm.WriteJSON(stdout, rep)
-			} else {
-				err = storm.WriteText(stdout, rep, c.top)
-			}
+		if err != nil {
+			return err
 		}
-		if err != nil && werr == nil {
-			werr = err
+		rep := reporter.Build(snap)
+		if c.json {
+			return storm.WriteJSON(stdout, rep)
 		}
+		return storm.WriteText(stdout, rep, c.top)
 	}
-	h := hooks{onSeed: func([]events.Holder) {
+	seed := func([]events.Holder) {
 		// the listeners already there: their TIME_WAITs are servers'
 		var listeners []sockdiag.Detail
 		for _, fam := range []uint8{4, 6} {
 			prober.Details(netns, 0, fam, sockdiag.States(events.Listen), func(d *sockdiag.Detail) { listeners = append(listeners, *d) })
 		}
 		tracker.SeedListeners(netns, listeners)
-	}}
+	}
+	return liveReport(ctx, &c.reportFlags, stderr, tracker, seed, report)
+}
+
+// liveReport runs a report command: tracker follows the transitions, seed
+// takes the holders when tracing begins, report writes one report, every
+// --interval or once when --duration ends.
+func liveReport(ctx context.Context, c *reportFlags, stderr io.Writer, tracker stream.Consumer, seed func([]events.Holder), report func() error) error {
+	var werr error
+	write := func() {
+		if err := report(); err != nil && werr == nil {
+			werr = err
+		}
+	}
+	h := hooks{onSeed: seed}
 	if !c.once {
-		h.every, h.onStats = c.interval, func(stream.Stats) { report() }
+		h.every, h.onStats = c.interval, func(stream.Stats) { write() }
 	}
 	st, err := trace(ctx, &c.common, stderr, h, tracker)
 	if err == nil && werr == nil && c.once {
-		report()
+		write()
 	}
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 	return errors.Join(err, werr)
