@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -494,5 +496,53 @@ func TestClosewaitHandshakes(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("verdicts %q", rep.Verdicts)
+	}
+}
+
+// Debian's nginx closing first: 120 HTTP/1.0 requests. The report puts
+// every TIME_WAIT on nginx's port as the server's, owned by the worker
+// that served it, exactly as many per worker as nginx's own access log
+// says, with the server's verdict.
+func TestTimewaitNginx(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "8s")
+	_, workers, dir := startNginx(t, ns)
+	const n = 120
+	inNetns(t, ns, func() {
+		for range n {
+			request(t, "HTTP/1.0")
+		}
+	})
+	served := accessLog(t, filepath.Join(dir, "access.log"), n)
+	perWorker := map[uint32]uint64{}
+	for _, w := range served {
+		perWorker[w]++
+	}
+	rep := decodeLast[storm.Report](t, r.wait(t))
+	got := map[uint32]uint64{}
+	var created uint64
+	for _, d := range rep.Destinations {
+		if d.ActiveCloser != "server" || d.LPort != port {
+			t.Errorf("destination %+v, want nginx's on %d", d, port)
+		}
+		created += d.Created
+		for _, o := range d.Owners {
+			if o.Comm != "nginx" || !slices.Contains(workers, o.PID) {
+				t.Errorf("owner %+v, want a worker of %v", o, workers)
+			}
+			got[o.PID] += o.Count
+		}
+	}
+	if created != n || !maps.Equal(got, perWorker) {
+		t.Errorf("created %d, per worker %v; nginx's log says %d, %v", created, got, n, perWorker)
+	}
+	ss := timeWaitsTo(t, ns, "sport", port)
+	if len(rep.ServerPorts) != 1 || rep.ServerPorts[0].Port != port || !rep.ServerPorts[0].Listening || rep.ServerPorts[0].TimeWait != ss {
+		t.Errorf("server ports %+v, ss %d", rep.ServerPorts, ss)
+	}
+	if !hasVerdict(rep.Verdicts, "server port 8080 closes first", "harmless for the port range") {
+		t.Errorf("verdicts %+v", rep.Verdicts)
 	}
 }

@@ -26,48 +26,10 @@ import (
 // requests, closed by the client after the answer, leave nginx's side in
 // CLOSE_WAIT until the worker closes it.
 func TestOwnerNginx(t *testing.T) {
-	nginxBin, err := exec.LookPath("nginx")
-	if err != nil {
-		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
-			t.Fatalf("nginx is not installed (apt-get install nginx; .ci/run installs it)")
-		}
-		t.Skip("needs nginx: apt-get install nginx")
-	}
 	t.Parallel()
 	ns := newNetns(t)
-	dir := t.TempDir()
-	conf := fmt.Sprintf(`daemon on;
-worker_processes 2;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 64; }
-http {
-	log_format conns '$pid $remote_port';
-	access_log %[1]s/access.log conns;
-	client_body_temp_path %[1]s;
-	proxy_temp_path %[1]s;
-	fastcgi_temp_path %[1]s;
-	uwsgi_temp_path %[1]s;
-	scgi_temp_path %[1]s;
-	server {
-		listen 127.0.0.1:%[2]d;
-		location / { return 200 "ok\n"; }
-	}
-}
-`, dir, port)
-	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	tr := startTracer(t, filter.Filter{Netns: ns.ino})
-	start := exec.Command("ip", "netns", "exec", ns.name, nginxBin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
-	if out, err := start.CombinedOutput(); err != nil {
-		t.Fatalf("start nginx: %v: %s", err, out)
-	}
-	master := waitPIDFile(t, filepath.Join(dir, "nginx.pid"))
-	t.Cleanup(func() {
-		exec.Command("ip", "netns", "exec", ns.name, nginxBin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-s", "stop").Run()
-	})
-	workers := childrenOf(t, master, 2)
+	master, workers, dir := startNginx(t, ns)
 
 	// requests from this process, entered into the namespace
 	const perKind = 20
@@ -117,6 +79,53 @@ http {
 			t.Errorf("%s named pid %d, not nginx's master or a worker (%d, %v)", arrow(e), e.PID, master, workers)
 		}
 	}
+}
+
+// startNginx runs Debian's nginx in ns as it ships (daemon mode, a
+// master and 2 workers), answering "ok" on 127.0.0.1:8080 and logging
+// "$pid $remote_port" for each request, and returns the master, the
+// workers and its directory.
+func startNginx(t *testing.T, ns *netns) (master uint32, workers []uint32, dir string) {
+	t.Helper()
+	nginxBin, err := exec.LookPath("nginx")
+	if err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatalf("nginx is not installed (apt-get install nginx; .ci/run installs it)")
+		}
+		t.Skip("needs nginx: apt-get install nginx")
+	}
+	dir = t.TempDir()
+	conf := fmt.Sprintf(`daemon on;
+worker_processes 2;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 64; }
+http {
+	log_format conns '$pid $remote_port';
+	access_log %[1]s/access.log conns;
+	client_body_temp_path %[1]s;
+	proxy_temp_path %[1]s;
+	fastcgi_temp_path %[1]s;
+	uwsgi_temp_path %[1]s;
+	scgi_temp_path %[1]s;
+	server {
+		listen 127.0.0.1:%[2]d;
+		location / { return 200 "ok\n"; }
+	}
+}
+`, dir, port)
+	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	start := exec.Command("ip", "netns", "exec", ns.name, nginxBin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
+	if out, err := start.CombinedOutput(); err != nil {
+		t.Fatalf("start nginx: %v: %s", err, out)
+	}
+	master = waitPIDFile(t, filepath.Join(dir, "nginx.pid"))
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "exec", ns.name, nginxBin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-s", "stop").Run()
+	})
+	return master, childrenOf(t, master, 2), dir
 }
 
 // request makes one HTTP request and reads the answer; for HTTP/1.1 the
