@@ -284,7 +284,10 @@ func TestTimewaitServerStorm(t *testing.T) {
 	if len(rep.ServerPorts) != 1 || rep.ServerPorts[0].Listening || rep.ServerPorts[0].TimeWait != n {
 		t.Fatalf("server ports %+v", rep.ServerPorts)
 	}
-	clears := rep.ServerPorts[0].ClearsAt
+	if rep.ServerPorts[0].ClearsAt == nil {
+		t.Fatal("no clears_at")
+	}
+	clears := *rep.ServerPorts[0].ClearsAt
 	if until := time.Until(clears); until < 50*time.Second || until > 62*time.Second {
 		t.Errorf("clears at %v, in %v: want about 60 s after the storm", clears, until)
 	}

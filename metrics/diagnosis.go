@@ -55,6 +55,7 @@ type Diagnosis struct {
 func NewDiagnosis(netns uint32, every time.Duration, topK, dests int, threshold time.Duration, unit func(uint64) string) *Diagnosis {
 	now := time.Now()
 	st := storm.NewTracker(0)
+	st.OnlyNetns(netns)
 	cw := stuck.NewTrackerOf(events.CloseWait)
 	d := &Diagnosis{storm: st, stormRep: storm.NewReporter(st, unit, 0, now), stuck: cw, stuckRep: stuck.NewReporter(cw, unit, threshold, now),
 		prober: sockdiag.NewProber(), netns: netns, every: every, topK: topK, dests: dests, stuckBy: map[string]int{}}
@@ -77,13 +78,19 @@ func (d *Diagnosis) Close() { d.prober.Close() }
 // Seed takes the holders at start and finds the CLOSE_WAITs already held
 // and the listeners already there.
 func (d *Diagnosis) Seed(holders []events.Holder) {
-	snap, err := stuck.Take(d.prober, d.netns, 0)
+	var socks []sockdiag.Detail
+	snap, err := storm.Take(d.prober, d.storm, d.netns, 0, func(s *sockdiag.Detail) {
+		if s.State == events.CloseWait || s.State == events.Listen {
+			socks = append(socks, *s)
+		}
+	})
 	if err != nil {
 		d.setErr(err)
 		return
 	}
-	d.stuck.Seed(holders, snap.Sockets, snap.Time)
-	d.storm.SeedListeners(d.netns, snap.Sockets)
+	d.storm.Seed(snap)
+	d.stuck.Seed(holders, socks, snap.Time)
+	d.stormRep.Start(snap.Time)
 }
 
 func (d *Diagnosis) setErr(err error) {

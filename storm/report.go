@@ -46,7 +46,7 @@ type Snapshot struct {
 	groups    map[Group]*dumped
 	live      map[Group]int
 	ports     map[uint16]*dumped // servers' TIME_WAITs by port
-	listened  map[portKey]struct{}
+	tracker   *Tracker
 }
 
 // NewSnapshot starts a snapshot of netns at the time given, with its
@@ -55,9 +55,11 @@ type Snapshot struct {
 func NewSnapshot(at time.Time, netns uint32, st netconf.Settings, c netconf.Counters, t *Tracker) *Snapshot {
 	s := &Snapshot{Time: at, Netns: netns, Settings: st, Counters: c, TWSize: twSize(),
 		listening: map[uint16]bool{}, groups: map[Group]*dumped{}, live: map[Group]int{}, ports: map[uint16]*dumped{}}
-	if t != nil {
-		s.listened = t.listened
+	if t == nil {
+		t = NewTracker(1)
 	}
+	t.SetRange(st.PortLow, st.PortHigh)
+	s.tracker = t
 	return s
 }
 
@@ -94,17 +96,8 @@ func (s *Snapshot) Add(d *sockdiag.Detail) {
 	}
 }
 
-// server says whether a TIME_WAIT is a server's: on a port listening
-// now or seen listening, or, for one tcptrace never saw, on a port out of
-// the ephemeral range toward one in it.
 func (s *Snapshot) server(d *sockdiag.Detail) bool {
-	if s.listening[d.LPort] {
-		return true
-	}
-	if _, ok := s.listened[portKey{s.Netns, d.LPort}]; ok {
-		return true
-	}
-	return !s.Settings.InRange(d.LPort) && s.Settings.InRange(d.RPort)
+	return s.tracker.server(s.Netns, d.LPort, d.RPort, s.listening)
 }
 
 // Take dumps netns's TCP sockets (both families) into a snapshot, with
@@ -219,8 +212,8 @@ type ServerPort struct {
 	Created     uint64  `json:"created"`
 	CreatedPerS float64 `json:"created_per_s"`
 	MemoryBytes int     `json:"memory_bytes"`
-	// ClearsAt is when the last of them goes
-	ClearsAt time.Time `json:"clears_at"`
+	// ClearsAt is when the last of them goes; absent with none
+	ClearsAt *time.Time `json:"clears_at,omitempty"`
 }
 
 // Settings are the sysctls read in the namespace.
@@ -261,6 +254,10 @@ func NewReporter(t *Tracker, unit func(uint64) string, warnPct float64, started 
 	}
 	return &Reporter{tracker: t, unit: unit, warnPct: warnPct, started: started, last: started}
 }
+
+// Start sets when counting began: the first report's rates are over the
+// time since.
+func (r *Reporter) Start(at time.Time) { r.started, r.last = at, at }
 
 // dumped is what the dump says of a group.
 type dumped struct {
@@ -354,7 +351,8 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 	for port, sp := range byPort {
 		sp.MemoryBytes = sp.TimeWait * snap.TWSize
 		if d := snap.ports[port]; d != nil && d.timeWait > 0 {
-			sp.ClearsAt = snap.Time.Add(d.max).Truncate(time.Second).Add(time.Second)
+			at := snap.Time.Add(d.max).Truncate(time.Second).Add(time.Second)
+			sp.ClearsAt = &at
 		}
 		rep.ServerPorts = append(rep.ServerPorts, *sp)
 	}
@@ -364,8 +362,14 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 
 	rep.Verdicts = r.verdicts(rep, snap)
 
-	for _, c := range t.groups {
-		c.mark = c.created
+	for g, c := range t.groups {
+		// nothing new and nothing left: forgotten, so that the table
+		// holds what is going on, not every destination ever seen
+		if _, held := snap.groups[g]; !held && g.Netns == snap.Netns && c.created == c.mark && c.failures == c.failMark {
+			delete(t.groups, g)
+			continue
+		}
+		c.mark, c.failMark = c.created, c.failures
 	}
 	r.counters = snap.Counters
 	r.last = snap.Time
@@ -423,9 +427,10 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 			if st.TWReuse == 0 {
 				fix += "; net.ipv4.tcp_tw_reuse=1 lets connect() take a TIME_WAIT port safely (with TCP timestamps)"
 			}
-			outlook := fmt.Sprintf("%d expected at this rate, %.0f%% of the port range for that destination", d.Expected, max(pct, expectedPct))
+			outlook := fmt.Sprintf("%d expected at this rate, with the live ones %.0f%% of the port range for that destination", d.Expected, expectedPct)
 			if expectedPct > 100 {
-				outlook = fmt.Sprintf("this rate would keep %d, more than the %d usable ports: connects will fail with EADDRNOTAVAIL", d.Expected, st.UsablePorts())
+				outlook = fmt.Sprintf("this rate would keep %d, which with the %d live connections is more than the %d usable ports: connects will fail with EADDRNOTAVAIL",
+					d.Expected, d.Live, st.UsablePorts())
 			}
 			warn = append(warn, Verdict{"warning", fmt.Sprintf(
 				"client %s (%s) opens %.0f conn/s to %s and closes first: %d TIME_WAIT now (%.0f%% of the port range), %s; %s",

@@ -81,7 +81,7 @@ func TestClientStorm(t *testing.T) {
 	}
 	want := []string{
 		"connect() to 10.0.0.9:80 failed once for lack of a free local port",
-		"client 10.0.0.5 (pid 4242 curl, backup.service) opens 9 conn/s to 10.0.0.9:80 and closes first: 90 TIME_WAIT now (91% of the port range), this rate would keep 540, more than the 100 usable ports",
+		"client 10.0.0.5 (pid 4242 curl, backup.service) opens 9 conn/s to 10.0.0.9:80 and closes first: 90 TIME_WAIT now (91% of the port range), this rate would keep 540, which with the 1 live connections is more than the 100 usable ports",
 		"connects to 10.0.0.9:80 spend 2.0 ms in SYN_SENT on average with 91% of the port range taken",
 	}
 	checkVerdicts(t, rep.Verdicts, want...)
@@ -152,5 +152,41 @@ func TestMaxGroups(t *testing.T) {
 	}
 	if len(tr.groups) != 2 || tr.Dropped != 3 {
 		t.Errorf("%d groups, %d dropped", len(tr.groups), tr.Dropped)
+	}
+}
+
+// A group with nothing in the dump and nothing new since the last report
+// is forgotten; one still in the dump stays.
+func TestForget(t *testing.T) {
+	tr := NewTracker(0)
+	r := NewReporter(tr, unit, 0, t0)
+	tr.Write(ev(events.FinWait2, events.TimeWait, 1, client, 40000, server, 80))
+	tr.Write(ev(events.FinWait2, events.TimeWait, 2, client, 40001, server, 443))
+	r.Build(snapshot(tr, t0.Add(time.Second), tw(client, 40000, server, 80, time.Minute)))
+	if len(tr.groups) != 2 {
+		t.Fatalf("after the first report: %d groups", len(tr.groups))
+	}
+	r.Build(snapshot(tr, t0.Add(2*time.Second), tw(client, 40000, server, 80, time.Minute)))
+	if len(tr.groups) != 1 || tr.groups[Group{Netns: 1, LAddr: client, RAddr: server, RPort: 80}] == nil {
+		t.Errorf("after the second: %v", tr.groups)
+	}
+}
+
+// A TIME_WAIT on a port out of the ephemeral range toward one in it is a
+// server's, in the dump and in the transitions alike, once the range is
+// known; with none known, only a port seen listening says so.
+func TestServerRule(t *testing.T) {
+	tr := NewTracker(0)
+	if tr.server(1, 8080, 40000, nil) {
+		t.Error("no range known: a server")
+	}
+	tr.SetRange(40000, 40099)
+	if !tr.server(1, 8080, 40000, nil) || tr.server(1, 40000, 8080, nil) || !tr.server(1, 40000, 8080, map[uint16]bool{40000: true}) {
+		t.Error("the range rule")
+	}
+	tr.OnlyNetns(2)
+	tr.Write(ev(events.FinWait2, events.TimeWait, 1, client, 40000, server, 80))
+	if len(tr.groups) != 0 {
+		t.Error("another namespace counted")
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
 // Group is a set of TIME_WAIT sockets with one cause: a client's toward
@@ -42,6 +41,7 @@ const maxOwners = 8
 type counts struct {
 	created    uint64 // TIME_WAITs entered
 	mark       uint64 // created at the last report
+	failMark   uint64 // failures at the last report
 	failures   uint64 // connects that found no free port
 	handshakes uint64 // client handshakes timed, and their time in SYN_SENT
 	handshake  time.Duration
@@ -77,8 +77,40 @@ type Tracker struct {
 	// would say it exactly, at two map operations per connection.)
 	listened  map[portKey]struct{}
 	maxGroups int
+	// netns, if not 0, is the one namespace counted
+	netns uint32
+	// the ephemeral port range, once known (SetRange)
+	portLow, portHigh uint16
 	// Dropped counts the events of groups past maxGroups.
 	Dropped uint64
+}
+
+// OnlyNetns counts the events of one namespace only: the one reported.
+func (t *Tracker) OnlyNetns(netns uint32) { t.netns = netns }
+
+// SetRange gives the namespace's ephemeral port range, for telling a
+// server's TIME_WAIT on a port never seen listening (see server).
+func (t *Tracker) SetRange(low, high int) {
+	t.portLow, t.portHigh = uint16(max(low, 0)), uint16(min(high, 65535))
+}
+
+func (t *Tracker) inRange(port uint16) bool {
+	return t.portHigh != 0 && port >= t.portLow && port <= t.portHigh
+}
+
+// server says whether a TIME_WAIT on lport toward rport is a server's:
+// on a port seen listening, or, for one never seen, on a port out of the
+// ephemeral range toward one in it. listening, if not nil, adds the
+// ports a dump shows listening now. The report's dump and the
+// transitions tell it alike.
+func (t *Tracker) server(netns uint32, lport, rport uint16, listening map[uint16]bool) bool {
+	if listening[lport] {
+		return true
+	}
+	if _, ok := t.listened[portKey{netns, lport}]; ok {
+		return true
+	}
+	return !t.inRange(lport) && t.inRange(rport)
 }
 
 type portKey struct {
@@ -110,11 +142,17 @@ func (t *Tracker) group(g Group) *counts {
 
 // Write counts one event.
 func (t *Tracker) Write(e *events.Event) error {
+	if t.netns != 0 && e.Netns != t.netns {
+		return nil
+	}
 	switch {
 	case e.New == events.Listen:
 		t.listened[portKey{e.Netns, e.LPort}] = struct{}{}
 	case e.Old == events.SynSent && e.New == events.Established:
-		if c := t.group(Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}); c != nil && e.DwellKnown {
+		// only toward a destination already followed (a TIME_WAIT or a
+		// failure made it): every destination a host ever connects to
+		// would fill the table with what no report shows
+		if c := t.groups[Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}]; c != nil && e.DwellKnown {
 			c.handshakes++
 			c.handshake += e.Dwell
 		}
@@ -132,9 +170,8 @@ func (t *Tracker) Write(e *events.Event) error {
 			}
 		}
 	case e.New == events.TimeWait:
-		_, server := t.listened[portKey{e.Netns, e.LPort}]
 		g := Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, RPort: e.RPort}
-		if server {
+		if t.server(e.Netns, e.LPort, e.RPort, nil) {
 			g = Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, LPort: e.LPort}
 		}
 		if c := t.group(g); c != nil {
@@ -147,13 +184,12 @@ func (t *Tracker) Write(e *events.Event) error {
 	return nil
 }
 
-// SeedListeners notes the ports listening in netns when tracing began,
-// from a dump: their TIME_WAITs are servers'.
-func (t *Tracker) SeedListeners(netns uint32, dump []sockdiag.Detail) {
-	for i := range dump {
-		if dump[i].State == events.Listen {
-			t.listened[portKey{netns, dump[i].LPort}] = struct{}{}
-		}
+// Seed takes what a snapshot taken as tracing began shows: the ports
+// listening then (their TIME_WAITs are servers') and, set by the
+// snapshot, the port range.
+func (t *Tracker) Seed(s *Snapshot) {
+	for port := range s.listening {
+		t.listened[portKey{s.Netns, port}] = struct{}{}
 	}
 }
 

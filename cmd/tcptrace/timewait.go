@@ -93,6 +93,7 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	tracker := storm.NewTracker(0)
+	tracker.OnlyNetns(netns)
 	names := cgroups.New()
 	reporter := storm.NewReporter(tracker, names.Name, c.warnPct, time.Now())
 	prober := sockdiag.NewProber()
@@ -109,12 +110,15 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return storm.WriteText(stdout, rep, c.top)
 	}
 	seed := func([]events.Holder) {
-		// the listeners already there: their TIME_WAITs are servers'
-		var listeners []sockdiag.Detail
-		for _, fam := range []uint8{4, 6} {
-			prober.Details(netns, 0, fam, sockdiag.States(events.Listen), func(d *sockdiag.Detail) { listeners = append(listeners, *d) })
+		// counting begins: the listeners already there (their
+		// TIME_WAITs are servers') and the port range
+		reporter.Start(time.Now())
+		snap, err := storm.Take(prober, tracker, netns, 0, nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "tcptrace: warning: %v: listeners older than tcptrace are known at the first report\n", err)
+			return
 		}
-		tracker.SeedListeners(netns, listeners)
+		tracker.Seed(snap)
 	}
 	return liveReport(ctx, &c.reportFlags, stderr, tracker, seed, report)
 }
