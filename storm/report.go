@@ -429,8 +429,12 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 			}
 			outlook := fmt.Sprintf("%d expected at this rate, with the live ones %.0f%% of the port range for that destination", d.Expected, expectedPct)
 			if expectedPct > 100 {
-				outlook = fmt.Sprintf("this rate would keep %d, which with the %d live connections is more than the %d usable ports: connects will fail with EADDRNOTAVAIL",
-					d.Expected, d.Live, st.UsablePorts())
+				with := ","
+				if d.Live > 0 {
+					with = fmt.Sprintf(", which with the %d live connections is", d.Live)
+				}
+				outlook = fmt.Sprintf("this rate would keep %d%s more than the %d usable ports: connects will fail with EADDRNOTAVAIL",
+					d.Expected, with, st.UsablePorts())
 			}
 			warn = append(warn, Verdict{"warning", fmt.Sprintf(
 				"client %s (%s) opens %.0f conn/s to %s and closes first: %d TIME_WAIT now (%.0f%% of the port range), %s; %s",
