@@ -83,12 +83,7 @@ func (lw *Writer) Write(c *Conn) error {
 			v := float64(c.Handshake) / 1e6
 			j.HandshakeMs = &v
 		}
-		b, err := json.Marshal(j)
-		if err != nil {
-			return err
-		}
-		_, err = lw.w.Write(append(b, '\n'))
-		return err
+		return json.NewEncoder(lw.w).Encode(j)
 	case CSV:
 		if !lw.header {
 			lw.header = true

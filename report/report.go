@@ -151,12 +151,7 @@ func topKeys[K comparable](m map[K]*aggregate.Counts, n int) []K {
 
 // WriteJSON writes an interval as one line of JSON.
 func WriteJSON(w io.Writer, iv *aggregate.Interval, sockets *[aggregate.States]int64, x Extra, top int) error {
-	b, err := json.Marshal(ToJSON(iv, sockets, x, top))
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	return json.NewEncoder(w).Encode(ToJSON(iv, sockets, x, top))
 }
 
 // histogramWidth is the bars' width in the text report.

@@ -3,6 +3,7 @@ package storm
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -411,7 +412,7 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 		if d.ActiveCloser != "client" {
 			continue
 		}
-		dest := hostPort(d.RAddr, d.RPort)
+		dest := net.JoinHostPort(d.RAddr, strconv.Itoa(int(d.RPort)))
 		pct := *d.PortRangeUsedPct
 		expectedPct := 0.0
 		if st.UsablePorts() > 0 {
@@ -459,13 +460,6 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 		}
 	}
 	return append(append([]Verdict{}, warn...), info...)
-}
-
-func hostPort(a string, port uint16) string {
-	if strings.Contains(a, ":") {
-		return "[" + a + "]:" + strconv.Itoa(int(port))
-	}
-	return a + ":" + strconv.Itoa(int(port))
 }
 
 // who names the owners of a destination, largest first.

@@ -1,22 +1,13 @@
 package storm
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
-
-// WriteJSON writes rep as one line of JSON.
-func WriteJSON(w io.Writer, rep *Report) error {
-	b, err := json.Marshal(rep)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
-}
 
 // WriteText writes rep for a person: the totals and settings, the top
 // destinations and server ports, then the verdicts.
@@ -39,7 +30,7 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 			continue
 		}
 		n++
-		fmt.Fprintf(tw, "%s -> %s\t%d\t%d\t%.0f\t%d\t%.1f\t%d\t%.2f\t%s\n", d.LAddr, hostPort(d.RAddr, d.RPort), d.TimeWait, d.Live,
+		fmt.Fprintf(tw, "%s -> %s\t%d\t%d\t%.0f\t%d\t%.1f\t%d\t%.2f\t%s\n", d.LAddr, net.JoinHostPort(d.RAddr, strconv.Itoa(int(d.RPort))), d.TimeWait, d.Live,
 			d.CreatedPerS, d.Expected, *d.PortRangeUsedPct, d.ConnectFailures, d.HandshakeMs, who(d.Owners))
 	}
 	if n == 0 {

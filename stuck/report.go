@@ -3,7 +3,9 @@ package stuck
 import (
 	"cmp"
 	"fmt"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -293,7 +295,7 @@ func (r *Reporter) verdicts(rep *Report) []string {
 	}
 	for _, f := range rep.HandshakeFailures {
 		if n := f.Causes["no_port"]; n > 0 {
-			out = append(out, fmt.Sprintf("%d connects to %s found no free local port (EADDRNOTAVAIL): see tcptrace timewait", n, hostPort(f.RAddr, f.RPort)))
+			out = append(out, fmt.Sprintf("%d connects to %s found no free local port (EADDRNOTAVAIL): see tcptrace timewait", n, net.JoinHostPort(f.RAddr, strconv.Itoa(int(f.RPort)))))
 		}
 	}
 	for _, l := range rep.Listeners {
@@ -303,7 +305,7 @@ func (r *Reporter) verdicts(rep *Report) []string {
 				owner = "owner not known"
 			}
 			out = append(out, fmt.Sprintf("listener %s (%s) has a full accept queue (%d queued, backlog %d): it does not accept() fast enough; new connections are dropped (ListenOverflows +%.0f/s)",
-				hostPort(l.LAddr, l.LPort), owner, l.Queued, l.Backlog, rep.Counters["ListenOverflows"].PerS))
+				net.JoinHostPort(l.LAddr, strconv.Itoa(int(l.LPort))), owner, l.Queued, l.Backlog, rep.Counters["ListenOverflows"].PerS))
 		}
 	}
 	if c := rep.Counters["ListenOverflows"]; c.PerS > 0 && !slices.ContainsFunc(rep.Listeners, func(l Listener) bool { return l.Full }) {
@@ -321,11 +323,4 @@ func conns(n int) string {
 
 func ageText(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
-}
-
-func hostPort(a string, port uint16) string {
-	if strings.Contains(a, ":") {
-		return fmt.Sprintf("[%s]:%d", a, port)
-	}
-	return fmt.Sprintf("%s:%d", a, port)
 }

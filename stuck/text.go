@@ -1,22 +1,13 @@
 package stuck
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
-
-// WriteJSON writes rep as one line of JSON.
-func WriteJSON(w io.Writer, rep *Report) error {
-	b, err := json.Marshal(rep)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
-}
 
 // WriteText writes rep for a person: the stuck sockets, the summary per
 // process, failed handshakes, accept queues, then the verdicts.
@@ -35,7 +26,7 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 			age = "≥ " + age
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.PID, dash(s.Comm), dash(s.Unit), s.State,
-			hostPort(s.LAddr, s.LPort), hostPort(s.RAddr, s.RPort), age, s.RecvQ, s.Unread)
+			net.JoinHostPort(s.LAddr, strconv.Itoa(int(s.LPort))), net.JoinHostPort(s.RAddr, strconv.Itoa(int(s.RPort))), age, s.RecvQ, s.Unread)
 	}
 	tw.Flush()
 	if len(rep.ByProcess) > 0 {
@@ -53,7 +44,7 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 			if i == top {
 				break
 			}
-			where := "connects to " + hostPort(f.RAddr, f.RPort)
+			where := "connects to " + net.JoinHostPort(f.RAddr, strconv.Itoa(int(f.RPort)))
 			if f.Side == "server" {
 				where = fmt.Sprintf("server handshakes on port %d", f.LPort)
 			}
@@ -71,7 +62,7 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 		rep.Counters["ListenDrops"].Total, rep.Counters["ListenDrops"].PerS)
 	for _, l := range rep.Listeners {
 		if l.Queued > 0 {
-			fmt.Fprintf(&b, "  %s pid %d %s: %d queued of %d\n", hostPort(l.LAddr, l.LPort), l.PID, dash(l.Comm), l.Queued, l.Backlog)
+			fmt.Fprintf(&b, "  %s pid %d %s: %d queued of %d\n", net.JoinHostPort(l.LAddr, strconv.Itoa(int(l.LPort))), l.PID, dash(l.Comm), l.Queued, l.Backlog)
 		}
 	}
 	b.WriteString("\n")

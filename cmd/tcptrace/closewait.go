@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -59,7 +60,7 @@ func runClosewait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		rep := reporter.Build(snap)
 		if c.json {
-			return stuck.WriteJSON(stdout, rep)
+			return json.NewEncoder(stdout).Encode(rep)
 		}
 		return stuck.WriteText(stdout, rep, c.top)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -105,7 +106,7 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		rep := reporter.Build(snap)
 		if c.json {
-			return storm.WriteJSON(stdout, rep)
+			return json.NewEncoder(stdout).Encode(rep)
 		}
 		return storm.WriteText(stdout, rep, c.top)
 	}
