@@ -199,6 +199,9 @@ type Holder struct {
 	RPort  uint16
 }
 
+// CommString returns the holding process's command name.
+func (h *Holder) CommString() string { return string(commBytes(&h.Comm)) }
+
 // DecodeHolder fills h from one record of the holders dump.
 func (h *Holder) DecodeHolder(b []byte) error {
 	if len(b) < HolderSize {

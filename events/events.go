@@ -212,11 +212,14 @@ func (e *Event) CommString() string {
 }
 
 // CommBytes returns the owner's command name without the trailing NULs.
-func (e *Event) CommBytes() []byte {
-	for i, c := range e.Comm {
-		if c == 0 {
-			return e.Comm[:i]
+func (e *Event) CommBytes() []byte { return commBytes(&e.Comm) }
+
+// commBytes is a kernel command name without its trailing NULs.
+func commBytes(c *[CommLen]byte) []byte {
+	for i, b := range c {
+		if b == 0 {
+			return c[:i]
 		}
 	}
-	return e.Comm[:]
+	return c[:]
 }

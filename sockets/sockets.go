@@ -193,7 +193,7 @@ func (t *Table) Pending() int { return len(t.pend) }
 // process is taken (a forked worker rather than its master).
 func (t *Table) Seed(hs []events.Holder) {
 	t.takeDump(hs)
-	for _, h := range youngestPerSocket(hs) {
+	for _, h := range YoungestPerSocket(hs) {
 		if h.State == events.Listen {
 			continue
 		}
@@ -211,8 +211,11 @@ func (t *Table) Seed(hs []events.Holder) {
 	}
 }
 
-// youngestPerSocket keeps, of each socket's holders, the youngest.
-func youngestPerSocket(hs []events.Holder) map[uint64]events.Holder {
+// YoungestPerSocket keeps, of each socket's holders, the youngest: a
+// worker forked from its master holds what it was handed. Holders of a
+// socket without a cookie are kept one each, under keys no cookie takes
+// (the top bit set).
+func YoungestPerSocket(hs []events.Holder) map[uint64]events.Holder {
 	out := make(map[uint64]events.Holder)
 	var anon []events.Holder
 	for _, h := range hs {
@@ -626,7 +629,7 @@ func (t *Table) dumpNow(now uint64) (held map[uint64]events.Holder, later uint64
 		return nil, 0
 	}
 	t.takeDump(hs)
-	return youngestPerSocket(hs), 0
+	return YoungestPerSocket(hs), 0
 }
 
 // fallback names a server connection's handshake when no process that

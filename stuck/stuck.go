@@ -14,6 +14,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/sockets"
 )
 
 // Watched are the states a socket should not stay in.
@@ -96,22 +97,8 @@ func ownerOf(e *events.Event) Owner { return Owner{PID: e.PID, Comm: e.CommStrin
 // already in a watched state are followed from now, their age unknown.
 func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time.Time) {
 	owners := map[uint64]Owner{}
-	start := map[uint64]uint64{}
-	for i := range holders {
-		h := &holders[i]
-		comm := string(h.Comm[:])
-		for j, c := range h.Comm {
-			if c == 0 {
-				comm = string(h.Comm[:j])
-				break
-			}
-		}
-		// the youngest holder: a worker forked from its master holds
-		// what it was handed
-		if _, ok := owners[h.Sock]; !ok || h.Start > start[h.Sock] {
-			owners[h.Sock] = Owner{PID: h.PID, Comm: comm, Cgroup: h.Cgroup}
-			start[h.Sock] = h.Start
-		}
+	for cookie, h := range sockets.YoungestPerSocket(holders) {
+		owners[cookie] = Owner{PID: h.PID, Comm: h.CommString(), Cgroup: h.Cgroup}
 	}
 	for i := range dump {
 		d := &dump[i]
