@@ -195,6 +195,21 @@ func (a *Aggregate) Take(now time.Time) Interval {
 // Flush does nothing: an aggregate has nothing buffered.
 func (a *Aggregate) Flush() error { return nil }
 
+// Move counts e's socket out of its old state and into its new one in
+// per, sockets per state; CLOSE is not counted, and a count never goes
+// below 0 (a socket older than the count).
+func Move(per *[States]int64, e *events.Event) {
+	// a listener's child starts as a copy of it in LISTEN: the listener
+	// stays there
+	child := e.Old == events.Listen && e.New == events.SynRecv
+	if e.Old != events.Close && e.Old < States && !child && per[e.Old] > 0 {
+		per[e.Old]--
+	}
+	if e.New != events.Close && e.New < States {
+		per[e.New]++
+	}
+}
+
 // Write counts one completed event.
 func (a *Aggregate) Write(e *events.Event) error {
 	iv := &a.cur
@@ -202,15 +217,7 @@ func (a *Aggregate) Write(e *events.Event) error {
 	if e.Old < States && e.New < States {
 		iv.Matrix[e.Old][e.New]++
 	}
-	// a listener's child starts as a copy of it in LISTEN: the listener
-	// stays there
-	child := e.Old == events.Listen && e.New == events.SynRecv
-	if e.Old != events.Close && e.Old < States && !child && a.Sockets[e.Old] > 0 {
-		a.Sockets[e.Old]--
-	}
-	if e.New != events.Close && e.New < States {
-		a.Sockets[e.New]++
-	}
+	Move(&a.Sockets, e)
 	if e.New == events.Close && e.Cause < Causes {
 		iv.Closes[e.Cause]++
 	}

@@ -45,6 +45,21 @@ type owned struct {
 	closeWaits  int64  // CLOSE_WAITs held now
 }
 
+// count adds e to o: a new connection (newConn), a TIME_WAIT entered, a
+// CLOSE_WAIT entered or left.
+func (o *owned) count(e *events.Event, newConn bool) {
+	switch {
+	case newConn:
+		o.connections++
+	case e.New == events.TimeWait:
+		o.timeWaits++
+	case e.New == events.CloseWait:
+		o.closeWaits++
+	case e.Old == events.CloseWait && o.closeWaits > 0:
+		o.closeWaits--
+	}
+}
+
 // ownerTable gives the first topK keys series of their own.
 type ownerTable struct {
 	topK   int
@@ -149,18 +164,7 @@ func (x *Exporter) port(e *events.Event, child bool) {
 	if !ok {
 		return
 	}
-	o := x.ports.get(key)
-	switch {
-	case child:
-		o.connections++
-	case e.New == events.CloseWait:
-		o.closeWaits++
-	case e.Old == events.CloseWait && o.closeWaits > 0:
-		o.closeWaits--
-	}
-	if e.New == events.TimeWait {
-		o.timeWaits++
-	}
+	x.ports.get(key).count(e, child)
 	if e.New == events.Close || e.New == events.TimeWait {
 		delete(x.servers, e.Sock)
 	}
@@ -225,13 +229,8 @@ func (x *Exporter) Write(e *events.Event) error {
 	if e.New == events.Close && e.Cause < aggregate.Causes {
 		x.closes[f][e.Cause]++
 	}
+	aggregate.Move(&x.sockets[f], e)
 	child := e.Old == events.Listen && e.New == events.SynRecv
-	if e.Old != events.Close && !child && x.sockets[f][e.Old] > 0 {
-		x.sockets[f][e.Old]--
-	}
-	if e.New != events.Close {
-		x.sockets[f][e.New]++
-	}
 	x.durations.Write(e, &x.hist)
 	x.port(e, child)
 
@@ -255,17 +254,7 @@ func (x *Exporter) Write(e *events.Event) error {
 		}
 	}
 	for i, t := range []*ownerTable{x.comms, x.cgroups} {
-		o := t.get(keys[i])
-		switch {
-		case newConn:
-			o.connections++
-		case e.New == events.TimeWait:
-			o.timeWaits++
-		case e.New == events.CloseWait:
-			o.closeWaits++
-		case e.Old == events.CloseWait && o.closeWaits > 0:
-			o.closeWaits--
-		}
+		t.get(keys[i]).count(e, newConn)
 	}
 	if e.New == events.TimeWait {
 		x.twEntries++

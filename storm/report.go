@@ -243,7 +243,6 @@ type Reporter struct {
 	tracker  *Tracker
 	unit     func(cgroup uint64) string
 	warnPct  float64
-	started  time.Time
 	last     time.Time
 	counters netconf.Counters
 }
@@ -253,12 +252,12 @@ func NewReporter(t *Tracker, unit func(uint64) string, warnPct float64, started 
 	if warnPct <= 0 {
 		warnPct = DefaultWarnPct
 	}
-	return &Reporter{tracker: t, unit: unit, warnPct: warnPct, started: started, last: started}
+	return &Reporter{tracker: t, unit: unit, warnPct: warnPct, last: started}
 }
 
 // Start sets when counting began: the first report's rates are over the
 // time since.
-func (r *Reporter) Start(at time.Time) { r.started, r.last = at, at }
+func (r *Reporter) Start(at time.Time) { r.last = at }
 
 // dumped is what the dump says of a group.
 type dumped struct {
