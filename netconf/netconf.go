@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
 // Settings are the sysctls that matter for TIME_WAIT and port use.
@@ -46,12 +48,15 @@ func (s *Settings) InRange(port uint16) bool {
 // TWKilled, TW, ListenOverflows, ListenDrops, ...).
 type Counters map[string]uint64
 
-// Read reads the settings and counters of the namespace ns is open on
-// (nil: this process's).
-func Read(ns *os.File) (Settings, Counters, error) {
-	if ns == nil {
-		return read()
+// Read reads the settings and counters of network namespace netns (its
+// inode; 0: this thread's). pid, if not 0, is a process likely to be in
+// it.
+func Read(netns, pid uint32) (Settings, Counters, error) {
+	ns, err := sockdiag.OpenNetns(netns, pid)
+	if err != nil {
+		return Settings{}, nil, err
 	}
+	defer ns.Close()
 	type result struct {
 		s   Settings
 		c   Counters

@@ -43,7 +43,7 @@ func TestParseNetstat(t *testing.T) {
 
 // This machine's own namespace reads without error, with a sane range.
 func TestReadSelf(t *testing.T) {
-	s, c, err := Read(nil)
+	s, c, err := Read(0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

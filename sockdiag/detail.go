@@ -37,15 +37,22 @@ func States(states ...events.State) uint32 {
 // AllStates asks a dump for every TCP state.
 const AllStates = allStates
 
-// Details calls fn for every TCP socket of family (4 or 6) in netns whose
-// state is in states (States), with one dump. pid, if not 0, is a process
-// likely to be in that namespace.
-func (p *Prober) Details(netns, pid uint32, family uint8, states uint32, fn func(*Detail)) error {
+// Details calls fn for every TCP socket of netns, IPv4 then IPv6, whose
+// state is in states (States), with one dump of each family. pid, if not
+// 0, is a process likely to be in that namespace. Each family's dump
+// lists its listeners first.
+func (p *Prober) Details(netns, pid uint32, states uint32, fn func(*Detail)) error {
 	var d Detail
-	return p.dump(netns, pid, family, states, func(data []byte) {
-		parseDetail(data, &d)
-		fn(&d)
-	})
+	for _, family := range []uint8{4, 6} {
+		err := p.dump(netns, pid, family, states, func(data []byte) {
+			parseDetail(data, &d)
+			fn(&d)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // parseDetail reads a struct inet_diag_msg.

@@ -105,26 +105,19 @@ func (s *Snapshot) server(d *sockdiag.Detail) bool {
 // its settings and counters; also, if not nil, sees every socket of the
 // dump. pid, if not 0, is a process in the namespace.
 func Take(p *sockdiag.Prober, t *Tracker, netns, pid uint32, also func(*sockdiag.Detail)) (*Snapshot, error) {
-	ns, err := sockdiag.OpenNetns(netns, pid)
-	if err != nil {
-		return nil, err
-	}
-	st, c, err := netconf.Read(ns)
-	ns.Close()
+	st, c, err := netconf.Read(netns, pid)
 	if err != nil {
 		return nil, err
 	}
 	s := NewSnapshot(time.Now(), netns, st, c, t)
-	for _, fam := range []uint8{4, 6} {
-		err := p.Details(netns, pid, fam, sockdiag.AllStates, func(d *sockdiag.Detail) {
-			s.Add(d)
-			if also != nil {
-				also(d)
-			}
-		})
-		if err != nil {
-			return nil, err
+	err = p.Details(netns, pid, sockdiag.AllStates, func(d *sockdiag.Detail) {
+		s.Add(d)
+		if also != nil {
+			also(d)
 		}
+	})
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }

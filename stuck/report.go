@@ -35,17 +35,11 @@ var DumpStates = sockdiag.States(append([]events.State{events.Listen}, Watched..
 // reads its counters. pid, if not 0, is a process in the namespace.
 func Take(p *sockdiag.Prober, netns, pid uint32) (*Snapshot, error) {
 	s := &Snapshot{Time: time.Now(), Netns: netns}
-	for _, fam := range []uint8{4, 6} {
-		if err := p.Details(netns, pid, fam, DumpStates, func(d *sockdiag.Detail) { s.Sockets = append(s.Sockets, *d) }); err != nil {
-			return nil, err
-		}
-	}
-	ns, err := sockdiag.OpenNetns(netns, pid)
-	if err != nil {
+	if err := p.Details(netns, pid, DumpStates, func(d *sockdiag.Detail) { s.Sockets = append(s.Sockets, *d) }); err != nil {
 		return nil, err
 	}
-	defer ns.Close()
-	_, s.Counters, err = netconf.Read(ns)
+	var err error
+	_, s.Counters, err = netconf.Read(netns, pid)
 	return s, err
 }
 
