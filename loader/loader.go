@@ -52,11 +52,12 @@ type objects struct {
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	DumpHolders     *ebpf.Program `ebpf:"dump_holders"`
+	NameSockets     *ebpf.Program `ebpf:"name_sockets"`
 }
 
 func (o *objects) Close() error {
 	return errors.Join(o.tcptraceMaps.Close(), closeAll(o.HandleSetState, o.RescueSetState,
-		o.HandleSendReset, o.FlushStaging, o.DumpHolders))
+		o.HandleSendReset, o.FlushStaging, o.DumpHolders, o.NameSockets))
 }
 
 // notes is the program that notes who holds a server's connection, on
@@ -427,22 +428,20 @@ func (t *Tracer) Close() error {
 // Holders lists every open file of a TCP socket on the host, with the
 // process that holds it, by running the dump_holders iterator over every
 // task's files. It costs a walk of every open file on the host: a few
-// milliseconds per hundred thousand. A listener it finds that predates
-// the tracer gets its storage here, so that its children name it.
+// milliseconds per hundred thousand. A walk of every TCP socket
+// (name_sockets) comes before it, to give every socket the cookie the
+// dump reads, and after it, to give each listener it found that predates
+// the tracer its storage, so that its children name it.
 func (t *Tracer) Holders() ([]events.Holder, error) {
-	it, err := link.AttachIter(link.IterOptions{Program: t.objs.DumpHolders})
-	if err != nil {
-		return nil, fmt.Errorf("attach the holders iterator: %w", err)
+	if _, err := runIter(t.objs.NameSockets, "the sockets iterator"); err != nil {
+		return nil, err
 	}
-	defer it.Close()
-	rd, err := it.Open()
+	raw, err := runIter(t.objs.DumpHolders, "the holders iterator")
 	if err != nil {
-		return nil, fmt.Errorf("open the holders iterator: %w", err)
+		return nil, err
 	}
-	defer rd.Close()
-	raw, err := io.ReadAll(rd)
-	if err != nil {
-		return nil, fmt.Errorf("read the holders iterator: %w", err)
+	if _, err := runIter(t.objs.NameSockets, "the sockets iterator"); err != nil {
+		return nil, err
 	}
 	hs := make([]events.Holder, len(raw)/events.HolderSize)
 	for i := range hs {
@@ -451,6 +450,25 @@ func (t *Tracer) Holders() ([]events.Holder, error) {
 		}
 	}
 	return hs, nil
+}
+
+// runIter runs an iterator program once and returns what it wrote.
+func runIter(prog *ebpf.Program, what string) ([]byte, error) {
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", what, err)
+	}
+	defer it.Close()
+	rd, err := it.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	defer rd.Close()
+	raw, err := io.ReadAll(rd)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	return raw, nil
 }
 
 // Counts are what the kernel side could not deliver or follow.

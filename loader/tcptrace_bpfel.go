@@ -63,6 +63,7 @@ type tcptraceOwner struct {
 	Pid      uint32
 	Holder   uint32
 	Comm     [16]int8
+	Born     uint64
 }
 
 type tcptraceRan struct {
@@ -92,6 +93,7 @@ const (
 	tcptraceMapEvents           = "events"
 	tcptraceMapListeners        = "listeners"
 	tcptraceMapLportFilter      = "lport_filter"
+	tcptraceMapOldListeners     = "old_listeners"
 	tcptraceMapRan              = "ran"
 	tcptraceMapResetSent        = "reset_sent"
 	tcptraceMapRportFilter      = "rport_filter"
@@ -100,8 +102,10 @@ const (
 	tcptraceProgFlushStaging    = "flush_staging"
 	tcptraceProgHandleSendReset = "handle_send_reset"
 	tcptraceProgHandleSetState  = "handle_set_state"
+	tcptraceProgNameSockets     = "name_sockets"
 	tcptraceProgNoteSend        = "note_send"
 	tcptraceProgRescueSetState  = "rescue_set_state"
+	tcptraceVarEarlyChildren    = "early_children"
 	tcptraceVarEventType        = "event_type"
 	tcptraceVarFilterFamily     = "filter_family"
 	tcptraceVarFilterLport      = "filter_lport"
@@ -157,6 +161,7 @@ type tcptraceProgramSpecs struct {
 	FlushStaging    *ebpf.ProgramSpec `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	NameSockets     *ebpf.ProgramSpec `ebpf:"name_sockets"`
 	NoteSend        *ebpf.ProgramSpec `ebpf:"note_send"`
 	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
@@ -165,27 +170,29 @@ type tcptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
-	LportFilter *ebpf.MapSpec `ebpf:"lport_filter"`
-	Ran         *ebpf.MapSpec `ebpf:"ran"`
-	ResetSent   *ebpf.MapSpec `ebpf:"reset_sent"`
-	RportFilter *ebpf.MapSpec `ebpf:"rport_filter"`
-	Staging     *ebpf.MapSpec `ebpf:"staging"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Listeners    *ebpf.MapSpec `ebpf:"listeners"`
+	LportFilter  *ebpf.MapSpec `ebpf:"lport_filter"`
+	OldListeners *ebpf.MapSpec `ebpf:"old_listeners"`
+	Ran          *ebpf.MapSpec `ebpf:"ran"`
+	ResetSent    *ebpf.MapSpec `ebpf:"reset_sent"`
+	RportFilter  *ebpf.MapSpec `ebpf:"rport_filter"`
+	Staging      *ebpf.MapSpec `ebpf:"staging"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	EventType    *ebpf.VariableSpec `ebpf:"event_type"`
-	FilterFamily *ebpf.VariableSpec `ebpf:"filter_family"`
-	FilterLport  *ebpf.VariableSpec `ebpf:"filter_lport"`
-	FilterNetns  *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterRport  *ebpf.VariableSpec `ebpf:"filter_rport"`
-	HolderType   *ebpf.VariableSpec `ebpf:"holder_type"`
-	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	EarlyChildren *ebpf.VariableSpec `ebpf:"early_children"`
+	EventType     *ebpf.VariableSpec `ebpf:"event_type"`
+	FilterFamily  *ebpf.VariableSpec `ebpf:"filter_family"`
+	FilterLport   *ebpf.VariableSpec `ebpf:"filter_lport"`
+	FilterNetns   *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterRport   *ebpf.VariableSpec `ebpf:"filter_rport"`
+	HolderType    *ebpf.VariableSpec `ebpf:"holder_type"`
+	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -208,14 +215,15 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Listeners   *ebpf.Map `ebpf:"listeners"`
-	LportFilter *ebpf.Map `ebpf:"lport_filter"`
-	Ran         *ebpf.Map `ebpf:"ran"`
-	ResetSent   *ebpf.Map `ebpf:"reset_sent"`
-	RportFilter *ebpf.Map `ebpf:"rport_filter"`
-	Staging     *ebpf.Map `ebpf:"staging"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Listeners    *ebpf.Map `ebpf:"listeners"`
+	LportFilter  *ebpf.Map `ebpf:"lport_filter"`
+	OldListeners *ebpf.Map `ebpf:"old_listeners"`
+	Ran          *ebpf.Map `ebpf:"ran"`
+	ResetSent    *ebpf.Map `ebpf:"reset_sent"`
+	RportFilter  *ebpf.Map `ebpf:"rport_filter"`
+	Staging      *ebpf.Map `ebpf:"staging"`
 }
 
 func (m *tcptraceMaps) Close() error {
@@ -224,6 +232,7 @@ func (m *tcptraceMaps) Close() error {
 		m.Events,
 		m.Listeners,
 		m.LportFilter,
+		m.OldListeners,
 		m.Ran,
 		m.ResetSent,
 		m.RportFilter,
@@ -235,13 +244,14 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	EventType    *ebpf.Variable `ebpf:"event_type"`
-	FilterFamily *ebpf.Variable `ebpf:"filter_family"`
-	FilterLport  *ebpf.Variable `ebpf:"filter_lport"`
-	FilterNetns  *ebpf.Variable `ebpf:"filter_netns"`
-	FilterRport  *ebpf.Variable `ebpf:"filter_rport"`
-	HolderType   *ebpf.Variable `ebpf:"holder_type"`
-	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
+	EarlyChildren *ebpf.Variable `ebpf:"early_children"`
+	EventType     *ebpf.Variable `ebpf:"event_type"`
+	FilterFamily  *ebpf.Variable `ebpf:"filter_family"`
+	FilterLport   *ebpf.Variable `ebpf:"filter_lport"`
+	FilterNetns   *ebpf.Variable `ebpf:"filter_netns"`
+	FilterRport   *ebpf.Variable `ebpf:"filter_rport"`
+	HolderType    *ebpf.Variable `ebpf:"holder_type"`
+	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.
@@ -252,6 +262,7 @@ type tcptracePrograms struct {
 	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
+	NameSockets     *ebpf.Program `ebpf:"name_sockets"`
 	NoteSend        *ebpf.Program `ebpf:"note_send"`
 	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
 }
@@ -262,6 +273,7 @@ func (p *tcptracePrograms) Close() error {
 		p.FlushStaging,
 		p.HandleSendReset,
 		p.HandleSetState,
+		p.NameSockets,
 		p.NoteSend,
 		p.RescueSetState,
 	)
