@@ -74,14 +74,3 @@ func TestHolderLayout(t *testing.T) {
 		}
 	}
 }
-
-func TestKernelAtLeast(t *testing.T) {
-	for rel, want := range map[string]bool{
-		"6.18.44-fc-v657": true, "5.12.0": true, "5.11.22": false, "4.19.0-25-amd64": false,
-		"5.15": true, "garbage": false, "": false,
-	} {
-		if got := kernelAtLeast(rel, MinKernel); got != want {
-			t.Errorf("kernelAtLeast(%q) = %v, want %v", rel, got, want)
-		}
-	}
-}

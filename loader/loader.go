@@ -88,11 +88,9 @@ type Tracer struct {
 	bad atomic.Uint64
 	// possible CPUs: Settle flushes each one's staging
 	cpus int
+	// what this kernel offers beyond the floor
+	features []Feature
 }
-
-// MinKernel is the oldest kernel the program is built for: tp_btf, ring
-// buffers, and bpf_get_socket_cookie in tracing programs (5.12).
-var MinKernel = [2]int{5, 12}
 
 // Check tells whether this machine can run the tracer, as one error line
 // that says what to do.
@@ -109,22 +107,15 @@ func check() (*btf.Spec, error) {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		return nil, errors.New("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
 	}
-	var uts unix.Utsname
-	if err := unix.Uname(&uts); err != nil {
-		return nil, fmt.Errorf("read kernel version: %w", err)
-	}
-	release := unix.ByteSliceToString(uts.Release[:])
-	if !kernelAtLeast(release, MinKernel) {
-		return nil, fmt.Errorf("kernel %s is too old: tcptrace needs Linux %d.%d or later", release, MinKernel[0], MinKernel[1])
-	}
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return nil, fmt.Errorf("read kernel BTF: %w", err)
 	}
-	for _, tp := range []string{"inet_sock_set_state", "tcp_send_reset"} {
-		if !hasTracepoint(spec, tp) {
-			return nil, fmt.Errorf("this kernel has no %s tracepoint: tcptrace needs Linux %d.%d or later with TCP tracepoints", tp, MinKernel[0], MinKernel[1])
-		}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if err := checkFloor(spec); err != nil {
+		return nil, err
 	}
 	return spec, nil
 }
@@ -154,24 +145,12 @@ func checkPrivileges() error {
 	return errors.New("needs root, or CAP_BPF and CAP_PERFMON: run it with sudo")
 }
 
-// kernelAtLeast compares a release such as "6.18.44-fc-v657" to major.minor.
-func kernelAtLeast(release string, want [2]int) bool {
-	var major, minor int
-	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
-		return false
-	}
-	return major > want[0] || (major == want[0] && minor >= want[1])
-}
-
 // Load checks the machine, then loads the program configured by opts. It
 // does not attach.
 func Load(opts Options) (*Tracer, error) {
 	kernel, err := check()
 	if err != nil {
 		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock limit: %w", err)
 	}
 	spec, err := loadTcptrace()
 	if err != nil {
@@ -184,7 +163,7 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count CPUs: %w", err)
 	}
-	t := &Tracer{cpus: cpus}
+	t := &Tracer{cpus: cpus, features: probeFeatures(kernel)}
 	copts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
 	if hasNotes(kernel) {
 		all := struct {
@@ -399,6 +378,10 @@ func (t *Tracer) Settle() (ok bool, err error) {
 	}
 	return ok, nil
 }
+
+// Features says which optional features the program uses on this kernel
+// (Has), and what it does where a feature is missing.
+func (t *Tracer) Features() []Feature { return t.features }
 
 // Wake makes a waiting ReadBatch return.
 func (t *Tracer) Wake() {

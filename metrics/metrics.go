@@ -130,11 +130,27 @@ type Exporter struct {
 	// ports by cookie, since only a listener's child says it is one
 	ports   *ownerTable
 	servers map[uint64]string
+	// the kernel features the tracer uses, by name (loader.Feature)
+	features []Feature
 
 	descs struct {
-		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown,
+		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown, features,
 		commConns, commTW, commCW, cgConns, cgTW, cgCW, portConns, portTW, portCW *prometheus.Desc
 	}
+}
+
+// Feature is one optional kernel feature the tracer would use, and
+// whether this kernel has it (loader.Feature).
+type Feature struct {
+	Name string
+	Has  bool
+}
+
+// SetFeatures takes what the kernel offers the tracer, once it is loaded.
+func (x *Exporter) SetFeatures(fs []Feature) {
+	x.mu.Lock()
+	x.features = fs
+	x.mu.Unlock()
 }
 
 // CountPorts turns on the per-listening-port series, for the first n
@@ -187,6 +203,7 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	d.durations = prometheus.NewDesc("tcptrace_state_duration_seconds", "Time spent in a state before leaving it: syn_sent and syn_recv are the handshakes, established the connection's lifetime.", []string{"state"}, nil)
 	d.lost = prometheus.NewDesc("tcptrace_events_lost_total", "Transitions the kernel could not hand over (ring buffer full), or records that could not be decoded.", nil, nil)
 	d.untracked = prometheus.NewDesc("tcptrace_timewait_untracked_total", "Connections not followed to the end of TIME_WAIT: --tw-max reached.", nil, nil)
+	d.features = prometheus.NewDesc("tcptrace_kernel_feature", "Optional kernel features the tracer uses: 1 where this kernel has it, 0 where tcptrace does without (see the warning at start and README \"Kernels\").", []string{"feature"}, nil)
 	d.unknown = prometheus.NewDesc("tcptrace_owner_unknown_total", "Records whose owner was not known: the socket table was full.", nil, nil)
 	d.commConns = prometheus.NewDesc("tcptrace_process_connections_total", "New connections (connect() or a listener's child) by owning process name; past the first names, \"other\".", []string{"comm"}, nil)
 	d.commTW = prometheus.NewDesc("tcptrace_process_timewait_entries_total", "TIME_WAITs entered by owning process name.", []string{"comm"}, nil)
@@ -282,7 +299,7 @@ func (x *Exporter) comm(e *events.Event) string {
 func (x *Exporter) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.descs
 	for _, desc := range []*prometheus.Desc{d.transitions, d.closes, d.sockets, d.twEntries, d.durations, d.lost, d.untracked,
-		d.unknown, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW, d.portConns, d.portTW, d.portCW} {
+		d.unknown, d.features, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW, d.portConns, d.portTW, d.portCW} {
 		ch <- desc
 	}
 }
@@ -316,6 +333,13 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.lost, prometheus.CounterValue, float64(x.lost))
 	ch <- prometheus.MustNewConstMetric(d.untracked, prometheus.CounterValue, float64(x.untracked))
 	ch <- prometheus.MustNewConstMetric(d.unknown, prometheus.CounterValue, float64(x.unknown))
+	for _, f := range x.features {
+		v := 0.0
+		if f.Has {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(d.features, prometheus.GaugeValue, v, f.Name)
+	}
 	for h, state := range durationStates {
 		hist := &x.hist[h]
 		buckets := make(map[float64]uint64, lastBucket)

@@ -185,3 +185,22 @@ func prometheusRegistry(c prometheus.Collector) *prometheus.Registry {
 	r.MustRegister(c)
 	return r
 }
+
+// The kernel features in use: one gauge each, 1 where the kernel has it;
+// none before the tracer is loaded.
+func TestKernelFeatures(t *testing.T) {
+	x := New(0, cgroupName)
+	if n, err := testutil.GatherAndCount(prometheusRegistry(x), "tcptrace_kernel_feature"); err != nil || n != 0 {
+		t.Fatalf("%d feature series before load, %v", n, err)
+	}
+	x.SetFeatures([]Feature{{Name: "send_notes", Has: false}, {Name: "btf_cast", Has: true}})
+	want := `
+# HELP tcptrace_kernel_feature Optional kernel features the tracer uses: 1 where this kernel has it, 0 where tcptrace does without (see the warning at start and README "Kernels").
+# TYPE tcptrace_kernel_feature gauge
+tcptrace_kernel_feature{feature="btf_cast"} 1
+tcptrace_kernel_feature{feature="send_notes"} 0
+`
+	if err := testutil.GatherAndCompare(prometheusRegistry(x), strings.NewReader(want), "tcptrace_kernel_feature"); err != nil {
+		t.Error(err)
+	}
+}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stream"
@@ -187,7 +188,14 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "tcptrace: warning: %v: the port-range and CLOSE_WAIT metrics are not current\n", err)
 		}
 		diagErr = diag.Err()
-	}, onAttach: func() { ready.Store(true) }, onSeed: diag.Seed}, x, diag)
+	}, onAttach: func(fs []loader.Feature) {
+		has := make([]metrics.Feature, len(fs))
+		for i, f := range fs {
+			has[i] = metrics.Feature{Name: f.Name, Has: f.Has}
+		}
+		x.SetFeatures(has)
+		ready.Store(true)
+	}, onSeed: diag.Seed}, x, diag)
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
 	return err
 }

@@ -300,8 +300,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 type hooks struct {
 	onStats func(stream.Stats)
 	every   time.Duration
-	// onAttach runs once the programs are attached
-	onAttach func()
+	// onAttach runs once the programs are attached, with what this
+	// kernel offers them
+	onAttach func([]loader.Feature)
 	// onSeed gets the holders of the sockets open when tracing began
 	onSeed func([]events.Holder)
 }
@@ -321,8 +322,14 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	if err := tr.Attach(); err != nil {
 		return stream.Stats{}, err
 	}
+	// what this kernel lacks, once, with what is done instead
+	for _, f := range tr.Features() {
+		if !f.Has {
+			fmt.Fprintf(stderr, "tcptrace: warning: %s\n", f.Warning())
+		}
+	}
 	if h.onAttach != nil {
-		h.onAttach()
+		h.onAttach(tr.Features())
 	}
 	// sockets older than the tracer: their owners from the start
 	seed, err := tr.Holders()
