@@ -150,6 +150,22 @@ func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 		if loader.LinksHeld(pid) == want {
 			return
 		}
+		// one that failed to load has exited: say why now, not in 10 s
+		if exited(pid) {
+			t.Fatalf("tcptrace exited before it attached; stderr: %s", stderr.String())
+		}
 	}
 	t.Fatalf("tcptrace did not attach within 10s; stderr: %s", stderr.String())
+}
+
+// exited tells whether process pid has ended (gone, or a zombie not yet
+// waited for).
+func exited(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
 }

@@ -67,6 +67,10 @@ func TestOwnerNginx(t *testing.T) {
 			t.Fatalf("nginx logged no request from port %d", cport)
 		}
 		srv := serverOf(evs, cport)
+		if len(srv) == 0 {
+			t.Errorf("%s from port %d: no server connection traced:\n%s", proto, cport, dump(evs))
+			continue
+		}
 		want := append(append([]string{}, handshake...), "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->TIME_WAIT")
 		if proto == "HTTP/1.1" {
 			want = append(append([]string{}, handshake...), afterFIN...)

@@ -233,10 +233,12 @@ func find(t *testing.T, name string, sock []events.Event, old, new events.State)
 	return events.Event{}
 }
 
-func checkDwell(t *testing.T, what string, e events.Event, lo, hi time.Duration) {
+// checkDwellAtLeast checks that e's time in its old state is known and
+// at least lo: what the kernel's timers or the test's pauses make it.
+func checkDwellAtLeast(t *testing.T, what string, e events.Event, lo time.Duration) {
 	t.Helper()
-	if !e.DwellKnown || e.Dwell < lo || e.Dwell > hi {
-		t.Errorf("%s: dwell %v (known %v), want between %v and %v", what, e.Dwell, e.DwellKnown, lo, hi)
+	if !e.DwellKnown || e.Dwell < lo {
+		t.Errorf("%s: dwell %v (known %v), want at least %v", what, e.Dwell, e.DwellKnown, lo)
 	}
 }
 
