@@ -9,7 +9,7 @@ BPF_CLANG ?= clang-14
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: build test generate bpf vmlinux bench floor
+.PHONY: build test test-kernels generate bpf vmlinux bench floor
 
 # Two binaries: tcptrace, and tcptrace-agent, the same commands built with
 # the exporters' libraries, which `tcptrace agent` runs in its place.
@@ -22,6 +22,14 @@ build:
 # them with the compilation of other packages.
 test:
 	$(GO) test -count=1 -p 1 ./...
+
+# The kernel tests on Debian's 5.10, 6.1, 6.12 and 6.18 kernels, each
+# booted under qemu (software emulation): vm/test-kernels fetches the
+# kernel packages (apt-get download, into /var/tmp/tcptrace-vm) and prints
+# a table of the results. Needs root, qemu-system-x86 and busybox-static;
+# about 20 minutes. KERNELS="6.1 6.12" picks some.
+test-kernels:
+	vm/test-kernels $(KERNELS)
 
 # Regenerates vmlinux.h from this machine's kernel, then the BPF objects.
 generate: vmlinux bpf

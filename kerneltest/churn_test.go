@@ -30,9 +30,12 @@ import (
 // lifecycle, and every server's, must be whole.
 func TestChurnLosesNothing(t *testing.T) {
 	requireBPF(t)
-	bin := filepath.Join(t.TempDir(), "churn")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/bench/churn").CombinedOutput(); err != nil {
-		t.Fatalf("build churn: %v: %s", err, out)
+	bin := filepath.Join(env("BIN_DIR"), "churn")
+	if env("BIN_DIR") == "" {
+		bin = filepath.Join(t.TempDir(), "churn")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/tcptrace/tcptrace/bench/churn").CombinedOutput(); err != nil {
+			t.Fatalf("build churn: %v: %s", err, out)
+		}
 	}
 	ns := newNetns(t)
 	rec := &recorder{evs: make([]compact, 0, 1<<20)}

@@ -456,11 +456,32 @@ func (t *Table) owners(sock uint64, o owner, now uint64) (handshake, rest owner)
 		}
 		return o, o
 	}
+	if o.pid == 0 && t.contended(sock) {
+		// still not taken, and any of several processes may take it:
+		// not known, rather than a guess that names the wrong worker
+		return owner{}, owner{}
+	}
 	handshake = t.fallback(l)
 	if o.pid == 0 {
 		o = handshake
 	}
 	return handshake, o
+}
+
+// contended says whether more than one process holds the listener of
+// server connection sock, by the last holders dump: a prefork server's
+// workers, any of which may accept it.
+func (t *Table) contended(sock uint64) bool {
+	l := t.listenerOf(sock, t.live[sock])
+	if l == nil {
+		return false
+	}
+	for _, h := range l.holders {
+		if h.PID != l.holders[0].PID {
+			return true
+		}
+	}
+	return false
 }
 
 // heldBy says whether pid is known to hold the listener: from the last
@@ -598,6 +619,12 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 		var o owner
 		if h, ok := held[sock]; ok {
 			o = holderOwner(&h)
+		} else if now-p.recs[0].Mono < maxWait*t.holdFor && t.contended(sock) {
+			// nobody holds it yet (it waits in the accept queue) and
+			// several processes could take it: wait for the one that
+			// does, rather than guess among them
+			p.deadline = now + t.holdFor
+			continue
 		}
 		hs, rest := t.owners(sock, o, now)
 		if err := t.release(sock, hs, rest, next); err != nil {
