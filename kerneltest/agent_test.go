@@ -209,7 +209,7 @@ func TestAgentWithUnitCapabilities(t *testing.T) {
 		"--inh-caps="+set, "--ambient-caps="+set, "--bounding-set="+set)
 	twentyConnections(t, ns, addr)
 	checkAgent(t, addr)
-	if w := stderr.String(); strings.Contains(w, "warning") {
+	if w := withoutFeatureWarnings(t, stderr.String()); strings.Contains(w, "warning") {
 		t.Errorf("warnings with the unit's capabilities: %s", w)
 	}
 }

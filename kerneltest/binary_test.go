@@ -68,8 +68,10 @@ exec "$0" "$@"`
 			t.Errorf("line %d: %v, want %s->%s by %d %s", i, lines[i], want[0], want[1], srv.pid, serverComm)
 		}
 	}
-	if got := strings.TrimSpace(stderr.String()); got != "tcptrace: 3 events, 0 lost" {
-		t.Errorf("summary %q, want %q", got, "tcptrace: 3 events, 0 lost")
+	// a warning for each feature this kernel lacks, then the summary
+	want := strings.Join(append(featureWarnings(t), "tcptrace: 3 events, 0 lost"), "\n")
+	if got := strings.TrimSpace(stderr.String()); got != want {
+		t.Errorf("stderr %q, want %q", got, want)
 	}
 }
 
@@ -175,4 +177,29 @@ func exited(pid int) bool {
 	// pid (comm) state ...: comm may hold spaces and parentheses
 	i := strings.LastIndexByte(string(stat), ')')
 	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
+}
+
+// featureWarnings are the lines tcptrace says at start on this kernel: one
+// per optional feature it lacks (loader.Features).
+func featureWarnings(t *testing.T) []string {
+	t.Helper()
+	fs, err := loader.Features()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, f := range fs {
+		if !f.Has {
+			lines = append(lines, "tcptrace: warning: "+f.Warning())
+		}
+	}
+	return lines
+}
+
+// withoutFeatureWarnings is s less the feature warnings of this kernel.
+func withoutFeatureWarnings(t *testing.T, s string) string {
+	for _, w := range featureWarnings(t) {
+		s = strings.ReplaceAll(s, w+"\n", "")
+	}
+	return s
 }

@@ -43,6 +43,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// patience bounds how long a test waits for a process it started to say
+// or do what it should: a liveness bound, not a measure (under emulation,
+// make test-kernels, a storm of 2,000 connections takes over 10 s).
+const patience = 60 * time.Second
+
 const (
 	serverComm = "tt-server"
 	clientComm = "tt-client"
@@ -481,8 +486,8 @@ func (p *proc) expect(line string) {
 		if !ok || got != line {
 			p.t.Fatalf("%s: want %q, got %q (ok=%v), stderr: %s", p.role, line, got, ok, p.errb)
 		}
-	case <-time.After(10 * time.Second):
-		p.t.Fatalf("%s: no %q within 10s, stderr: %s", p.role, line, p.errb)
+	case <-time.After(patience):
+		p.t.Fatalf("%s: no %q within %v, stderr: %s", p.role, line, patience, p.errb)
 	}
 }
 
@@ -496,7 +501,7 @@ func (p *proc) await(prefix string) string {
 			return l
 		}
 	}
-	timeout := time.After(10 * time.Second)
+	timeout := time.After(patience)
 	for {
 		select {
 		case got, ok := <-p.lines:
@@ -508,7 +513,7 @@ func (p *proc) await(prefix string) string {
 			}
 			p.backlog = append(p.backlog, got)
 		case <-timeout:
-			p.t.Fatalf("%s: no line starting %q within 10s, stderr: %s", p.role, prefix, p.errb)
+			p.t.Fatalf("%s: no line starting %q within %v, stderr: %s", p.role, prefix, patience, p.errb)
 		}
 	}
 }
@@ -523,8 +528,8 @@ func (p *proc) wait() {
 		if err != nil {
 			p.t.Fatalf("%s: %v, stderr: %s", p.role, err, p.errb)
 		}
-	case <-time.After(10 * time.Second):
-		p.t.Fatalf("%s: did not exit within 10s", p.role)
+	case <-time.After(patience):
+		p.t.Fatalf("%s: did not exit within %v", p.role, patience)
 	}
 }
 

@@ -85,7 +85,7 @@ func TestClientClosesFirst(t *testing.T) {
 			// be delayed: tens of ms here, hundreds under emulation.)
 			fw1 := find(t, "client", cli, events.Established, events.FinWait1)
 			if d := time.Duration(tw.Mono - fw1.Mono); !tw.DwellKnown || d < tc.pause*9/10 {
-				t.Errorf("client FIN_WAIT1 to TIME_WAIT: %v (dwell known %v), want at least %v", d, tw.DwellKnown, tc.pause*9/10)
+				t.Errorf("client FIN_WAIT1 to TIME_WAIT: %v (dwell known %v), want at least %v:\n%s", d, tw.DwellKnown, tc.pause*9/10, dump(evs))
 			}
 
 			srv := childSocket(evs, port)

@@ -13,6 +13,7 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
+	"github.com/tcptrace/tcptrace/sockets"
 	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/timewait"
 )
@@ -103,7 +104,8 @@ func startTracerTo(t *testing.T, opts loader.Options, f filter.Filter, follow ti
 	go func() {
 		defer close(x.done)
 		defer tr.Close()
-		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Consumers: out, Filter: f, Follow: follow, Seed: seed})
+		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Consumers: out, Filter: f, Follow: follow, Seed: seed,
+			Sockets: sockets.Options{NoNotes: !tr.SendNotes()}})
 	}()
 	t.Cleanup(func() { x.cancel(); <-x.done })
 	return x

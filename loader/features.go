@@ -41,7 +41,7 @@ func probeFeatures(kernel *btf.Spec) []Feature {
 	return []Feature{{
 		Name:    "send_notes",
 		Needs:   "sock:sock_send_length tracepoint (Linux 6.3)",
-		Without: "who accepted a server connection is found by a dump of open files, up to 100 ms after its handshake, instead of at its first send",
+		Without: "who holds a server connection is found by dumps of open files, after its handshake and when its peer closes, instead of at its first send",
 		Has:     hasNotes(kernel),
 	}, {
 		Name:    "btf_cast",

@@ -379,6 +379,11 @@ func (t *Tracer) Settle() (ok bool, err error) {
 	return ok, nil
 }
 
+// SendNotes says whether the program notes who sends on a server
+// connection (sock:sock_send_length): where not, hand-offs show only in
+// holders dumps.
+func (t *Tracer) SendNotes() bool { return t.notes.NoteSend != nil }
+
 // Features says which optional features the program uses on this kernel
 // (Has), and what it does where a feature is missing.
 func (t *Tracer) Features() []Feature { return t.features }

@@ -55,6 +55,12 @@ type Options struct {
 	// Holders lists who holds which TCP socket now
 	// (loader.Tracer.Holders). Nil means only the records tell.
 	Holders func() ([]events.Holder, error)
+	// NoNotes says the kernel writes no Holding records (no
+	// sock:sock_send_length, before Linux 6.3): a server connection
+	// handed to another process after the handshake shows only in a
+	// holders dump, so its ESTABLISHED -> CLOSE_WAIT, the record that
+	// names who leaks a CLOSE_WAIT, waits for one too.
+	NoNotes bool
 }
 
 // owner is a process that holds a socket.
@@ -131,6 +137,7 @@ type pending struct {
 type Table struct {
 	max     int
 	holdFor uint64
+	noNotes bool
 	dump    func() ([]events.Holder, error)
 
 	live      map[uint64]entry
@@ -172,6 +179,7 @@ func New(opts Options) *Table {
 	return &Table{
 		max:       opts.Max,
 		holdFor:   uint64(opts.HoldFor),
+		noNotes:   opts.NoNotes,
 		dump:      opts.Holders,
 		live:      make(map[uint64]entry),
 		listeners: make(map[uint64]*listener),
@@ -338,6 +346,10 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		}
 	case p != nil && !final && len(p.recs) < maxHeld:
 		t.keep(p, e)
+		kept = true
+	case p == nil && t.noNotes && e.Old == events.Established && e.New == events.CloseWait &&
+		t.listenerOf(e.Sock, en) != nil:
+		t.hold(e)
 		kept = true
 	case p != nil:
 		// the connection ends with no holder seen (a reset before

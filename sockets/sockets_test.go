@@ -419,3 +419,43 @@ func TestMakerTakes(t *testing.T) {
 		rec(8, 650*ms, events.LastAck, events.Close, 0, ""))
 	checkOwners(t, out, 200, "handler")
 }
+
+// Where the kernel writes no Holding records (NoNotes), a server
+// connection handed on after its handshake was released shows only in a
+// dump: its ESTABLISHED -> CLOSE_WAIT waits for one, and names the
+// process holding it then, not the acceptor carried from the handshake.
+func TestCloseWaitWaitsForDumpWithoutNotes(t *testing.T) {
+	lst := events.Holder{Sock: 1, PID: 100, Start: 1, State: events.Listen}
+	copy(lst.Comm[:], "acceptor")
+	dump := []events.Holder{lst}
+	tab := New(Options{HoldFor: 100 * time.Millisecond, NoNotes: true,
+		Holders: func() ([]events.Holder, error) { return dump, nil }})
+	var out sink
+	observe(t, tab, &out, rec(1, 10*ms, events.Close, events.Listen, 100, "acceptor"),
+		child(7, 500*ms, 100, "acceptor"), rec(7, 510*ms, events.SynRecv, events.Established, 0, ""))
+	out = out[:0]
+	// the acceptor still holds it at the first dump
+	acc := events.Holder{Sock: 7, PID: 100, Start: 1, State: events.Established}
+	copy(acc.Comm[:], "acceptor")
+	dump = append(dump, acc)
+	if err := tab.Expire(600*ms, out.next); err != nil {
+		t.Fatal(err)
+	}
+	checkOwners(t, out, 100, "acceptor")
+	// then hands it to a handler, and the peer closes
+	out = out[:0]
+	hnd := events.Holder{Sock: 7, PID: 200, Start: 2, State: events.CloseWait}
+	copy(hnd.Comm[:], "handler")
+	dump = []events.Holder{lst, hnd}
+	observe(t, tab, &out, rec(7, 900*ms, events.Established, events.CloseWait, 0, ""))
+	if len(out) != 0 {
+		t.Fatalf("CLOSE_WAIT went out before a dump: %+v", out)
+	}
+	if err := tab.Expire(1000*ms, out.next); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 {
+		t.Fatalf("got %d events, want the CLOSE_WAIT", len(out))
+	}
+	checkOwners(t, out, 200, "handler")
+}

@@ -196,7 +196,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		x.SetFeatures(has)
 		ready.Store(true)
 	}, onSeed: diag.Seed}, x, diag)
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	sayEnd(stderr, st, err)
 	return err
 }
 

@@ -68,7 +68,7 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "tcptrace: tracing until Ctrl-C (or --duration, --count), then drawing")
 	}
 	st, err := trace(ctx, &c.common, stderr, hooks{}, consumer)
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	sayEnd(stderr, st, err)
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,9 @@ func runLife(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if tracker.Dropped > 0 {
 		summary += fmt.Sprintf(", %d connections not followed (--max)", tracker.Dropped)
 	}
-	fmt.Fprintln(stderr, summary)
+	if traced(err) {
+		fmt.Fprintln(stderr, summary)
+	}
 	return err
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/sockdiag"
+	"github.com/tcptrace/tcptrace/sockets"
 	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/timewait"
 )
@@ -44,6 +45,26 @@ func main() {
 }
 
 type usageError struct{ error }
+
+// setupError is a failure before tracing began (a bad filter, a kernel
+// that refuses the program): said alone, with no "0 events" summary
+// before it.
+type setupError struct{ error }
+
+func (e setupError) Unwrap() error { return e.error }
+
+// sayEnd prints the line that ends a trace: how many events, how many lost.
+func sayEnd(stderr io.Writer, st stream.Stats, err error) {
+	if traced(err) {
+		fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	}
+}
+
+// traced tells whether err leaves a trace to summarize.
+func traced(err error) bool {
+	var s setupError
+	return !errors.As(err, &s)
+}
 
 // profile writes a CPU profile of the whole run to the file that
 // TCPTRACE_CPUPROFILE names, for `go tool pprof`: how the overhead work
@@ -292,7 +313,9 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if st.Unknown > 0 {
 		summary += fmt.Sprintf(", %d without owner or time in state (socket table full)", st.Unknown)
 	}
-	fmt.Fprintln(stderr, summary)
+	if traced(err) {
+		fmt.Fprintln(stderr, summary)
+	}
 	return err
 }
 
@@ -312,15 +335,15 @@ type hooks struct {
 func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers ...stream.Consumer) (stream.Stats, error) {
 	f, err := c.filter()
 	if err != nil {
-		return stream.Stats{}, usageError{err}
+		return stream.Stats{}, setupError{usageError{err}}
 	}
 	tr, err := loader.Load(loader.Options{RingSize: int(c.ringSize), Filter: f.Kernel()})
 	if err != nil {
-		return stream.Stats{}, err
+		return stream.Stats{}, setupError{err}
 	}
 	defer tr.Close()
 	if err := tr.Attach(); err != nil {
-		return stream.Stats{}, err
+		return stream.Stats{}, setupError{err}
 	}
 	// what this kernel lacks, once, with what is done instead
 	for _, f := range tr.Features() {
@@ -346,6 +369,7 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	}
 	return stream.Run(ctx, stream.Config{
 		Source:     tr,
+		Sockets:    sockets.Options{NoNotes: !tr.SendNotes()},
 		Consumers:  consumers,
 		Filter:     f,
 		Count:      c.count,

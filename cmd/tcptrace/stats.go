@@ -133,7 +133,7 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval}, agg.Aggregate)
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	sayEnd(stderr, st, err)
 	return errors.Join(err, werr)
 }
 

@@ -142,7 +142,7 @@ func liveReport(ctx context.Context, c *reportFlags, stderr io.Writer, tracker s
 	if err == nil && werr == nil && c.once {
 		write()
 	}
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	sayEnd(stderr, st, err)
 	return errors.Join(err, werr)
 }
 

@@ -49,7 +49,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				werr = fmt.Errorf("write output: %w", err)
 			}
 		}}, agg.Aggregate)
-		fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+		sayEnd(stderr, st, err)
 		return errors.Join(err, werr)
 	}
 
@@ -76,7 +76,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}}, agg.Aggregate)
 	quit()
 	<-done
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events, st.Lost)
+	sayEnd(stderr, st, err)
 	return err
 }
 
