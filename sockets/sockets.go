@@ -428,8 +428,18 @@ func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
 	if l := t.listenerOf(e.Sock, en); l != nil && e.PID != l.creator.pid {
 		l.takers = takersOthers
 	}
-	if p := t.pend[e.Sock]; p == nil || p.addrOnly {
+	p := t.pend[e.Sock]
+	if p == nil || p.addrOnly {
 		return nil
+	}
+	if l := t.listenerOf(e.Sock, en); l != nil && !l.heldBy(e.PID) {
+		// did it take the connection from the listener, or was it
+		// handed it? Only a dump tells: when the dumps' spacing allows
+		// none now, the records wait for the next one
+		if _, later := t.dumpNow(e.Mono); later != 0 {
+			p.deadline = later
+			return nil
+		}
 	}
 	hs, rest := t.owners(e.Sock, en.owner, e.Mono)
 	return t.release(e.Sock, hs, rest, next)

@@ -459,3 +459,39 @@ func TestCloseWaitWaitsForDumpWithoutNotes(t *testing.T) {
 	}
 	checkOwners(t, out, 200, "handler")
 }
+
+// A holder that the last dump did not show holding the listener either
+// took the connection from it (it got the listener after that dump, as
+// under socket activation) or was handed the connection: when the dumps'
+// spacing allows no dump to tell, the records wait for the next one.
+func TestHoldingWaitsForDumpToTell(t *testing.T) {
+	super := events.Holder{Sock: 1, PID: 100, Start: 1, State: events.Listen}
+	copy(super.Comm[:], "super")
+	other := events.Holder{Sock: 99, PID: 200, Start: 2, State: events.Established}
+	copy(other.Comm[:], "worker")
+	dump := []events.Holder{super, other}
+	tab := New(Options{HoldFor: 100 * time.Millisecond, Holders: func() ([]events.Holder, error) { return dump, nil }})
+	var out sink
+	observe(t, tab, &out, rec(1, 10*ms, events.Close, events.Listen, 100, "super"))
+	tab.Seed(dump) // the dump at start: the worker runs, without the listener yet
+	// the worker gets the listener, accepts and answers at once
+	worker := events.Holder{Sock: 1, PID: 200, Start: 2, State: events.Listen}
+	copy(worker.Comm[:], "worker")
+	conn := events.Holder{Sock: 7, PID: 200, Start: 2, State: events.Established}
+	copy(conn.Comm[:], "worker")
+	dump = []events.Holder{super, worker, conn}
+	out = out[:0]
+	observe(t, tab, &out, child(7, 500*ms, 100, "super"), rec(7, 510*ms, events.SynRecv, events.Established, 0, ""))
+	tab.lastDump = 505 * ms // a dump just taken: the next may come only after HoldFor
+	observe(t, tab, &out, holding(7, 520*ms, 200, "worker", 0))
+	if len(out) != 0 {
+		t.Fatalf("released before a dump could tell: %+v", out)
+	}
+	if err := tab.Expire(620*ms, out.next); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 {
+		t.Fatalf("got %d events, want the handshake", len(out))
+	}
+	checkOwners(t, out, 200, "worker")
+}
