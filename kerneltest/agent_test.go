@@ -74,7 +74,7 @@ func startAgentArgs(t *testing.T, ns *netns, bin string, args []string, wrapper 
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(50 * time.Millisecond) {
 		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusOK {
@@ -133,7 +133,7 @@ func twentyConnections(t *testing.T, ns *netns, addr string) {
 	p.storm(connections)
 	p.stdin.Close()
 	p.wait()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(50 * time.Millisecond) {
 		m := scrape(t, addr)
 		if m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LAST_ACK"] == connections &&
 			m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LISTEN"] == 1 {
@@ -287,7 +287,7 @@ func TestAgentDiagnosis(t *testing.T) {
 		"tcptrace_destination_connect_failures_total" + dest: 2,
 	}
 	var m map[string]float64
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(200 * time.Millisecond) {
 		m = scrape(t, addr)
 		ok := true
 		for k, v := range want {
@@ -388,7 +388,7 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 			// a rate needs two samples of a series: series born with
 			// the connections have them a scrape later
 			n, err := promSeries(promAddr, q)
-			for deadline := time.Now().Add(10 * time.Second); err == nil && n == 0 && time.Now().Before(deadline); {
+			for deadline := time.Now().Add(patience); err == nil && n == 0 && time.Now().Before(deadline); {
 				time.Sleep(500 * time.Millisecond)
 				n, err = promSeries(promAddr, q)
 			}

@@ -155,7 +155,7 @@ func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if loader.LinksHeld(pid) == want {
 			return
 		}
@@ -164,7 +164,7 @@ func waitAttached(t *testing.T, pid int, stderr *strings.Builder) {
 			t.Fatalf("tcptrace exited before it attached; stderr: %s", stderr.String())
 		}
 	}
-	t.Fatalf("tcptrace did not attach within 10s; stderr: %s", stderr.String())
+	t.Fatalf("tcptrace did not attach within %v; stderr: %s", patience, stderr.String())
 }
 
 // exited tells whether process pid has ended (gone, or a zombie not yet

@@ -54,8 +54,8 @@ func TestChurnLosesNothing(t *testing.T) {
 	// the last connections finish in softirq after the churn exits (the
 	// final ACKs are in flight). A server's LAST_ACK -> CLOSE comes after
 	// everything its client reports, so wait until every server socket is
-	// whole, or give up after 10 s and report what is missing
-	deadline := time.Now().Add(10 * time.Second)
+	// whole, or give up after patience and report what is missing
+	deadline := time.Now().Add(patience)
 	for {
 		r := tally(t, rec.snapshot(), false)
 		if r.children == conns && r.badChildren == 0 || time.Now().After(deadline) {

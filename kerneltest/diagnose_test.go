@@ -41,6 +41,18 @@ func startBinary(t *testing.T, args ...string) *binaryRun {
 	return r
 }
 
+// stop ends it as Ctrl-C does, once the test has made what it reports,
+// and returns its stdout: its last report covers everything until then,
+// however slow the machine (a fixed --duration ends too soon under
+// emulation).
+func (r *binaryRun) stop(t *testing.T) string {
+	t.Helper()
+	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatalf("interrupt tcptrace: %v", err)
+	}
+	return r.wait(t)
+}
+
 // wait waits for it to end by itself and returns its stdout.
 func (r *binaryRun) wait(t *testing.T) string {
 	t.Helper()
@@ -116,7 +128,7 @@ func timeWaitsTo(t *testing.T, ns *netns, side string, port int) int {
 // close and TIME_WAIT.
 func awaitStable(t *testing.T, ns *netns) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(20 * time.Millisecond) {
 		out, err := exec.Command("ip", "netns", "exec", ns.name, "ss", "-tanH", "state", "fin-wait-1", "state", "fin-wait-2",
 			"state", "close-wait", "state", "last-ack", "state", "established").Output()
 		if err != nil {
@@ -196,11 +208,11 @@ func TestTimewaitClientStorm(t *testing.T) {
 	ns.sysctl(t, "net.ipv4.tcp_tw_reuse", "0")
 	ns.sysctl(t, "net.ipv4.ip_local_port_range", "40000 41999")
 	const n, failures = 2000, 3
-	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10s")
+	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10m")
 	p := startStorm(t, ns, false)
 	made := stormUntil(t, ns, p, "dport", n)
 	failConnects(t, ns, stormPort, failures)
-	rep := decodeLast[storm.Report](t, r.wait(t))
+	rep := decodeLast[storm.Report](t, r.stop(t))
 	ss := timeWaitsTo(t, ns, "dport", stormPort)
 
 	if rep.TimeWaitTotal != n || len(rep.Destinations) != 1 {
@@ -242,10 +254,10 @@ func TestTimewaitServerStorm(t *testing.T) {
 	requireBPF(t)
 	ns := newNetns(t)
 	const n = 1000
-	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "6s")
+	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10m")
 	p := startStorm(t, ns, true)
 	made := stormUntil(t, ns, p, "sport", n)
-	rep := decodeLast[storm.Report](t, r.wait(t))
+	rep := decodeLast[storm.Report](t, r.stop(t))
 	var created, held int
 	for _, d := range rep.Destinations {
 		if d.ActiveCloser != "server" || d.LPort != stormPort {
@@ -510,7 +522,7 @@ func TestTimewaitNginx(t *testing.T) {
 	t.Parallel()
 	requireBPF(t)
 	ns := newNetns(t)
-	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "8s")
+	r := startBinary(t, "timewait", "--netns", ns.path, "--json", "--once", "--duration", "10m")
 	_, workers, dir := startNginx(t, ns)
 	const n = 120
 	inNetns(t, ns, func() {
@@ -523,7 +535,7 @@ func TestTimewaitNginx(t *testing.T) {
 	for _, w := range served {
 		perWorker[w]++
 	}
-	rep := decodeLast[storm.Report](t, r.wait(t))
+	rep := decodeLast[storm.Report](t, r.stop(t))
 	got := map[uint32]uint64{}
 	var created uint64
 	for _, d := range rep.Destinations {

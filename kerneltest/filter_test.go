@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
@@ -82,8 +81,8 @@ func TestFilters(t *testing.T) {
 			has(evs, listenerSocket(evs, port6), events.Listen, events.Close) &&
 			has(evs, clientSocket(evs, 9), events.SynSent, events.Close)
 	}
-	all.waitFor("every connection done", 5*time.Second, done)
-	tracers[0].waitFor("every connection done", 5*time.Second, done)
+	all.waitFor("every connection done", patience, done)
+	tracers[0].waitFor("every connection done", patience, done)
 	// stopping drains each tracer's ring, so each has all it was sent
 	base := inNS(all.stop())
 	for _, x := range tracers {

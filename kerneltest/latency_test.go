@@ -26,7 +26,7 @@ func TestLatencyWhenIdle(t *testing.T) {
 	refused.goAhead()
 	refused.expect("done")
 	refused.wait()
-	tr.waitFor("every event", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("every event", patience, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&
 			has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
 			has(evs, clientSocket(evs, port+1), events.SynSent, events.Close)

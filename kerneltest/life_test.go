@@ -53,7 +53,7 @@ func TestLifeRecords(t *testing.T) {
 	for _, p := range ports {
 		clients[p] = true
 	}
-	tr.waitFor("every end", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("every end", patience, func(evs []events.Event) bool {
 		ends := 0
 		for _, e := range evs {
 			if e.New == events.TimeWait || e.Old == events.LastAck && e.New == events.Close {

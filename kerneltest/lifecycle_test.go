@@ -70,7 +70,7 @@ func TestClientClosesFirst(t *testing.T) {
 			c := newConn(t, ns, tc.host, "wait-eof", "close-first", tc.pause)
 			tr := startTracerFollow(t, filter.Filter{Netns: ns.ino}, timewait.Options{NoPeerMatch: tc.noPeerMatch})
 			c.run()
-			tr.waitFor("client TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
+			tr.waitFor("client TIME_WAIT and listener close", patience, func(evs []events.Event) bool {
 				return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait) &&
 					has(evs, listenerSocket(evs, port), events.Listen, events.Close)
 			})
@@ -129,7 +129,7 @@ func TestServerClosesFirst(t *testing.T) {
 	c := newConn(t, ns, "127.0.0.1", "close-first", "wait-eof", 0)
 	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
-	tr.waitFor("server TIME_WAIT and listener close", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("server TIME_WAIT and listener close", patience, func(evs []events.Event) bool {
 		return has(evs, childSocket(evs, port), events.FinWait2, events.TimeWait) &&
 			has(evs, listenerSocket(evs, port), events.Listen, events.Close)
 	})
@@ -153,7 +153,7 @@ func TestRefused(t *testing.T) {
 			cli.goAhead()
 			cli.expect("done")
 			cli.wait()
-			tr.waitFor("refused close", 5*time.Second, func(evs []events.Event) bool {
+			tr.waitFor("refused close", patience, func(evs []events.Event) bool {
 				return has(evs, clientSocket(evs, port), events.SynSent, events.Close)
 			})
 			evs := tr.stop()
@@ -174,7 +174,7 @@ func TestAbortiveClose(t *testing.T) {
 	c := newConn(t, ns, "127.0.0.1", "expect-rst", "linger0", 0)
 	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
-	tr.waitFor("both closes", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("both closes", patience, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.Established, events.Close) &&
 			has(evs, childSocket(evs, port), events.Established, events.Close)
 	})
@@ -201,7 +201,7 @@ func TestFinWait2Timeout(t *testing.T) {
 	c.cli.goAhead()
 	c.cli.expect("done")
 	c.cli.wait()
-	tr.waitFor("client FIN_WAIT2 timeout", 8*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("client FIN_WAIT2 timeout", patience, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.FinWait2, events.Close)
 	})
 	evs := tr.stop()
@@ -298,7 +298,7 @@ func TestReuseportOwners(t *testing.T) {
 		}
 		return n
 	}
-	tr.waitFor("every child closed", 5*time.Second, func(evs []events.Event) bool { return closed(evs) == conns })
+	tr.waitFor("every child closed", patience, func(evs []events.Event) bool { return closed(evs) == conns })
 	evs := tr.stop()
 	for i, s := range srvs {
 		for _, peer := range accepted[i] {

@@ -44,7 +44,7 @@ func TestOwnerNginx(t *testing.T) {
 		}
 	})
 	served := accessLog(t, filepath.Join(dir, "access.log"), len(ports))
-	tr.waitFor("every connection's end", 10*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("every connection's end", patience, func(evs []events.Event) bool {
 		// nginx's side ends in CLOSE, or in TIME_WAIT where it closed
 		// first
 		ended := 0
@@ -142,7 +142,7 @@ func request(t *testing.T, proto string) uint16 {
 		t.Fatalf("connect to nginx: %v", err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.SetDeadline(time.Now().Add(patience))
 	if _, err := fmt.Fprintf(c, "GET / %s\r\nHost: test\r\n\r\n", proto); err != nil {
 		t.Fatalf("request: %v", err)
 	}
@@ -172,7 +172,7 @@ func request(t *testing.T, proto string) uint16 {
 
 func waitPIDFile(t *testing.T, path string) uint32 {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		b, err := os.ReadFile(path)
 		if n, perr := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && perr == nil {
 			return uint32(n)
@@ -185,7 +185,7 @@ func waitPIDFile(t *testing.T, path string) uint32 {
 // childrenOf waits for want children of pid and returns them.
 func childrenOf(t *testing.T, pid uint32, want int) []uint32 {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		var kids []uint32
 		procs, _ := os.ReadDir("/proc")
 		for _, d := range procs {
@@ -211,7 +211,7 @@ func childrenOf(t *testing.T, pid uint32, want int) []uint32 {
 // port to the worker that served it.
 func accessLog(t *testing.T, path string, n int) map[uint16]uint32 {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		b, _ := os.ReadFile(path)
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		if len(lines) < n {

@@ -75,7 +75,7 @@ func TestNoPortCause(t *testing.T) {
 		}
 		return n
 	}
-	evs := x.waitFor("two no_port closes", 5*time.Second, func(evs []events.Event) bool { return noPort(evs) == 2 })
+	evs := x.waitFor("two no_port closes", patience, func(evs []events.Event) bool { return noPort(evs) == 2 })
 	evs = x.stop()
 	if n := noPort(evs); n != 2 {
 		t.Fatalf("%d no_port closes, want 2:\n%s", n, dump(evs))

@@ -85,7 +85,7 @@ func neverNamed(t *testing.T, evs []events.Event, pid uint32, after uint64, why 
 // CLOCK_MONOTONIC then.
 func exitedAt(t *testing.T, pid uint32) uint64 {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		stat, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
 		if err != nil {
 			return loader.Monotonic()
@@ -113,7 +113,7 @@ func timeWaits(evs []events.Event) int {
 // client's TIME_WAIT) and of its listener, then stops the tracer.
 func (x *tracer) stopAfterOne() []events.Event {
 	x.t.Helper()
-	x.waitFor("the connection and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+	x.waitFor("the connection and the listener's end", patience, func(evs []events.Event) bool {
 		return has(evs, listenerSocket(evs, port), events.Listen, events.Close) &&
 			has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
 	})
@@ -169,7 +169,7 @@ func TestOwnerPrefork(t *testing.T) {
 		c.await("done")
 	}
 	m.await("done")
-	tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("both connections and the listener's end", patience, func(evs []events.Event) bool {
 		return timeWaits(evs) == 2 && has(evs, listenerSocket(evs, port), events.Listen, events.Close)
 	})
 	evs := tr.stop()
@@ -273,7 +273,7 @@ func TestOwnerBeforeStart(t *testing.T) {
 			late.goAhead()
 			late.await("done")
 			srv.await("done")
-			tr.waitFor("both connections and the listener's end", 5*time.Second, func(evs []events.Event) bool {
+			tr.waitFor("both connections and the listener's end", patience, func(evs []events.Event) bool {
 				return timeWaits(evs) == 2 && len(socket(evs, func(e events.Event) bool {
 					return e.Old == events.Listen && e.New == events.Close && e.LPort == port
 				})) == 1
@@ -311,7 +311,7 @@ func TestOwnerCommIsTheProcess(t *testing.T) {
 	c := newConn(t, ns, "127.0.0.1", "wait-eof", "renamed", 0)
 	tr := startTracer(t, filter.Filter{Netns: ns.ino})
 	c.run()
-	tr.waitFor("client TIME_WAIT", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("client TIME_WAIT", patience, func(evs []events.Event) bool {
 		return has(evs, clientSocket(evs, port), events.FinWait2, events.TimeWait)
 	})
 	evs := tr.stop()

@@ -68,7 +68,7 @@ func TestLookupMany(t *testing.T) {
 	p := sockdiag.NewProber()
 	defer p.Close()
 	// the server's close follows the client's within microseconds
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(patience)
 	for {
 		found, foundTW := 0, 0
 		var wrong []int

@@ -33,7 +33,7 @@ func TestStatsCounts(t *testing.T) {
 		_, err := io.ReadAll(c)
 		return err
 	})
-	tr.waitFor("every connection's end and the listener's", 5*time.Second, func(evs []events.Event) bool {
+	tr.waitFor("every connection's end and the listener's", patience, func(evs []events.Event) bool {
 		tw, lastAck, listenerEnd := 0, 0, 0
 		for _, e := range evs {
 			switch {

@@ -25,7 +25,7 @@ func (x tmux) run(args ...string) (string, error) {
 func (x tmux) screen(what string, cond func(string) bool) string {
 	x.t.Helper()
 	var last string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		out, err := x.run("capture-pane", "-p", "-t", "top")
 		if err != nil {
 			x.t.Fatalf("capture-pane: %v: %s", err, out)
@@ -92,7 +92,7 @@ func TestTopInTmux(t *testing.T) {
 	c.srv.wait()
 
 	x.run("send-keys", "-t", "top", "q")
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(100 * time.Millisecond) {
 		if _, err := x.run("has-session", "-t", "top"); err != nil {
 			break // tcptrace exited, and the session with it
 		}
