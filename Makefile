@@ -9,7 +9,7 @@ BPF_CLANG ?= clang-14
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: build test test-kernels generate bpf vmlinux bench floor
+.PHONY: build test test-kernels bench-kernels generate bpf vmlinux bench floor
 
 # Two binaries: tcptrace, and tcptrace-agent, the same commands built with
 # the exporters' libraries, which `tcptrace agent` runs in its place.
@@ -30,6 +30,12 @@ test:
 # about 20 minutes. KERNELS="6.1 6.12" picks some.
 test-kernels:
 	vm/test-kernels $(KERNELS)
+
+# The BPF cost per transition on the same kernels (make bench's
+# -cost-only, three 10 s runs each; emulated times, to compare kernels
+# with each other). About 3 minutes a kernel.
+bench-kernels:
+	vm/bench-kernels $(KERNELS)
 
 # Regenerates vmlinux.h from this machine's kernel, then the BPF objects.
 generate: vmlinux bpf

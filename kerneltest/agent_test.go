@@ -18,6 +18,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/tcptrace/tcptrace/loader"
 )
 
 // startAgent runs `tcptrace agent` for the namespace on a free loopback
@@ -244,6 +246,20 @@ func checkAgent(t *testing.T, addr string) {
 	}
 	if _, ok := m["go_goroutines"]; !ok {
 		t.Error("no Go process metrics")
+	}
+	// the kernel features in use: what the probes of this kernel say
+	fs, err := loader.Features()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fs {
+		key, want := "tcptrace_kernel_feature,feature="+f.Name, 0.0
+		if f.Has {
+			want = 1
+		}
+		if got, ok := m[key]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
+		}
 	}
 }
 
