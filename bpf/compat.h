@@ -2,7 +2,21 @@
 /* Kernel differences, one helper each, in the manner of libbpf-tools'
  * core_fixes.bpf.h. Each says which kernel changed what; the loader's
  * probes (loader/features.go) decide the rest before load. The program is
- * built once and loads on Linux 6.1 to 6.18: see README "Kernels". */
+ * built once and loads on Linux 5.10 to 6.18: see README "Kernels".
+ *
+ * Linux 5.10 is the one kernel here whose tracing programs have none of
+ *  - bpf_get_socket_cookie() (5.12, commit c5dbb89fc2ac, "bpf: Expose
+ *    bpf_get_socket_cookie to tracing programs"),
+ *  - bpf_get_current_task_btf() (5.11, commit 3ca1032ab7ab, "bpf:
+ *    Introduce bpf_get_current_task_btf"),
+ *  - socket storage (5.11, commit 8e4597c627fb, "bpf: Allow using
+ *    bpf_sk_storage in FENTRY/FEXIT/RAW_TP").
+ * handle_set_state_510 in tcptrace.c is built from the same code as
+ * handle_set_state with `legacy` true, a constant the compiler folds: a
+ * socket is named by its kernel address instead of its cookie, the owner
+ * is read through helpers, and a server's child names no listener (user
+ * space finds it by port). The loader picks it where the probes find any
+ * of the three missing. */
 #ifndef __TCPTRACE_COMPAT_H
 #define __TCPTRACE_COMPAT_H
 
@@ -78,6 +92,48 @@ static __always_inline __u32 stack_slot(void *ctx, struct task_struct *task)
 static __always_inline bool child_early(struct sock *sk)
 {
 	return sk->__sk_common.skc_dport == 0;
+}
+
+/* The socket's name in a record: its cookie, or where tracing programs
+ * cannot make one (legacy), its kernel address. User space tells the two
+ * apart (events.ByAddress): a kernel address has its top 17 bits set, a
+ * cookie counts up from 1. The cookie is made by the first call of the
+ * helper and then kept in the socket: read it in place after that. */
+static __always_inline __u64 sock_id(struct sock *sk, bool legacy)
+{
+	__u64 cookie;
+
+	if (legacy)
+		return (__u64)sk;
+	cookie = sk->__sk_common.skc_cookie.counter;
+	return cookie ? cookie : bpf_get_socket_cookie(sk);
+}
+
+/* Before 5.15 (commit 8520e224f547, "bpf, cgroups: Fix cgroup v2 fallback
+ * on v1/v2 mixed mode", in 5.10.y from 5.10.226), sock_cgroup_data was a
+ * union whose val is the cgroup pointer when its lowest bit is clear (set,
+ * it holds net_cls and net_prio data instead, and the cgroup is the
+ * root's). */
+struct sock_cgroup_data___old {
+	__u64 val;
+};
+
+/* the cgroup v2 id of the socket's cgroup: its creator's, copied to a
+ * server's child from its listener */
+static __always_inline __u64 sk_cgroup_id(struct sock *sk)
+{
+	struct sock_cgroup_data___old *old;
+	struct cgroup *cg;
+	__u64 val;
+
+	if (bpf_core_field_exists(sk->sk_cgrp_data.cgroup))
+		return sk->sk_cgrp_data.cgroup->kn->id;
+	old = (void *)&sk->sk_cgrp_data;
+	val = BPF_CORE_READ(old, val);
+	if (val & 1)
+		return 1; /* the root cgroup's id */
+	cg = (void *)val;
+	return BPF_CORE_READ(cg, kn, id);
 }
 
 #endif /* __TCPTRACE_COMPAT_H */

@@ -77,18 +77,19 @@ static __always_inline void note_holder(struct sock *sk)
  * socket->sk itself). Its
  * cookie is read, not made (the cookie helper wants a pointer it trusts):
  * name_sockets gives one to every socket of the tracer's namespace before
- * the dump; a socket without one is found by its connection instead. */
+ * the dump; a socket without one is found by its connection instead, and
+ * so is every socket where records name sockets by address (compat.h),
+ * when user space joins the dump with sock_diag's. */
 static __always_inline bool read_socket(struct sock *sk, struct holder *h)
 {
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return false;
+	h->sk = (__u64)sk;
 	h->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 	h->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	h->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	h->state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	h->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (h->cookie)
-		return true;
 	h->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (h->family == AF_INET) {
 		bpf_core_read(h->saddr, 4, &sk->__sk_common.skc_rcv_saddr);

@@ -21,6 +21,7 @@
 
 #define MAX_FILTER 64
 #define MAX_OLD_LISTENERS 4096
+#define MAX_EARLY_CHILDREN 65536
 
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
@@ -93,6 +94,19 @@ struct {
 	__type(key, __u64);
 	__type(value, struct owner);
 } old_listeners SEC(".maps");
+
+/* Without socket storage (legacy, see compat.h): the children put off
+ * (put_off_child() in tcptrace.c), by socket address, with the time they
+ * were reported. A child is in it for the few microseconds between its
+ * LISTEN -> SYN_RECV and its next transition, which every child makes (to
+ * ESTABLISHED, or to CLOSE if the kernel gives it up). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_EARLY_CHILDREN);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+} early_born SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

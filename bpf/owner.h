@@ -16,6 +16,17 @@ static __always_inline void set_owner(struct event *e, struct task_struct *task)
 	__builtin_memcpy(e->comm, task->group_leader->comm, TASK_COMM_LEN);
 }
 
+/* the same, where there is no BTF-typed task (legacy, see compat.h):
+ * through helpers */
+static __always_inline void set_current_owner(struct event *e)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+
+	e->cgroup = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
+}
+
 static __always_inline void set_no_owner(struct event *e)
 {
 	e->cgroup = 0;
@@ -47,11 +58,12 @@ static __always_inline bool close_by_owner(int old, int new, __u8 cause, bool rs
 
 /* A child's owner is its listener's, from the storage the kernel cloned
  * from the listener; ref names the listener. A listener from before the
- * tracer has none until the holders dump gives it some: the child, just
- * copied from it, has its cgroup. */
-static __always_inline void set_child_owner(struct event *e, struct sock *sk)
+ * tracer has none until the holders dump gives it some, and without
+ * socket storage (legacy) none has any: the child, copied from its
+ * listener, has its cgroup, and user space finds the listener by port. */
+static __always_inline void set_child_owner(struct event *e, struct sock *sk, bool legacy)
 {
-	struct owner *o = bpf_sk_storage_get(&listeners, sk, 0, 0);
+	struct owner *o = legacy ? NULL : bpf_sk_storage_get(&listeners, sk, 0, 0);
 
 	if (o && o->listener) {
 		e->cgroup = o->cgroup;
@@ -61,7 +73,7 @@ static __always_inline void set_child_owner(struct event *e, struct sock *sk)
 		return;
 	}
 	set_no_owner(e);
-	e->cgroup = sk->sk_cgrp_data.cgroup->kn->id;
+	e->cgroup = sk_cgroup_id(sk);
 }
 
 /* a new listener: its children will name this owner */

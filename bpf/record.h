@@ -72,12 +72,16 @@ static __always_inline __u64 clock_for(struct sock *sk, int old, int new, __u8 c
  * once, never reused) lies far from it, so each CPU keeps the inode number
  * of the namespace it saw last, by cookie. Only a call that holds the
  * staging (not one that interrupted the holder) touches that cache. */
-static __always_inline __u32 netns_of(struct sock *sk, struct staging *st, bool cached)
+static __always_inline __u32 netns_of(struct sock *sk, struct staging *st, bool cached,
+				     bool legacy)
 {
 	struct net *net = sk->__sk_common.skc_net.net;
 	__u64 cookie;
 
-	if (!cached)
+	/* before 5.12 (commit 3d368ab87cf6, "net: initialize net->net_cookie
+	 * at netns setup") the cookie is made on demand, and is an
+	 * atomic64_t: legacy reads the inode number */
+	if (!cached || legacy)
 		return net->ns.inum;
 	cookie = net->net_cookie;
 	if (cookie != st->net_cookie || !cookie) {
@@ -108,15 +112,10 @@ struct transition {
  * listener's. User space carries them to the socket's other transitions
  * and works out the time in each state (package sockets). */
 static __always_inline void fill(struct event *e, struct sock *sk, struct transition *t,
-				 struct task_struct *task, __u32 src)
+				 struct task_struct *task, __u32 src, bool legacy)
 {
-	__u64 cookie;
-
 	e->ts_ns = t->now;
-	/* the cookie is made by the first call of the helper and then kept
-	 * in the socket: read it in place after that */
-	cookie = sk->__sk_common.skc_cookie.counter;
-	e->cookie = cookie ? cookie : bpf_get_socket_cookie(sk);
+	e->cookie = sock_id(sk, legacy);
 	e->ref = 0;
 	e->netns = t->netns;
 	e->sport = t->sport;
@@ -159,13 +158,17 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	 * cgroup) lies on a line of the socket that nothing else here reads,
 	 * and loading it was a sixth of this program's time under churn. */
 	if (t->child) {
-		set_child_owner(e, sk);
+		set_child_owner(e, sk, legacy);
 	} else if (by_owner(t->oldstate, t->newstate) ||
 		   close_by_owner(t->oldstate, t->newstate, t->cause, t->rst_sent, t->skflags)) {
-		if (!task)
-			task = bpf_get_current_task_btf();
-		set_owner(e, task);
-		if (t->newstate == TCP_LISTEN)
+		if (legacy) {
+			set_current_owner(e);
+		} else {
+			if (!task)
+				task = bpf_get_current_task_btf();
+			set_owner(e, task);
+		}
+		if (t->newstate == TCP_LISTEN && !legacy)
 			own_listener(sk, e);
 	} else {
 		set_no_owner(e);

@@ -40,30 +40,61 @@ __u32 early_children = 0;
 
 /* A child reported before it has its identity: its record waits in its own
  * storage (cloned from its listener's, or made here for a child of a
- * listener from before the tracer) until its next transition. false if
- * there is no storage for it: the transition is counted lost rather than
- * recorded under its listener's identity. */
-static __always_inline bool put_off_child(struct sock *sk)
+ * listener from before the tracer), or without socket storage (legacy) in
+ * early_born, until its next transition. false if there is no room for
+ * it: the transition is counted lost rather than recorded under its
+ * listener's identity. */
+static __always_inline bool put_off_child(struct sock *sk, bool legacy)
 {
-	struct owner *o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u64 now = bpf_ktime_get_ns(), key = (__u64)sk;
+	struct owner *o;
 
-	if (!o)
-		return false;
-	o->born = bpf_ktime_get_ns();
+	if (legacy) {
+		if (bpf_map_update_elem(&early_born, &key, &now, BPF_ANY))
+			return false;
+	} else {
+		o = bpf_sk_storage_get(&listeners, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!o)
+			return false;
+		o->born = now;
+	}
 	if (!READ_ONCE(early_children))
 		WRITE_ONCE(early_children, 1);
 	return true;
 }
 
+/* when the child sk was reported, if put_off_child() kept its record, and
+ * forgets it; 0 if not */
+static __always_inline __u64 take_put_off(struct sock *sk, bool legacy)
+{
+	__u64 key = (__u64)sk, born, *b;
+	struct owner *o;
+
+	if (legacy) {
+		b = bpf_map_lookup_elem(&early_born, &key);
+		if (!b)
+			return 0;
+		born = *b;
+		bpf_map_delete_elem(&early_born, &key);
+		return born;
+	}
+	o = bpf_sk_storage_get(&listeners, sk, 0, 0);
+	if (!o)
+		return 0;
+	born = o->born;
+	o->born = 0;
+	return born;
+}
+
 /* one record of t, staged, or if direct written straight to the ring */
 static __always_inline void emit(struct sock *sk, struct transition *t, struct task_struct *task,
-				 struct staging *st, bool direct)
+				 struct staging *st, bool direct, bool legacy)
 {
 	struct event *e = slot_begin(st, direct);
 
 	if (!e)
 		return;
-	fill(e, sk, t, task, slot_src(st, direct));
+	fill(e, sk, t, task, slot_src(st, direct), legacy);
 	slot_end(st, e, direct);
 }
 
@@ -71,29 +102,29 @@ static __always_inline void emit(struct sock *sk, struct transition *t, struct t
  * put_off_child() kept, now that the child has its cookie, ports and
  * addresses, at the time it was reported. */
 static __always_inline void emit_put_off(struct sock *sk, struct transition *now,
-					 struct staging *st, bool direct)
+					 struct staging *st, bool direct, bool legacy)
 {
 	struct transition t = *now;
-	struct owner *o;
 
-	o = bpf_sk_storage_get(&listeners, sk, 0, 0);
-	if (!o || !o->born)
+	t.now = take_put_off(sk, legacy);
+	if (!t.now)
 		return;
-	t.now = o->born;
-	o->born = 0;
 	t.oldstate = TCP_LISTEN;
 	t.newstate = TCP_SYN_RECV;
 	t.child = true;
 	t.rst_sent = false;
 	t.kind = KIND_STATE;
 	t.cause = CAUSE_NONE;
-	emit(sk, &t, NULL, st, direct);
+	emit(sk, &t, NULL, st, direct, legacy);
 }
 
 /* One transition, filtered, then staged, or if direct (this call
- * interrupted one that holds the staging) written straight to the ring. */
+ * interrupted one that holds the staging) written straight to the ring.
+ * legacy: for kernels without cookies, tasks or storage in tracing
+ * programs (compat.h). */
 static __always_inline void record(struct sock *sk, int oldstate, int newstate,
-				   struct task_struct *task, struct staging *st, bool direct)
+				   struct task_struct *task, struct staging *st, bool direct,
+				   bool legacy)
 {
 	struct transition t = {};
 	__u64 *rst;
@@ -111,13 +142,13 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 	t.family = sk->__sk_common.skc_family;
 	if (filter_family == AF_INET6 && t.family == AF_INET)
 		return;
-	t.netns = netns_of(sk, st, !direct);
+	t.netns = netns_of(sk, st, !direct, legacy);
 	if (filter_netns && t.netns != filter_netns)
 		return;
 
 	t.child = oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV;
 	if (t.child && child_early(sk)) {
-		if (!put_off_child(sk))
+		if (!put_off_child(sk, legacy))
 			count(COUNTER_LOST, 1);
 		return;
 	}
@@ -126,7 +157,7 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 		t.sport = inet_sport_of(sk);
 	t.dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (oldstate == TCP_SYN_RECV && READ_ONCE(early_children))
-		emit_put_off(sk, &t, st, direct);
+		emit_put_off(sk, &t, st, direct, legacy);
 
 	t.skflags = sk->__sk_common.skc_flags;
 	t.kind = KIND_STATE;
@@ -158,11 +189,11 @@ static __always_inline void record(struct sock *sk, int oldstate, int newstate,
 	}
 
 	t.now = clock_for(sk, oldstate, newstate, t.cause, t.skflags);
-	emit(sk, &t, task, st, direct);
+	emit(sk, &t, task, st, direct, legacy);
 }
 
 static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
-				    struct task_struct *task)
+				    struct task_struct *task, bool legacy)
 {
 	struct staging *st;
 	__u32 zero = 0;
@@ -175,13 +206,13 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	if (READ_ONCE(st->busy)) {
 		/* this call interrupted one that holds the staging (a softirq
 		 * in a system call's transition, see rescue_set_state) */
-		record(sk, oldstate, newstate, task, st, true);
+		record(sk, oldstate, newstate, task, st, true, legacy);
 		return 0;
 	}
 	/* held before the clock is read: user space takes a staging found
 	 * not held as holding every record timed before flush_staging ran */
 	hold(st);
-	record(sk, oldstate, newstate, task, st, false);
+	record(sk, oldstate, newstate, task, st, false, legacy);
 	let_go(st);
 	return 0;
 }
@@ -192,7 +223,17 @@ int BPF_PROG(handle_set_state, struct sock *sk, int oldstate, int newstate)
 	struct task_struct *task = bpf_get_current_task_btf();
 
 	note_ran(ctx, task, sk, oldstate, newstate);
-	return on_state(sk, oldstate, newstate, task);
+	return on_state(sk, oldstate, newstate, task, false);
+}
+
+/* handle_set_state for Linux 5.10 (compat.h). It needs no rescue: before
+ * 6.1 (commit 05b24ff9b2cf, "bpf: Prevent bpf program recursion for raw
+ * tracepoint probes") the kernel runs a tracepoint's program even within
+ * itself, and the staging's busy flag takes care of that. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state_510, struct sock *sk, int oldstate, int newstate)
+{
+	return on_state(sk, oldstate, newstate, NULL, true);
 }
 
 /* handles the transition only if handle_set_state did not: see rescue.h */
@@ -202,7 +243,7 @@ int BPF_PROG(rescue_set_state, struct sock *sk, int oldstate, int newstate)
 	if (take_note(ctx, sk, oldstate, newstate))
 		return 0;
 	count(COUNTER_RESCUED, 1);
-	return on_state(sk, oldstate, newstate, NULL);
+	return on_state(sk, oldstate, newstate, NULL, false);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -242,7 +283,9 @@ int dump_holders(struct bpf_iter__task_file *ctx)
 	if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP) {
 		/* an MPTCP socket (Go listens with MPTCP by default) holds
 		 * a plain TCP socket, its first subflow: that is the one the
-		 * tracepoint reports */
+		 * tracepoint reports. 5.10's BTF has no struct mptcp_sock. */
+		if (!bpf_core_field_exists(((struct mptcp_sock *)0)->first))
+			return 0;
 		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
 		if (!sk)
 			return 0;

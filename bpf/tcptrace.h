@@ -97,12 +97,16 @@ struct holder {
 	__u8 state;
 	__u8 family;
 	char comm[TASK_COMM_LEN]; /* thread group leader's */
-	/* the connection, for a socket that has no cookie yet (an MPTCP
-	 * socket's subflow: the iterator cannot give it one) */
+	/* the connection: for a socket that has no cookie yet (an MPTCP
+	 * socket's subflow: the iterator cannot give it one), and for
+	 * joining the dump with sock_diag's where records name sockets by
+	 * address */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u16 dport; /* host byte order */
-	__u8 pad[2];
+	__u8 pad[6];
+	__u64 sk; /* the socket's kernel address: what records name it by
+	           * where tracing programs have no cookies (compat.h) */
 };
 
 /* per-CPU counters read by user space */

@@ -157,8 +157,18 @@ func (e *Event) Encode(b []byte) {
 	copy(b[offComm:], e.Comm[:])
 }
 
+// ByAddress says whether a socket id comes from the socket's kernel
+// address rather than its cookie: records carry addresses where the
+// kernel's tracing programs cannot make cookies (Linux 5.10, see
+// bpf/compat.h), and the stream names each life of an address by a
+// serial in the same space (sockets.Lives). Such an id has its top 17
+// bits set; cookies count up from 1, and the keys package sockets makes
+// for sockets without one leave bits 48 to 62 clear. sock_diag knows
+// neither address nor serial: such a socket is found by its connection.
+func ByAddress(sock uint64) bool { return sock>>47 == 1<<17-1 }
+
 // HolderSize is sizeof(struct holder) in bpf/tcptrace.h.
-const HolderSize = 96
+const HolderSize = 104
 
 // Offsets of struct holder's fields.
 const (
@@ -175,11 +185,18 @@ const (
 	offHSaddr  = 56
 	offHDaddr  = 72
 	offHDport  = 88
+	offHSk     = 96
 )
 
 // Holder is one open file of a TCP socket: a process that holds it.
 type Holder struct {
+	// Sock names the socket as records do: its cookie, or where the
+	// kernel's records name sockets by address (ByAddress), Addr. 0 for
+	// a socket without a cookie where records carry cookies.
 	Sock uint64
+	// Cookie is the socket's cookie, as sock_diag shows it; 0 if none was
+	// made yet. Addr is its kernel address.
+	Cookie, Addr uint64
 	// Start is when the holding process started, CLOCK_MONOTONIC: of
 	// several holders, the youngest is taken (package sockets).
 	Start  uint64
@@ -190,9 +207,10 @@ type Holder struct {
 	LPort  uint16
 	State  State
 	Comm   [CommLen]byte
-	// The connection's addresses, set only for a socket without a
-	// cookie (Sock 0): an MPTCP socket's subflow, which the dump cannot
-	// give one; it is found by them instead.
+	// The connection's addresses: a socket without a cookie (Sock 0,
+	// an MPTCP socket's subflow, which the dump cannot give one) is found
+	// by them, and so is every socket when the dump is joined with
+	// sock_diag's where records name sockets by address.
 	Family Family
 	LAddr  netip.Addr
 	RAddr  netip.Addr
@@ -210,6 +228,8 @@ func (h *Holder) DecodeHolder(b []byte) error {
 	le := binary.LittleEndian
 	*h = Holder{
 		Sock:   le.Uint64(b[offHCookie:]),
+		Cookie: le.Uint64(b[offHCookie:]),
+		Addr:   le.Uint64(b[offHSk:]),
 		Start:  le.Uint64(b[offHStart:]),
 		Cgroup: le.Uint64(b[offHCgroup:]),
 		PID:    le.Uint32(b[offHPid:]),
@@ -219,9 +239,6 @@ func (h *Holder) DecodeHolder(b []byte) error {
 		State:  State(b[offHState]),
 	}
 	copy(h.Comm[:], b[offHComm:offHComm+CommLen])
-	if h.Sock != 0 {
-		return nil
-	}
 	h.RPort = le.Uint16(b[offHDport:])
 	switch b[offHFamily] {
 	case afInet:

@@ -34,11 +34,24 @@ func Features() ([]Feature, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read kernel BTF: %w", err)
 	}
-	return probeFeatures(kernel), nil
+	return probeFeatures(kernel)
 }
 
-func probeFeatures(kernel *btf.Spec) []Feature {
+func probeFeatures(kernel *btf.Spec) ([]Feature, error) {
+	cookies, err := probeHelper(kernel, asm.FnGetSocketCookie)
+	if err != nil {
+		return nil, err
+	}
+	task, err := probeHelper(kernel, asm.FnGetCurrentTaskBtf)
+	if err != nil {
+		return nil, err
+	}
 	return []Feature{{
+		Name:    "socket_cookies",
+		Needs:   "socket cookies, BTF tasks and socket storage in tracing programs (Linux 5.11 and 5.12)",
+		Without: "sockets are named by their kernel address (sock), a server connection's listener is found by its port, and where several processes listen on it, its owner by dumps of open files",
+		Has:     cookies && task,
+	}, {
 		Name:    "send_notes",
 		Needs:   "sock:sock_send_length tracepoint (Linux 6.3)",
 		Without: "who holds a server connection is found by dumps of open files, after its handshake and when its peer closes, instead of at its first send",
@@ -48,7 +61,7 @@ func probeFeatures(kernel *btf.Spec) []Feature {
 		Needs:   "bpf_rdonly_cast kfunc (Linux 6.2)",
 		Without: "transitions an arriving segment makes are timed when the program runs, about a microsecond after TCP's own clock, and two fields are read through helpers (a few tens of ns more per transition)",
 		Has:     hasFunc(kernel, "bpf_rdonly_cast"),
-	}}
+	}}, nil
 }
 
 func hasFunc(kernel *btf.Spec, name string) bool {
@@ -71,12 +84,6 @@ var floor = []struct {
 	}},
 	{"sock:inet_sock_set_state and tcp:tcp_send_reset for BTF-typed programs", func(k *btf.Spec) (bool, error) {
 		return hasTracepoint(k, "inet_sock_set_state") && hasTracepoint(k, "tcp_send_reset"), nil
-	}},
-	{"bpf_get_current_task_btf() (Linux 5.11)", func(k *btf.Spec) (bool, error) {
-		return probeHelper(k, asm.FnGetCurrentTaskBtf)
-	}},
-	{"bpf_get_socket_cookie() in tracing programs (Linux 5.12)", func(k *btf.Spec) (bool, error) {
-		return probeHelper(k, asm.FnGetSocketCookie)
 	}},
 }
 
@@ -129,5 +136,5 @@ func checkFloor(kernel *btf.Spec) error {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		release = "kernel " + strings.TrimSpace(string(b))
 	}
-	return fmt.Errorf("%s has no %s: tcptrace needs them (Linux 6.1 or later; see README \"Kernels\")", release, strings.Join(missing, ", "))
+	return fmt.Errorf("%s has no %s: tcptrace needs them (Linux 5.10 or later; see README \"Kernels\")", release, strings.Join(missing, ", "))
 }

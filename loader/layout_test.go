@@ -68,6 +68,7 @@ func TestHolderLayout(t *testing.T) {
 		{"saddr", unsafe.Offsetof(h.Saddr), 56},
 		{"daddr", unsafe.Offsetof(h.Daddr), 72},
 		{"dport", unsafe.Offsetof(h.Dport), 88},
+		{"sk", unsafe.Offsetof(h.Sk), 96},
 	} {
 		if f.got != f.want {
 			t.Errorf("offset of %s = %d, decoder expects %d", f.name, f.got, f.want)

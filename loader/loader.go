@@ -47,23 +47,33 @@ type Options struct {
 // objects are the maps and the programs every kernel loads.
 type objects struct {
 	tcptraceMaps
-	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
-	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
 	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
 	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
 	DumpHolders     *ebpf.Program `ebpf:"dump_holders"`
-	NameSockets     *ebpf.Program `ebpf:"name_sockets"`
 }
+
+// byCookie are the programs of kernels whose tracing programs name
+// sockets by cookie (the socket_cookies feature); byAddress, the one
+// that takes their place elsewhere (Linux 5.10: see bpf/compat.h).
+// notes is the program that notes who holds a server's connection, on
+// sock:sock_send_length (Linux 6.3). Each is loaded where the kernel
+// has what it needs.
+type (
+	byCookie struct {
+		HandleSetState *ebpf.Program `ebpf:"handle_set_state"`
+		RescueSetState *ebpf.Program `ebpf:"rescue_set_state"`
+		NameSockets    *ebpf.Program `ebpf:"name_sockets"`
+	}
+	byAddress struct {
+		HandleSetState *ebpf.Program `ebpf:"handle_set_state_510"`
+	}
+	notes struct {
+		NoteSend *ebpf.Program `ebpf:"note_send"`
+	}
+)
 
 func (o *objects) Close() error {
-	return errors.Join(o.tcptraceMaps.Close(), closeAll(o.HandleSetState, o.RescueSetState,
-		o.HandleSendReset, o.FlushStaging, o.DumpHolders, o.NameSockets))
-}
-
-// notes is the program that notes who holds a server's connection, on
-// sock:sock_send_length (Linux 6.3): loaded where the kernel has it.
-type notes struct {
-	NoteSend *ebpf.Program `ebpf:"note_send"`
+	return errors.Join(o.tcptraceMaps.Close(), closeAll(o.HandleSendReset, o.FlushStaging, o.DumpHolders))
 }
 
 func closeAll(progs ...*ebpf.Program) error {
@@ -78,10 +88,14 @@ func closeAll(progs ...*ebpf.Program) error {
 
 // Tracer is the loaded program, its links and its reader.
 type Tracer struct {
-	objs  objects
-	notes notes
-	links []link.Link
-	ring  *ring
+	objs    objects
+	cookies byCookie
+	address byAddress
+	notes   notes
+	// the program on sock:inet_sock_set_state: cookies' or address'
+	setState *ebpf.Program
+	links    []link.Link
+	ring     *ring
 	// the last batch stopped at its size: read again before waiting
 	more bool
 	// records that could not be decoded
@@ -163,19 +177,12 @@ func Load(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count CPUs: %w", err)
 	}
-	t := &Tracer{cpus: cpus, features: probeFeatures(kernel)}
-	copts := &ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: kernel}}
-	if hasNotes(kernel) {
-		all := struct {
-			objects
-			notes
-		}{}
-		err = spec.LoadAndAssign(&all, copts)
-		t.objs, t.notes = all.objects, all.notes
-	} else {
-		err = spec.LoadAndAssign(&t.objs, copts)
-	}
+	features, err := probeFeatures(kernel)
 	if err != nil {
+		return nil, err
+	}
+	t := &Tracer{cpus: cpus, features: features}
+	if err := t.load(spec, kernel); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load BPF program: the kernel's verifier refused it: %v", verr)
@@ -191,6 +198,55 @@ func Load(opts Options) (*Tracer, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// load loads the programs this kernel's features call for, and only
+// those: the verifier refuses a program that calls a helper the kernel
+// lacks, even one never attached.
+func (t *Tracer) load(spec *ebpf.CollectionSpec, kernel *btf.Spec) error {
+	var want []any
+	if has(t.features, "socket_cookies") {
+		want = append(want, &t.cookies)
+		delete(spec.Programs, "handle_set_state_510")
+	} else {
+		want = append(want, &t.address)
+		for _, name := range []string{"handle_set_state", "rescue_set_state", "name_sockets"} {
+			delete(spec.Programs, name)
+		}
+	}
+	if has(t.features, "send_notes") {
+		want = append(want, &t.notes)
+	} else {
+		delete(spec.Programs, "note_send")
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: kernel},
+	})
+	if err != nil {
+		return err
+	}
+	defer coll.Close()
+	for _, to := range append(want, &t.objs) {
+		if err := coll.Assign(to); err != nil {
+			t.Close()
+			return err
+		}
+	}
+	t.setState = t.cookies.HandleSetState
+	if t.setState == nil {
+		t.setState = t.address.HandleSetState
+	}
+	return nil
+}
+
+// has says whether the kernel has the feature named.
+func has(fs []Feature, name string) bool {
+	for _, f := range fs {
+		if f.Name == name {
+			return f.Has
+		}
+	}
+	return false
 }
 
 func configure(spec *ebpf.CollectionSpec, o *Options) error {
@@ -255,20 +311,25 @@ func (t *Tracer) fillFilters(o *Options) error {
 	return nil
 }
 
-// ExpectedLinks is how many links Attach creates on this kernel: two
-// programs on sock:inet_sock_set_state, one on tcp:tcp_send_reset, and
-// where the kernel has it (hasNotes), one on sock:sock_send_length. A
-// process running tcptrace is attached once it holds that many
-// (LinksHeld).
+// ExpectedLinks is how many links Attach creates on this kernel: the
+// program on sock:inet_sock_set_state, its rescue where the kernel names
+// sockets by cookie (the kernels with the recursion check it answers),
+// one on tcp:tcp_send_reset, and where the kernel has it (send_notes), one
+// on sock:sock_send_length. A process running tcptrace is attached once
+// it holds that many (LinksHeld).
 func ExpectedLinks() (int, error) {
-	kernel, err := btf.LoadKernelSpec()
+	fs, err := Features()
 	if err != nil {
-		return 0, fmt.Errorf("read kernel BTF: %w", err)
+		return 0, err
 	}
-	if hasNotes(kernel) {
-		return 4, nil
+	n := 2
+	if has(fs, "socket_cookies") {
+		n++
 	}
-	return 3, nil
+	if has(fs, "send_notes") {
+		n++
+	}
+	return n, nil
 }
 
 // LinksHeld counts the BPF links process pid holds open: a process running
@@ -309,8 +370,8 @@ func (t *Tracer) Attach() error {
 		name string
 	}{
 		{t.objs.HandleSendReset, "tcp:tcp_send_reset"},
-		{t.objs.HandleSetState, "sock:inet_sock_set_state"},
-		{t.objs.RescueSetState, "sock:inet_sock_set_state"},
+		{t.setState, "sock:inet_sock_set_state"},
+		{t.cookies.RescueSetState, "sock:inet_sock_set_state"},
 		{t.notes.NoteSend, "sock:sock_send_length"},
 	} {
 		if p.prog == nil {
@@ -409,7 +470,8 @@ func (t *Tracer) Close() error {
 	if t.ring != nil {
 		errs = append(errs, t.ring.close())
 	}
-	errs = append(errs, t.objs.Close(), closeAll(t.notes.NoteSend))
+	errs = append(errs, t.objs.Close(), closeAll(t.cookies.HandleSetState, t.cookies.RescueSetState,
+		t.cookies.NameSockets, t.address.HandleSetState, t.notes.NoteSend))
 	return errors.Join(errs...)
 }
 
@@ -420,21 +482,32 @@ func (t *Tracer) Close() error {
 // (name_sockets) comes before it, to give every socket the cookie the
 // dump reads, and after it, to give each listener it found that predates
 // the tracer its storage, so that its children name it.
+//
+// Where records name sockets by address (no socket_cookies feature), so
+// do the holders: there is no sockets iterator then.
 func (t *Tracer) Holders() ([]events.Holder, error) {
-	if _, err := runIter(t.objs.NameSockets, "the sockets iterator"); err != nil {
-		return nil, err
+	name := t.cookies.NameSockets
+	if name != nil {
+		if _, err := runIter(name, "the sockets iterator"); err != nil {
+			return nil, err
+		}
 	}
 	raw, err := runIter(t.objs.DumpHolders, "the holders iterator")
 	if err != nil {
 		return nil, err
 	}
-	if _, err := runIter(t.objs.NameSockets, "the sockets iterator"); err != nil {
-		return nil, err
+	if name != nil {
+		if _, err := runIter(name, "the sockets iterator"); err != nil {
+			return nil, err
+		}
 	}
 	hs := make([]events.Holder, len(raw)/events.HolderSize)
 	for i := range hs {
 		if err := hs[i].DecodeHolder(raw[i*events.HolderSize:]); err != nil {
 			return nil, err
+		}
+		if name == nil {
+			hs[i].Sock = hs[i].Addr
 		}
 	}
 	return hs, nil
@@ -491,7 +564,7 @@ func (t *Tracer) Counts() (Counts, error) {
 	c.Lost += t.bad.Load()
 	// runs of handle_set_state the kernel skipped and rescue_set_state
 	// did not take over are lost transitions
-	st, err := t.objs.HandleSetState.Stats()
+	st, err := t.setState.Stats()
 	if err != nil {
 		return c, fmt.Errorf("read program stats: %w", err)
 	}

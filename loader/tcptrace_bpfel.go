@@ -52,8 +52,8 @@ type tcptraceHolder struct {
 	Saddr   [16]uint8
 	Daddr   [16]uint8
 	Dport   uint16
-	Pad     [2]uint8
-	_       [4]byte
+	Pad     [6]uint8
+	Sk      uint64
 }
 
 type tcptraceOwner struct {
@@ -89,30 +89,32 @@ type tcptraceStaging struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcptraceMapCounters         = "counters"
-	tcptraceMapEvents           = "events"
-	tcptraceMapListeners        = "listeners"
-	tcptraceMapLportFilter      = "lport_filter"
-	tcptraceMapOldListeners     = "old_listeners"
-	tcptraceMapRan              = "ran"
-	tcptraceMapResetSent        = "reset_sent"
-	tcptraceMapRportFilter      = "rport_filter"
-	tcptraceMapStaging          = "staging"
-	tcptraceProgDumpHolders     = "dump_holders"
-	tcptraceProgFlushStaging    = "flush_staging"
-	tcptraceProgHandleSendReset = "handle_send_reset"
-	tcptraceProgHandleSetState  = "handle_set_state"
-	tcptraceProgNameSockets     = "name_sockets"
-	tcptraceProgNoteSend        = "note_send"
-	tcptraceProgRescueSetState  = "rescue_set_state"
-	tcptraceVarEarlyChildren    = "early_children"
-	tcptraceVarEventType        = "event_type"
-	tcptraceVarFilterFamily     = "filter_family"
-	tcptraceVarFilterLport      = "filter_lport"
-	tcptraceVarFilterNetns      = "filter_netns"
-	tcptraceVarFilterRport      = "filter_rport"
-	tcptraceVarHolderType       = "holder_type"
-	tcptraceVarWakeupBytes      = "wakeup_bytes"
+	tcptraceMapCounters           = "counters"
+	tcptraceMapEarlyBorn          = "early_born"
+	tcptraceMapEvents             = "events"
+	tcptraceMapListeners          = "listeners"
+	tcptraceMapLportFilter        = "lport_filter"
+	tcptraceMapOldListeners       = "old_listeners"
+	tcptraceMapRan                = "ran"
+	tcptraceMapResetSent          = "reset_sent"
+	tcptraceMapRportFilter        = "rport_filter"
+	tcptraceMapStaging            = "staging"
+	tcptraceProgDumpHolders       = "dump_holders"
+	tcptraceProgFlushStaging      = "flush_staging"
+	tcptraceProgHandleSendReset   = "handle_send_reset"
+	tcptraceProgHandleSetState    = "handle_set_state"
+	tcptraceProgHandleSetState510 = "handle_set_state_510"
+	tcptraceProgNameSockets       = "name_sockets"
+	tcptraceProgNoteSend          = "note_send"
+	tcptraceProgRescueSetState    = "rescue_set_state"
+	tcptraceVarEarlyChildren      = "early_children"
+	tcptraceVarEventType          = "event_type"
+	tcptraceVarFilterFamily       = "filter_family"
+	tcptraceVarFilterLport        = "filter_lport"
+	tcptraceVarFilterNetns        = "filter_netns"
+	tcptraceVarFilterRport        = "filter_rport"
+	tcptraceVarHolderType         = "holder_type"
+	tcptraceVarWakeupBytes        = "wakeup_bytes"
 )
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -157,13 +159,14 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	DumpHolders     *ebpf.ProgramSpec `ebpf:"dump_holders"`
-	FlushStaging    *ebpf.ProgramSpec `ebpf:"flush_staging"`
-	HandleSendReset *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
-	HandleSetState  *ebpf.ProgramSpec `ebpf:"handle_set_state"`
-	NameSockets     *ebpf.ProgramSpec `ebpf:"name_sockets"`
-	NoteSend        *ebpf.ProgramSpec `ebpf:"note_send"`
-	RescueSetState  *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
+	DumpHolders       *ebpf.ProgramSpec `ebpf:"dump_holders"`
+	FlushStaging      *ebpf.ProgramSpec `ebpf:"flush_staging"`
+	HandleSendReset   *ebpf.ProgramSpec `ebpf:"handle_send_reset"`
+	HandleSetState    *ebpf.ProgramSpec `ebpf:"handle_set_state"`
+	HandleSetState510 *ebpf.ProgramSpec `ebpf:"handle_set_state_510"`
+	NameSockets       *ebpf.ProgramSpec `ebpf:"name_sockets"`
+	NoteSend          *ebpf.ProgramSpec `ebpf:"note_send"`
+	RescueSetState    *ebpf.ProgramSpec `ebpf:"rescue_set_state"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -171,6 +174,7 @@ type tcptraceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	EarlyBorn    *ebpf.MapSpec `ebpf:"early_born"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Listeners    *ebpf.MapSpec `ebpf:"listeners"`
 	LportFilter  *ebpf.MapSpec `ebpf:"lport_filter"`
@@ -216,6 +220,7 @@ func (o *tcptraceObjects) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
+	EarlyBorn    *ebpf.Map `ebpf:"early_born"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Listeners    *ebpf.Map `ebpf:"listeners"`
 	LportFilter  *ebpf.Map `ebpf:"lport_filter"`
@@ -229,6 +234,7 @@ type tcptraceMaps struct {
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Counters,
+		m.EarlyBorn,
 		m.Events,
 		m.Listeners,
 		m.LportFilter,
@@ -258,13 +264,14 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	DumpHolders     *ebpf.Program `ebpf:"dump_holders"`
-	FlushStaging    *ebpf.Program `ebpf:"flush_staging"`
-	HandleSendReset *ebpf.Program `ebpf:"handle_send_reset"`
-	HandleSetState  *ebpf.Program `ebpf:"handle_set_state"`
-	NameSockets     *ebpf.Program `ebpf:"name_sockets"`
-	NoteSend        *ebpf.Program `ebpf:"note_send"`
-	RescueSetState  *ebpf.Program `ebpf:"rescue_set_state"`
+	DumpHolders       *ebpf.Program `ebpf:"dump_holders"`
+	FlushStaging      *ebpf.Program `ebpf:"flush_staging"`
+	HandleSendReset   *ebpf.Program `ebpf:"handle_send_reset"`
+	HandleSetState    *ebpf.Program `ebpf:"handle_set_state"`
+	HandleSetState510 *ebpf.Program `ebpf:"handle_set_state_510"`
+	NameSockets       *ebpf.Program `ebpf:"name_sockets"`
+	NoteSend          *ebpf.Program `ebpf:"note_send"`
+	RescueSetState    *ebpf.Program `ebpf:"rescue_set_state"`
 }
 
 func (p *tcptracePrograms) Close() error {
@@ -273,6 +280,7 @@ func (p *tcptracePrograms) Close() error {
 		p.FlushStaging,
 		p.HandleSendReset,
 		p.HandleSetState,
+		p.HandleSetState510,
 		p.NameSockets,
 		p.NoteSend,
 		p.RescueSetState,

@@ -89,7 +89,7 @@ func (d *Diagnosis) Seed(holders []events.Holder) {
 		return
 	}
 	d.storm.Seed(snap)
-	d.stuck.Seed(holders, socks, snap.Time)
+	d.stuck.Seed(holders, socks, d.netns, snap.Time)
 	d.stormRep.Start(snap.Time)
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,6 +15,10 @@ import (
 // MiniSocket is one timewait mini-socket in a dump.
 type MiniSocket struct {
 	Cookie uint64
+	// the connection, from our side; addresses as 16 bytes, IPv4 mapped
+	// into IPv6
+	LPort, RPort uint16
+	LAddr, RAddr [16]byte
 	Socket
 }
 
@@ -37,11 +42,21 @@ func (p *Prober) MiniSockets(netns, pid uint32, family uint8, fn func(MiniSocket
 	return p.dump(netns, pid, family, miniStates, func(data []byte) { fn(miniSocket(data)) })
 }
 
-// miniSocket reads a struct inet_diag_msg: cookie, state, timer.
+// miniSocket reads a struct inet_diag_msg: cookie, connection, state,
+// timer.
 func miniSocket(data []byte) MiniSocket {
 	le := binary.NativeEndian
+	l, r := [16]byte(data[8:24]), [16]byte(data[24:40])
+	if data[0] == unix.AF_INET {
+		l = netip.AddrFrom4([4]byte(data[8:12])).As16()
+		r = netip.AddrFrom4([4]byte(data[24:28])).As16()
+	}
 	return MiniSocket{
 		Cookie: uint64(le.Uint32(data[44:])) | uint64(le.Uint32(data[48:]))<<32,
+		LPort:  binary.BigEndian.Uint16(data[4:]),
+		RPort:  binary.BigEndian.Uint16(data[6:]),
+		LAddr:  l,
+		RAddr:  r,
 		Socket: Socket{
 			State:   events.State(data[1]),
 			Expires: time.Duration(le.Uint32(data[52:])) * time.Millisecond,

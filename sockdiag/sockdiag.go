@@ -112,10 +112,11 @@ func putRequest(b []byte, e *events.Event) {
 		copy(id[20:], r[:])
 	}
 	// the cookie makes the kernel answer ESTALE for a newer connection
-	// that took the same addresses
+	// that took the same addresses; a record that names its socket by
+	// address (events.ByAddress) has none to give
 	binary.NativeEndian.PutUint32(id[40:], uint32(e.Sock))
 	binary.NativeEndian.PutUint32(id[44:], uint32(e.Sock>>32))
-	if e.Sock == 0 {
+	if e.Sock == 0 || events.ByAddress(e.Sock) {
 		binary.NativeEndian.PutUint32(id[40:], noCookie)
 		binary.NativeEndian.PutUint32(id[44:], noCookie)
 	}

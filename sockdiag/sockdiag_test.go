@@ -52,8 +52,8 @@ func TestNetnsInode(t *testing.T) {
 	}
 }
 
-// A dump's messages are read in place: each inet_diag_msg's cookie, state
-// and timer; answers to an earlier dump are skipped; NLMSG_DONE ends it.
+// A dump's messages are read in place: each inet_diag_msg's cookie,
+// connection, state and timer; answers to an earlier dump are skipped; NLMSG_DONE ends it.
 func TestParseDump(t *testing.T) {
 	msg := func(typ uint16, seq uint32, data []byte) []byte {
 		b := make([]byte, nlmAlign(unix.NLMSG_HDRLEN+len(data)))
@@ -66,6 +66,10 @@ func TestParseDump(t *testing.T) {
 	diag := func(cookie uint64, state byte, expiresMs uint32) []byte {
 		d := make([]byte, 72)
 		d[0], d[1] = unix.AF_INET, state
+		binary.BigEndian.PutUint16(d[4:], 8080)
+		binary.BigEndian.PutUint16(d[6:], 41000+uint16(cookie&0xff))
+		copy(d[8:], []byte{127, 0, 0, 1})
+		copy(d[24:], []byte{127, 0, 0, 2})
 		binary.NativeEndian.PutUint32(d[44:], uint32(cookie))
 		binary.NativeEndian.PutUint32(d[48:], uint32(cookie>>32))
 		binary.NativeEndian.PutUint32(d[52:], expiresMs)
@@ -81,9 +85,12 @@ func TestParseDump(t *testing.T) {
 	if err != nil || !done {
 		t.Fatalf("done %v, err %v", done, err)
 	}
+	l := netip.MustParseAddr("127.0.0.1").As16()
+	r := netip.MustParseAddr("127.0.0.2").As16()
 	want := []MiniSocket{
-		{Cookie: 0x1122334455667788, Socket: Socket{State: events.TimeWait, Expires: 1500 * time.Millisecond}},
-		{Cookie: 10, Socket: Socket{State: events.FinWait2}},
+		{Cookie: 0x1122334455667788, LPort: 8080, RPort: 41000 + 0x88, LAddr: l, RAddr: r,
+			Socket: Socket{State: events.TimeWait, Expires: 1500 * time.Millisecond}},
+		{Cookie: 10, LPort: 8080, RPort: 41010, LAddr: l, RAddr: r, Socket: Socket{State: events.FinWait2}},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("parsed %+v, want %+v", got, want)

@@ -291,9 +291,13 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 		if !t.room(e.Sock) {
 			return next(e)
 		}
-		en := entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: e.Listener}
-		l := t.listeners[e.Listener]
-		settled := e.Listener != 0 && l != nil && l.takers == takersMaker
+		id := e.Listener
+		if id == 0 && e.LPort != 0 {
+			id = t.listenerOnPort(e.Netns, e.LPort)
+		}
+		en := entry{since: e.Mono, sinceKnown: true, owner: ownerOf(e), listener: id}
+		l := t.listeners[id]
+		settled := id != 0 && l != nil && l.takers == takersMaker
 		if settled {
 			en.owner = l.creator
 		}
@@ -320,7 +324,7 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 			h.Family, h.LAddr, h.RAddr, h.LPort, h.RPort = e.Family, e.LAddr, e.RAddr, e.LPort, e.RPort
 		}
 		if en.listener == 0 {
-			en.listener = t.byPort[portKey{e.Netns, e.LPort}]
+			en.listener = t.listenerOnPort(e.Netns, e.LPort)
 		}
 	}
 	if p != nil && p.addrOnly {
@@ -721,7 +725,25 @@ func (t *Table) listenerOf(sock uint64, en entry) *listener {
 	if lport == 0 {
 		return nil
 	}
-	return t.listeners[t.byPort[portKey{netns, lport}]]
+	return t.listeners[t.listenerOnPort(netns, lport)]
+}
+
+// listenerOnPort finds the listener on a port, for a connection whose
+// record names none (its listener is older than the tracer, or the
+// kernel's tracing programs have no socket storage): 0 if several listen
+// on the port (SO_REUSEPORT, or on several addresses), which only the
+// connection's holder tells apart.
+func (t *Table) listenerOnPort(netns uint32, lport uint16) uint64 {
+	id := t.byPort[portKey{netns, lport}]
+	if id == 0 {
+		return 0
+	}
+	for other, l := range t.listeners {
+		if other != id && l.netns == netns && l.lport == lport {
+			return 0
+		}
+	}
+	return id
 }
 
 // room says whether a socket not yet followed can be.

@@ -75,6 +75,9 @@ type Config struct {
 	// taken just after the tracer attached): sockets older than the
 	// tracer get their owners from it.
 	Seed []events.Holder
+	// OnSeed, if set, gets Seed before the stream starts, its sockets
+	// named as the records will name them (sockets.Lives).
+	OnSeed func([]events.Holder)
 	// OnStats, if set, gets the stream's counts so far every StatsEvery
 	// (default 1 s), from the stream's goroutine: a long-running
 	// consumer sees losses as they happen, not only when Run returns.
@@ -153,7 +156,10 @@ type pipeline struct {
 	diag   *sockdiag.Prober
 	follow *timewait.Follower
 	socks  *sockets.Table
-	clock  *loader.WallClock
+	// each life of a socket named apart, where records name sockets by
+	// address
+	lives sockets.Lives
+	clock *loader.WallClock
 
 	st  Stats
 	err error // the first consumer error: the stream drains, then returns it
@@ -184,8 +190,12 @@ func newPipeline(cfg Config) *pipeline {
 	}
 	p := &pipeline{cfg: cfg, src: cfg.Source, diag: sockdiag.NewProber(), clock: loader.NewWallClock(), warned: map[string]bool{}}
 	p.follow = timewait.New(p.diag, cfg.Follow)
-	cfg.Sockets.Holders = p.src.Holders
+	cfg.Sockets.Holders = p.holders
 	p.socks = sockets.New(cfg.Sockets)
+	p.lives.Holders(cfg.Seed)
+	if cfg.OnSeed != nil {
+		cfg.OnSeed(cfg.Seed)
+	}
 	p.socks.Seed(cfg.Seed)
 	p.emitFn, p.emitMadeFn, p.deliverFn = p.emit, p.emitMade, p.deliver
 	return p
@@ -250,9 +260,17 @@ func (p *pipeline) run(ctx context.Context) (Stats, error) {
 	}
 }
 
+// holders is a holders dump, its sockets named as records are.
+func (p *pipeline) holders() ([]events.Holder, error) {
+	hs, err := p.src.Holders()
+	p.lives.Holders(hs)
+	return hs, err
+}
+
 // take completes and hands on a batch from the reader, then gives it back.
 func (p *pipeline) take(b *batch) {
 	for i := range b.n {
+		p.lives.Record(&b.ev[i])
 		p.fail(p.socks.Observe(&b.ev[i], p.deliverFn))
 	}
 	b.n = 0

@@ -143,8 +143,9 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 	seen := map[uint64]bool{}
 	for i := range snap.Sockets {
 		d := &snap.Sockets[i]
+		id := t.idOf(d, snap.Netns, seen)
 		if d.State == events.Listen {
-			o := t.listeners[d.Cookie]
+			o := t.listeners[id]
 			rep.Listeners = append(rep.Listeners, Listener{LAddr: d.LAddr.String(), LPort: d.LPort, PID: o.PID, Comm: o.Comm,
 				Queued: d.RecvQ, Backlog: d.SendQ, Full: d.RecvQ > d.SendQ})
 			continue
@@ -152,8 +153,8 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 		if !t.follows(d.State) {
 			continue
 		}
-		seen[d.Cookie] = true
-		s := t.socks[d.Cookie]
+		seen[id] = true
+		s := t.socks[id]
 		if s == nil || s.state != d.State {
 			// not seen entering it (a request socket, or a transition
 			// filtered out): followed from now
@@ -165,7 +166,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 				o = s.owner
 			}
 			s = &sock{state: d.State, since: snap.Time, owner: o}
-			t.socks[d.Cookie] = s
+			t.socks[id] = s
 		}
 		age := snap.Time.Sub(s.since)
 		if age < r.threshold {
@@ -179,7 +180,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 	// filter, a lost record): forget it
 	for c, s := range t.socks {
 		if !seen[c] && s.since.Before(snap.Time) {
-			delete(t.socks, c)
+			t.drop(c)
 		}
 	}
 	slices.SortFunc(rep.Sockets, func(a, b Socket) int {

@@ -39,6 +39,10 @@ type sock struct {
 	// tcptrace first saw it there, and the age is at least that
 	known bool
 	owner Owner
+	// where records name sockets by address: its connection, or a
+	// client's destination until it has a local port (names.go)
+	conn conn
+	dest dest
 }
 
 // maxSockets bounds the sockets followed.
@@ -66,6 +70,7 @@ type Tracker struct {
 	socks     map[uint64]*sock
 	listeners map[uint64]Owner // who made each listener seen, by cookie
 	failures  map[Failure]*[16]uint64
+	names     names
 	// FailuresDropped counts failures past maxFailures keys.
 	FailuresDropped uint64
 }
@@ -93,23 +98,38 @@ func (t *Tracker) follows(s events.State) bool {
 func ownerOf(e *events.Event) Owner { return Owner{PID: e.PID, Comm: e.CommString(), Cgroup: e.Cgroup} }
 
 // Seed takes the holders of the sockets open when tracing began
-// (loader.Tracer.Holders) and a dump of the namespace then: the sockets
+// (loader.Tracer.Holders) and a dump of namespace netns then: the sockets
 // already in a watched state are followed from now, their age unknown.
-func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time.Time) {
+func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, netns uint32, now time.Time) {
 	owners := map[uint64]Owner{}
-	for cookie, h := range sockets.YoungestPerSocket(holders) {
-		owners[cookie] = Owner{PID: h.PID, Comm: h.CommString(), Cgroup: h.Cgroup}
+	named := map[conn]uint64{} // where records name sockets by address
+	for id, h := range sockets.YoungestPerSocket(holders) {
+		owners[id] = Owner{PID: h.PID, Comm: h.CommString(), Cgroup: h.Cgroup}
+		if events.ByAddress(h.Sock) {
+			named[conn{h.Netns, h.LAddr, h.RAddr, h.LPort, h.RPort}] = h.Sock
+		}
 	}
 	for i := range dump {
 		d := &dump[i]
+		id := d.Cookie
+		if len(named) > 0 {
+			if n, ok := named[conn{netns, d.LAddr, d.RAddr, d.LPort, d.RPort}]; ok {
+				id = n
+			}
+		}
 		switch {
 		case d.State == events.Listen:
-			if o, ok := owners[d.Cookie]; ok {
-				t.listeners[d.Cookie] = o
+			if o, ok := owners[id]; ok {
+				t.listeners[id] = o
 			}
 		case t.follows(d.State):
-			if _, ok := t.socks[d.Cookie]; !ok && len(t.socks) < maxSockets {
-				t.socks[d.Cookie] = &sock{state: d.State, since: now, owner: owners[d.Cookie]}
+			if _, ok := t.socks[id]; !ok && len(t.socks) < maxSockets {
+				s := &sock{state: d.State, since: now, owner: owners[id]}
+				t.socks[id] = s
+				if events.ByAddress(id) {
+					t.track(id, s, &events.Event{Netns: netns, LAddr: d.LAddr, RAddr: d.RAddr,
+						LPort: d.LPort, RPort: d.RPort, New: d.State})
+				}
 			}
 		}
 	}
@@ -119,9 +139,9 @@ func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, now time
 func (t *Tracker) Write(e *events.Event) error {
 	if t.only != 0 {
 		if e.Old == t.only {
-			delete(t.socks, e.Sock)
-		} else if e.New == t.only && len(t.socks) < maxSockets {
-			t.socks[e.Sock] = &sock{state: e.New, since: e.Time, known: true, owner: ownerOf(e)}
+			t.drop(e.Sock)
+		} else if e.New == t.only {
+			t.follow(e)
 		}
 		return nil
 	}
@@ -131,7 +151,7 @@ func (t *Tracker) Write(e *events.Event) error {
 		delete(t.listeners, e.Sock)
 	}
 	if watched(e.Old) {
-		delete(t.socks, e.Sock)
+		t.drop(e.Sock)
 		if e.New == events.Close && e.Cause != events.CauseNone {
 			switch e.Old {
 			case events.SynSent:
@@ -141,10 +161,20 @@ func (t *Tracker) Write(e *events.Event) error {
 			}
 		}
 	}
-	if watched(e.New) && len(t.socks) < maxSockets {
-		t.socks[e.Sock] = &sock{state: e.New, since: e.Time, known: true, owner: ownerOf(e)}
+	if watched(e.New) {
+		t.follow(e)
 	}
 	return nil
+}
+
+// follow starts following e's socket in e's new state.
+func (t *Tracker) follow(e *events.Event) {
+	if len(t.socks) >= maxSockets {
+		return
+	}
+	s := &sock{state: e.New, since: e.Time, known: true, owner: ownerOf(e)}
+	t.socks[e.Sock] = s
+	t.track(e.Sock, s, e)
 }
 
 func (t *Tracker) fail(k Failure, c events.Cause) {

@@ -35,7 +35,7 @@ func TestReport(t *testing.T) {
 	holders := []events.Holder{{Sock: 1, PID: 100, Start: 1}, {Sock: 1, PID: 200, Start: 2}}
 	copy(holders[0].Comm[:], "master")
 	copy(holders[1].Comm[:], "worker")
-	tr.Seed(holders, []sockdiag.Detail{det(1, events.CloseWait, 1)}, t0)
+	tr.Seed(holders, []sockdiag.Detail{det(1, events.CloseWait, 1)}, 0, t0)
 	tr.Write(ev(events.Established, events.CloseWait, 2, t0.Add(time.Second), 300, "app"))
 	tr.Write(ev(events.Established, events.CloseWait, 3, t0.Add(50*time.Second), 300, "app"))
 	tr.Write(ev(events.Established, events.CloseWait, 4, t0.Add(2*time.Second), 300, "app"))

@@ -517,6 +517,18 @@ func (f *Follower) lookUp(group []*entry) error {
 // dump finds which of group's mini-sockets are still there, with one
 // dump of their namespace's.
 func (f *Follower) dump(group []*entry) error {
+	netns := group[0].ev.Netns
+	if events.ByAddress(group[0].ev.Sock) {
+		// records name sockets by address, which sock_diag does not
+		// show: by connection (a newer connection on the same
+		// addresses is taken for the one followed, which only a cookie
+		// tells apart)
+		return f.diag.MiniSockets(netns, group[0].ev.PID, dumpFamily(group[0]), func(m sockdiag.MiniSocket) {
+			if en, ok := f.byTuple[tuple{netns, m.LPort, m.RPort, m.LAddr, m.RAddr}]; ok {
+				en.found, en.left = true, m.Expires
+			}
+		})
+	}
 	// by cookie, searched for each socket the dump lists: a map of them
 	// would keep the size of the largest group ever due, tens of
 	// thousands when a storm's first TIME_WAITs end together

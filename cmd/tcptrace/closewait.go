@@ -71,7 +71,7 @@ func runClosewait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets stuck before tcptrace started are found at the first report\n", err)
 			return
 		}
-		tracker.Seed(holders, snap.Sockets, snap.Time)
+		tracker.Seed(holders, snap.Sockets, snap.Netns, snap.Time)
 	}
 	return liveReport(ctx, &c.reportFlags, stderr, tracker, seed, report)
 }

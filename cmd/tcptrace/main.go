@@ -359,9 +359,6 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	if err != nil {
 		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets opened before tcptrace have no owner until a system call on them\n", err)
 	}
-	if h.onSeed != nil {
-		h.onSeed(seed)
-	}
 	if c.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.duration)
@@ -376,6 +373,7 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 		Warn:       func(msg string) { fmt.Fprintf(stderr, "tcptrace: warning: %s\n", msg) },
 		Follow:     timewait.Options{Max: c.twMax},
 		Seed:       seed,
+		OnSeed:     h.onSeed,
 		OnStats:    h.onStats,
 		StatsEvery: h.every,
 	})
