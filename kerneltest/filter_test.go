@@ -1,6 +1,7 @@
 package kerneltest
 
 import (
+	"fmt"
 	"cmp"
 	"net"
 	"slices"
@@ -90,17 +91,24 @@ func TestFilters(t *testing.T) {
 	}
 
 	type key struct {
-		sock     uint64
+		sock     string
 		old, new events.State
 		cause    events.Cause
 		pid      uint32
 	}
 	// transitions on different CPUs at the same moment reach each ring in
-	// either order: compare each socket's own sequence
+	// either order: compare each socket's own sequence. A socket is
+	// known by its connection as its last record has it: where the
+	// kernel names sockets by address, each tracer numbers their lives
+	// its own way (sockets.Lives).
 	keys := func(evs []events.Event) []key {
+		conn := map[uint64]string{}
+		for _, e := range evs {
+			conn[e.Sock] = fmt.Sprintf("%v:%d %v:%d", e.LAddr, e.LPort, e.RAddr, e.RPort)
+		}
 		var out []key
 		for _, e := range evs {
-			out = append(out, key{e.Sock, e.Old, e.New, e.Cause, e.PID})
+			out = append(out, key{conn[e.Sock], e.Old, e.New, e.Cause, e.PID})
 		}
 		slices.SortStableFunc(out, func(a, b key) int { return cmp.Compare(a.sock, b.sock) })
 		return out

@@ -36,14 +36,33 @@ func connOf(e *events.Event) conn {
 	return conn{e.Netns, e.LAddr, e.RAddr, e.LPort, e.RPort}
 }
 
+// start says whether records name sockets by address, as id does.
+func (n *names) start(id uint64) bool {
+	if !n.on && events.ByAddress(id) {
+		n.on, n.byConn, n.dialing = true, map[conn]uint64{}, map[dest][]uint64{}
+	}
+	return n.on
+}
+
+// listen learns a listener's address from its CLOSE -> LISTEN, and
+// forgets it at its LISTEN -> CLOSE.
+func (t *Tracker) listen(e *events.Event) {
+	n := &t.names
+	if !n.start(e.Sock) {
+		return
+	}
+	if c := connOf(e); e.New == events.Listen {
+		n.byConn[c] = e.Sock
+	} else if n.byConn[c] == e.Sock {
+		delete(n.byConn, c)
+	}
+}
+
 // track learns the connection of a socket followed from record e.
 func (t *Tracker) track(id uint64, s *sock, e *events.Event) {
 	n := &t.names
-	if !n.on {
-		if !events.ByAddress(id) {
-			return
-		}
-		n.on, n.byConn, n.dialing = true, map[conn]uint64{}, map[dest][]uint64{}
+	if !n.start(id) {
+		return
 	}
 	if e.LPort != 0 {
 		s.conn = connOf(e)

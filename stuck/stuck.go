@@ -121,6 +121,8 @@ func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, netns ui
 		case d.State == events.Listen:
 			if o, ok := owners[id]; ok {
 				t.listeners[id] = o
+				t.listen(&events.Event{Sock: id, Netns: netns, LAddr: d.LAddr, RAddr: d.RAddr,
+					LPort: d.LPort, RPort: d.RPort, New: events.Listen})
 			}
 		case t.follows(d.State):
 			if _, ok := t.socks[id]; !ok && len(t.socks) < maxSockets {
@@ -147,8 +149,10 @@ func (t *Tracker) Write(e *events.Event) error {
 	}
 	if e.New == events.Listen {
 		t.listeners[e.Sock] = ownerOf(e)
+		t.listen(e)
 	} else if e.Old == events.Listen && e.New == events.Close {
 		delete(t.listeners, e.Sock)
+		t.listen(e)
 	}
 	if watched(e.Old) {
 		t.drop(e.Sock)

@@ -87,3 +87,41 @@ func TestTrackerOf(t *testing.T) {
 		t.Errorf("followed %v", tr.socks)
 	}
 }
+
+// Where records name sockets by address (Linux 5.10), a dump is joined
+// with them by connection: a CLOSE_WAIT leak seen entering it, a client
+// stuck in SYN_SENT whose record had no local port yet, and a listener
+// keep their owners and ages.
+func TestReportByAddress(t *testing.T) {
+	const base = uint64(0x1ffff) << 47
+	tr := NewTracker()
+	listen := ev(events.Close, events.Listen, base|1, t0, 100, "server")
+	listen.RAddr, listen.RPort = netip.IPv4Unspecified(), 0
+	tr.Write(listen)
+	tr.Write(ev(events.Established, events.CloseWait, base|2, t0.Add(time.Second), 100, "server"))
+	dial := ev(events.Close, events.SynSent, base|3, t0.Add(2*time.Second), 300, "client")
+	dial.LPort, dial.RPort = 0, 9
+	tr.Write(dial)
+
+	leak := det(77, events.CloseWait, 1)
+	syn := sockdiag.Detail{Cookie: 78, State: events.SynSent, LAddr: local, LPort: 41000, RAddr: remote, RPort: 9}
+	listener := sockdiag.Detail{Cookie: 79, State: events.Listen, LAddr: local, LPort: 8080, RAddr: netip.IPv4Unspecified(),
+		RecvQ: 2, SendQ: 1}
+	r := NewReporter(tr, nil, 30*time.Second, t0)
+	rep := r.Build(&Snapshot{Time: t0.Add(60 * time.Second), Netns: 1, Sockets: []sockdiag.Detail{leak, syn, listener}})
+	if len(rep.Sockets) != 2 {
+		t.Fatalf("sockets %+v", rep.Sockets)
+	}
+	if s := rep.Sockets[0]; s.PID != 100 || !s.AgeKnown || s.Age != 59 || s.State != "CLOSE_WAIT" {
+		t.Errorf("leak %+v", s)
+	}
+	if s := rep.Sockets[1]; s.PID != 300 || !s.AgeKnown || s.Age != 58 || s.State != "SYN_SENT" {
+		t.Errorf("client %+v", s)
+	}
+	if len(rep.Listeners) != 1 || rep.Listeners[0].PID != 100 {
+		t.Errorf("listeners %+v", rep.Listeners)
+	}
+	if len(tr.socks) != 2 {
+		t.Errorf("%d sockets followed, want 2 (none twice)", len(tr.socks))
+	}
+}
