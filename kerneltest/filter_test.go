@@ -1,8 +1,8 @@
 package kerneltest
 
 import (
-	"fmt"
 	"cmp"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
