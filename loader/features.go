@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // A Feature is something the program uses where the kernel has it; where
@@ -82,6 +83,9 @@ var floor = []struct {
 		}
 		return err == nil, err
 	}},
+	{"test runs of raw tracepoint programs on a chosen CPU (Linux 5.10)", func(*btf.Spec) (bool, error) {
+		return probeRunOnCPU()
+	}},
 	{"sock:inet_sock_set_state and tcp:tcp_send_reset for BTF-typed programs", func(k *btf.Spec) (bool, error) {
 		return hasTracepoint(k, "inet_sock_set_state") && hasTracepoint(k, "tcp_send_reset"), nil
 	}},
@@ -115,6 +119,28 @@ func probeHelper(kernel *btf.Spec, fn asm.BuiltinFunc) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("probe for %v: %w", fn, err)
+}
+
+// probeRunOnCPU runs an empty raw_tp program on CPU 0, as Settle runs
+// flush_staging on every CPU: kernels before 5.10 cannot.
+func probeRunOnCPU() (bool, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.RawTracepoint,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return false, fmt.Errorf("probe for test runs on a CPU: %w", err)
+	}
+	defer prog.Close()
+	_, err = prog.Run(&ebpf.RunOptions{Flags: unix.BPF_F_TEST_RUN_ON_CPU, CPU: 0})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.Errno(524) /* ENOTSUPP */), errors.Is(err, ebpf.ErrNotSupported):
+		return false, nil
+	}
+	return false, fmt.Errorf("probe for test runs on a CPU: %w", err)
 }
 
 // checkFloor names, in one line, what this kernel lacks of the floor.
