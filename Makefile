@@ -13,9 +13,11 @@ export BPF_CLANG BPF_CFLAGS
 
 # Two binaries: tcptrace, and tcptrace-agent, the same commands built with
 # the exporters' libraries, which `tcptrace agent` runs in its place.
+# -buildvcs=true: tcptrace --version names the commit even where GOFLAGS
+# turns the stamp off
 build:
-	$(GO) build -o tcptrace ./cmd/tcptrace
-	$(GO) build -tags agent -o tcptrace-agent ./cmd/tcptrace
+	$(GO) build -buildvcs=true -o tcptrace ./cmd/tcptrace
+	$(GO) build -buildvcs=true -tags agent -o tcptrace-agent ./cmd/tcptrace
 
 # Kernel tests need root; they skip without BPF unless TCPTRACE_REQUIRE_BPF=1.
 # One package at a time: the churn test takes both cores and must not share

@@ -53,18 +53,25 @@ func (s State) String() string {
 	return "UNKNOWN(" + strconv.Itoa(int(s)) + ")"
 }
 
-// ParseState reads a state name as String prints it; case does not matter
-// and a TCP_ prefix is allowed.
+// ParseState reads a state name as String prints it, or as ss spells it
+// (close-wait, fin-wait-1, listening, closed); case does not matter and a
+// TCP_ prefix is allowed.
 func ParseState(name string) (State, bool) {
 	n := []byte(name)
 	for i, c := range n {
-		if 'a' <= c && c <= 'z' {
+		switch {
+		case 'a' <= c && c <= 'z':
 			n[i] = c - 'a' + 'A'
+		case c == '-':
+			n[i] = '_'
 		}
 	}
 	u := string(n)
 	if len(u) > 4 && u[:4] == "TCP_" {
 		u = u[4:]
+	}
+	if a, ok := ssNames[u]; ok {
+		u = a
 	}
 	for s, sn := range stateNames {
 		if sn != "" && sn == u {
@@ -73,6 +80,10 @@ func ParseState(name string) (State, bool) {
 	}
 	return 0, false
 }
+
+// ssNames are ss's state names that differ from the kernel's by more than
+// case and dashes.
+var ssNames = map[string]string{"FIN_WAIT_1": "FIN_WAIT1", "FIN_WAIT_2": "FIN_WAIT2", "LISTENING": "LISTEN", "CLOSED": "CLOSE"}
 
 // StateNames lists the names ParseState accepts, in kernel order.
 func StateNames() []string {

@@ -25,12 +25,15 @@ func TestStateString(t *testing.T) {
 func TestParseState(t *testing.T) {
 	for in, want := range map[string]State{
 		"TIME_WAIT": TimeWait, "time_wait": TimeWait, "TCP_CLOSE_WAIT": CloseWait, "listen": Listen,
+		// as ss spells them
+		"close-wait": CloseWait, "time-wait": TimeWait, "syn-recv": SynRecv, "syn-sent": SynSent,
+		"fin-wait-1": FinWait1, "fin-wait-2": FinWait2, "last-ack": LastAck, "listening": Listen, "closed": Close,
 	} {
 		if got, ok := ParseState(in); !ok || got != want {
 			t.Errorf("ParseState(%q) = %v, %v; want %v", in, got, ok, want)
 		}
 	}
-	for _, in := range []string{"", "TCP_", "TIMEWAIT", "UNKNOWN(3)"} {
+	for _, in := range []string{"", "TCP_", "TIMEWAIT", "UNKNOWN(3)", "fin-wait-3"} {
 		if _, ok := ParseState(in); ok {
 			t.Errorf("ParseState(%q) accepted", in)
 		}

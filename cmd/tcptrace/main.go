@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -33,8 +35,12 @@ func main() {
 	stopProfile()
 	cancel()
 	var uerr usageError
+	var cerr commandError
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+	case errors.As(err, &cerr) && errors.As(err, &uerr):
+		fmt.Fprintf(os.Stderr, "tcptrace: %v (see tcptrace %s --help)\n", uerr, cerr.name)
+		os.Exit(2)
 	case errors.As(err, &uerr):
 		fmt.Fprintf(os.Stderr, "tcptrace: %v (see tcptrace --help)\n", err)
 		os.Exit(2)
@@ -45,6 +51,16 @@ func main() {
 }
 
 type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// commandError is an error of a subcommand's, whose help lists its flags.
+type commandError struct {
+	name string
+	error
+}
+
+func (e commandError) Unwrap() error { return e.error }
 
 // setupError is a failure before tracing began (a bad filter, a kernel
 // that refuses the program): said alone, with no "0 events" summary
@@ -219,8 +235,9 @@ comma-separated or the flag repeated):
   --netns NS          network namespace: an inode number or a path
                         tcptrace --netns /var/run/netns/blue
                         tcptrace --netns /proc/4242/ns/net
-  --state STATES      events whose old or new state is one of these
-                        tcptrace --state TIME_WAIT,CLOSE_WAIT
+  --state STATES      events whose old or new state is one of these, as
+                      printed or as ss spells them
+                        tcptrace --state TIME_WAIT,close-wait
 
 Limits:
   --duration D        stop after D
@@ -252,18 +269,62 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	coarseSleeps()
 	tightHeap()
 	name := "trace"
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Fprintln(stdout, version())
+		return nil
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		name, args = args[0], args[1:]
 		if name == "help" {
-			fmt.Fprint(stderr, usage)
-			return flag.ErrHelp
+			// tcptrace help CMD is tcptrace CMD --help
+			if len(args) == 0 {
+				fmt.Fprint(stderr, usage)
+				return flag.ErrHelp
+			}
+			name, args = args[0], []string{"--help"}
 		}
 	}
 	cmd, ok := commands[name]
 	if !ok {
 		return usageError{fmt.Errorf("unknown command %q", name)}
 	}
-	return cmd(ctx, args, stdout, stderr)
+	err := cmd(ctx, args, stdout, stderr)
+	if name != "trace" && err != nil {
+		err = commandError{name, err}
+	}
+	return err
+}
+
+// version says which build this is: the module's version, the commit and
+// whether the tree had changes, and the Go release, from the build info.
+func version() string {
+	v, commit, dirty := "(devel)", "", false
+	goVersion := runtime.Version()
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		goVersion = bi.GoVersion
+		for _, st := range bi.Settings {
+			switch st.Key {
+			case "vcs.revision":
+				commit = st.Value
+			case "vcs.modified":
+				dirty = st.Value == "true"
+			}
+		}
+	}
+	s := "tcptrace " + v
+	if commit != "" {
+		if len(commit) > 12 {
+			commit = commit[:12]
+		}
+		s += " commit " + commit
+		if dirty {
+			s += " (modified)"
+		}
+	}
+	return s + " " + goVersion
 }
 
 // traceConfig is what the trace command's flags say.

@@ -69,6 +69,22 @@ func TestCommands(t *testing.T) {
 	if err := run(context.Background(), []string{"help"}, io.Discard, &out); !errors.Is(err, flag.ErrHelp) || !strings.HasPrefix(out.String(), "Usage: tcptrace") {
 		t.Errorf("help: %v, %q", err, out.String())
 	}
+	out.Reset()
+	if err := run(context.Background(), []string{"help", "stats"}, io.Discard, &out); !errors.Is(err, flag.ErrHelp) ||
+		!strings.HasPrefix(out.String(), "Usage: tcptrace stats") {
+		t.Errorf("help stats: %v, %q", err, out.String())
+	}
+	// a subcommand's usage error points at its own help
+	err = run(context.Background(), []string{"stats", "--interval", "x"}, io.Discard, io.Discard)
+	var cerr commandError
+	if !errors.As(err, &cerr) || cerr.name != "stats" || !errors.As(err, &uerr) {
+		t.Errorf("stats --interval x: %v, want a usage error of stats", err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--version"}, &out, io.Discard); err != nil ||
+		!strings.HasPrefix(out.String(), "tcptrace ") || !strings.Contains(out.String(), " go1.") {
+		t.Errorf("--version: %v, %q", err, out.String())
+	}
 }
 
 func TestHelp(t *testing.T) {
