@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -190,12 +191,48 @@ func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) 
 			fmt.Fprint(stderr, help)
 			return err
 		}
-		return usageError{err}
+		return usageError{explain(fs, err)}
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	return nil
+}
+
+// badValue is how package flag says a built-in value did not parse.
+var badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -([a-z0-9-]+): (parse error|value out of range)$`)
+
+// explain replaces flag's "parse error" with the form the flag wants.
+func explain(fs *flag.FlagSet, err error) error {
+	m := badValue.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	f := fs.Lookup(m[2])
+	if f == nil {
+		return err
+	}
+	g, ok := f.Value.(flag.Getter)
+	if !ok {
+		return err
+	}
+	var want string
+	switch g.Get().(type) {
+	case time.Duration:
+		want = "want a duration with a unit, such as 30s, 5m or 1h30m"
+	case int, uint, int64, uint64:
+		want = "want a whole number, such as 10"
+	case float64:
+		want = "want a number, such as 12.5"
+	case bool:
+		want = "want true or false"
+	default:
+		return err
+	}
+	if m[3] == "value out of range" {
+		want = "out of range: " + want
+	}
+	return fmt.Errorf("invalid value %q for --%s: %s", m[1], m[2], want)
 }
 
 const usage = `Usage: tcptrace [trace] [flags]

@@ -41,6 +41,8 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"--ring-size", "lots"}, "want bytes such as 8M"},
 		{[]string{"--tw-max", "0"}, "at least 1"},
 		{[]string{"--duration", "-1s"}, "must be positive"},
+		{[]string{"--duration", "5"}, `invalid value "5" for --duration: want a duration with a unit, such as 30s`},
+		{[]string{"--count", "many"}, `invalid value "many" for --count: want a whole number`},
 		{[]string{"stray"}, `unexpected argument "stray"`},
 		{[]string{"--nope"}, "flag provided but not defined"},
 	} {
