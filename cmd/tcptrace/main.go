@@ -186,7 +186,7 @@ func (c *common) filter() (filter.Filter, error) {
 // parseFlags parses a command's flags; help is that command's usage.
 func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) error {
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(splitShort(args)); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, help)
 			return err
@@ -197,6 +197,23 @@ func parseFlags(fs *flag.FlagSet, args []string, help string, stderr io.Writer) 
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	return nil
+}
+
+// splitShort reads -L8081 as -L 8081, as ss and getopt do: package flag
+// would take it for a flag named L8081.
+func splitShort(args []string) []string {
+	var out []string
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && (a[1] == 'L' || a[1] == 'D') && '0' <= a[2] && a[2] <= '9' {
+			out = append(out, a[:2], a[2:])
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // badValue is how package flag says a built-in value did not parse.

@@ -13,7 +13,7 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	c, err := parseTrace([]string{"--json", "-w", "-4", "-L", "80,443", "--lport", "8080", "-D", "5432",
+	c, err := parseTrace([]string{"--json", "-w", "-4", "-L80,443", "--lport", "8080", "-D", "5432",
 		"--pid", "1,2", "--comm", "nginx", "--state", "time_wait,CLOSE_WAIT", "--count", "5",
 		"--duration", "30s", "--ring-size", "32M", "--tw-max", "10"}, io.Discard)
 	if err != nil {
