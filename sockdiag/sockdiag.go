@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -214,7 +215,18 @@ func nsInode(path string) (uint32, error) {
 // as /var/run/netns/NAME or /proc/PID/ns/net.
 func NetnsInode(arg string) (uint32, error) {
 	if n, err := strconv.ParseUint(arg, 10, 32); err == nil {
+		if !netnsExists(uint32(n)) {
+			return 0, fmt.Errorf("network namespace %d: no process and no /run/netns entry is in it (ls -iL /proc/*/ns/net /run/netns lists the inodes; or give its path)", n)
+		}
 		return uint32(n), nil
+	}
+	if !strings.Contains(arg, "/") {
+		// a name, as ip netns gives it
+		named := filepath.Join(netnsDir, arg)
+		if _, err := os.Stat(named); err != nil {
+			return 0, fmt.Errorf("network namespace %q: no %s (ip netns list shows the names; or give a path such as /proc/PID/ns/net, or an inode)", arg, named)
+		}
+		arg = named
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(arg, &st); err != nil {
@@ -222,7 +234,34 @@ func NetnsInode(arg string) (uint32, error) {
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(arg, &fs); err != nil || (fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC) {
-		return 0, fmt.Errorf("network namespace %q: not a namespace file (want /var/run/netns/NAME or /proc/PID/ns/net)", arg)
+		return 0, fmt.Errorf("network namespace %q: not a namespace file (want a name from ip netns list, /run/netns/NAME or /proc/PID/ns/net)", arg)
 	}
 	return uint32(st.Ino), nil
+}
+
+// netnsDir is where ip netns keeps its namespaces' names.
+const netnsDir = "/run/netns"
+
+// netnsExists says whether a process or a name of ip netns is in the
+// network namespace with inode ino: a namespace nothing holds is gone.
+func netnsExists(ino uint32) bool {
+	var st unix.Stat_t
+	for _, dir := range []string{netnsDir} {
+		names, _ := os.ReadDir(dir)
+		for _, n := range names {
+			if unix.Stat(filepath.Join(dir, n.Name()), &st) == nil && uint32(st.Ino) == ino {
+				return true
+			}
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if p.Name()[0] < '0' || p.Name()[0] > '9' {
+			continue
+		}
+		if unix.Stat("/proc/"+p.Name()+"/ns/net", &st) == nil && uint32(st.Ino) == ino {
+			return true
+		}
+	}
+	return false
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,18 +38,6 @@ func TestRequest(t *testing.T) {
 	got = request(&e6)
 	if got[0] != 10 || got[27] != 1 || !bytes.Equal(got[48:56], bytes.Repeat([]byte{0xff}, 8)) {
 		t.Errorf("IPv6 request without cookie: %v", got)
-	}
-}
-
-func TestNetnsInode(t *testing.T) {
-	if n, err := NetnsInode("4026531840"); err != nil || n != 4026531840 {
-		t.Errorf("inode: %d, %v", n, err)
-	}
-	if _, err := NetnsInode("/etc/hostname"); err == nil || !strings.Contains(err.Error(), "not a namespace file") {
-		t.Errorf("a plain file: %v", err)
-	}
-	if _, err := NetnsInode("/nonexistent/ns"); err == nil {
-		t.Error("a missing path was accepted")
 	}
 }
 
@@ -103,5 +92,28 @@ func TestParseDump(t *testing.T) {
 	}
 	if _, err := parseDump(b[:10], 7, func([]byte) {}); err != nil {
 		t.Errorf("a short read is not an error, got %v", err)
+	}
+}
+
+// --netns takes a path, a name of ip netns or an inode that a namespace
+// in use has; anything else is refused with what to give instead.
+func TestNetnsInode(t *testing.T) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, arg := range []string{"/proc/self/ns/net", strconv.FormatUint(st.Ino, 10)} {
+		if ino, err := NetnsInode(arg); err != nil || uint64(ino) != st.Ino {
+			t.Errorf("%s: %d, %v; want %d", arg, ino, err, st.Ino)
+		}
+	}
+	for arg, want := range map[string]string{
+		"12345":                "no process and no /run/netns entry is in it",
+		"tt-no-such-namespace": "no /run/netns/tt-no-such-namespace (ip netns list shows the names",
+		"/etc/passwd":          "not a namespace file",
+	} {
+		if _, err := NetnsInode(arg); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", arg, err, want)
+		}
 	}
 }

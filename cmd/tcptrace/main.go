@@ -286,7 +286,9 @@ comma-separated or the flag repeated):
                         tcptrace --pid 1234
   --comm NAME         owning process's command name, exact (at most 15 bytes)
                         tcptrace --comm nginx
-  --netns NS          network namespace: an inode number or a path
+  --netns NS          network namespace: a name of ip netns, a path, or
+                      the inode of one in use
+                        tcptrace --netns blue
                         tcptrace --netns /var/run/netns/blue
                         tcptrace --netns /proc/4242/ns/net
   --state STATES      events whose old or new state is one of these, as
