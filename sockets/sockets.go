@@ -473,9 +473,10 @@ func (t *Table) owners(sock uint64, o owner, now uint64) (handshake, rest owner)
 		t.dumpNow(now)
 	}
 	// o took the connection from the listener (it holds the listener),
-	// or, where no dump could tell (o was gone by then), most likely did:
-	// handing a connection on is the rarer design
-	if o.pid != 0 && (l.heldBy(o.pid) || !t.alive[o.pid]) {
+	// or, where no dump could tell (o was gone by then, or nobody held
+	// the listener any more), most likely did: handing a connection on
+	// is the rarer design
+	if o.pid != 0 && (l.heldBy(o.pid) || !t.alive[o.pid] || len(l.holders) == 0) {
 		l.acceptor = o
 		if l.takers == takersUnknown && o.pid == l.creator.pid {
 			l.takers = takersMaker

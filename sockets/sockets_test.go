@@ -225,6 +225,28 @@ func TestHandedOn(t *testing.T) {
 	checkOwners(t, out[2:], 200, "handler")
 }
 
+// Socket activation, seen late: the supervisor made the listener and
+// handed it on; by the dump that would tell, the service has closed the
+// listener too. Nobody holds it then, so the service, seen holding the
+// connection, took it: the supervisor is never named.
+func TestHandedListenerGone(t *testing.T) {
+	conn := events.Holder{Sock: 7, PID: 200, Start: 2, State: events.CloseWait}
+	copy(conn.Comm[:], "service")
+	tab := New(Options{Holders: func() ([]events.Holder, error) { return []events.Holder{conn}, nil }})
+	var out sink
+	observe(t, tab, &out, rec(1, 10, events.Close, events.Listen, 100, "supervisor"))
+	out = out[:0]
+	observe(t, tab, &out,
+		child(7, 500*ms, 100, "supervisor"),
+		rec(7, 510*ms, events.SynRecv, events.Established, 0, ""),
+		holding(7, 530*ms, 200, "service", 0),
+		rec(7, 830*ms, events.Established, events.FinWait1, 200, "service"))
+	if len(out) != 3 {
+		t.Fatalf("got %d events, want 3", len(out))
+	}
+	checkOwners(t, out, 200, "service")
+}
+
 // A connection reset before anyone accepted it is named for its
 // listener's holder at once.
 func TestResetBeforeAccept(t *testing.T) {
