@@ -27,13 +27,31 @@ func TestLookupMany(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
+		// closed only once every connection is accepted: closing a
+		// listener resets what waits in its queue, and the client
+		// would never reach TIME_WAIT (under emulation the acceptor
+		// lags the last few connects)
+		accepted := make(chan struct{}, n)
+		defer func() {
+			timeout := time.After(patience)
+			for range n {
+				select {
+				case <-accepted:
+				case <-timeout:
+					t.Errorf("the server accepted fewer than %d connections", n)
+					ln.Close()
+					return
+				}
+			}
+			ln.Close()
+		}()
 		go func() {
 			for {
 				c, err := ln.Accept()
 				if err != nil {
 					return
 				}
+				accepted <- struct{}{}
 				// read to the client's FIN, then close: TIME_WAIT
 				// is on the client
 				go func() { c.Read(make([]byte, 1)); c.Close() }()
