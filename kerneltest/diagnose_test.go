@@ -101,7 +101,12 @@ func (p *proc) storm(n int) {
 func stormUntil(t *testing.T, ns *netns, p *proc, side string, n int) int {
 	t.Helper()
 	made := 0
+	start := time.Now()
 	for held := 0; held < n; held = timeWaitsTo(t, ns, side, stormPort) {
+		if made > 0 {
+			// each round, for a failure to show its history
+			t.Logf("%s: %d connections made in %v, %d TIME_WAIT", side, made, time.Since(start).Round(time.Millisecond), held)
+		}
 		if made > n+n/100 {
 			t.Fatalf("%d connections made, %d TIME_WAIT: the kernel ended more than 1%% early", made, held)
 		}
