@@ -235,36 +235,40 @@ func runClient() int {
 // one, renamed worker-thr-7 as thread pools name theirs: the socket is
 // still the process's, shown by the process's name.
 func runRenamedClient() int {
-	// the main thread stays with this goroutine, so the other cannot
-	// run on it
-	runtime.LockOSThread()
+	// main runs on whichever thread the scheduler gave it, not
+	// necessarily the main one: the goroutine that finds itself on the
+	// main thread keeps it, locked, and works from another
 	done := make(chan int)
-	go func() {
+	var work func()
+	work = func() {
 		runtime.LockOSThread()
 		if unix.Gettid() == os.Getpid() {
-			done <- fail("still on the main thread")
-			return
+			go work()
+			select {} // hold the main thread until the process exits
 		}
-		name := []byte("worker-thr-7\x00")
-		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0); err != nil {
-			done <- fail("prctl: %v", err)
-			return
-		}
-		c, err := net.Dial("tcp", env("ADDR"))
-		if err != nil {
-			done <- fail("dial: %v", err)
-			return
-		}
-		if err := c.Close(); err != nil {
-			done <- fail("close: %v", err)
-			return
-		}
-		done <- 0
-	}()
+		done <- renamedConnect()
+	}
+	go work()
 	if code := <-done; code != 0 {
 		return code
 	}
 	fmt.Println("done")
+	return 0
+}
+
+// renamedConnect renames the calling thread and connects and closes.
+func renamedConnect() int {
+	name := []byte("worker-thr-7\x00")
+	if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0); err != nil {
+		return fail("prctl: %v", err)
+	}
+	c, err := net.Dial("tcp", env("ADDR"))
+	if err != nil {
+		return fail("dial: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		return fail("close: %v", err)
+	}
 	return 0
 }
 
