@@ -34,13 +34,21 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 		}
 		defer ln.Close()
 		lport = uint16(ln.Addr().(*net.TCPAddr).Port)
+		// the server closes each connection once its client has: the
+		// client's TIME_WAIT then holds the port. The listener closes
+		// only after both are accepted: closing it with a connection
+		// still in its accept queue resets that connection, and frees
+		// its client's port (seen on the 6.12 guest, where 100 ms was
+		// not enough for the accept under emulation)
+		served := make(chan error, 2)
 		go func() {
-			for {
+			for range 2 {
 				c, err := ln.Accept()
 				if err != nil {
+					served <- err
 					return
 				}
-				go func() { io.Copy(io.Discard, c); c.Close() }()
+				go func() { io.Copy(io.Discard, c); served <- c.Close() }()
 			}
 		}()
 		d := net.Dialer{Timeout: 2 * time.Second}
@@ -52,9 +60,23 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 			}
 			c.Close()
 		}
-		// the clients' TIME_WAITs hold both ports once their servers close
-		time.Sleep(100 * time.Millisecond)
+		for range 2 {
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Fatalf("server: %v", err)
+				}
+			case <-time.After(patience):
+				t.Fatal("the server did not close both connections")
+			}
+		}
 	})
+	// the clients' TIME_WAITs follow the servers' FINs
+	for deadline := time.Now().Add(patience); timeWaitsTo(t, ns, "dport", exhaustPort) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d TIME_WAIT toward port %d, want 2", timeWaitsTo(t, ns, "dport", exhaustPort), exhaustPort)
+		}
+	}
 	failConnects(t, ns, exhaustPort, failures)
 	return lport
 }
