@@ -131,6 +131,9 @@ type pending struct {
 	recs     []*events.Event
 	deadline uint64 // CLOCK_MONOTONIC
 	addrOnly bool
+	// seen is a process seen holding it whose records wait for a dump
+	// to tell whether it accepted the connection or was handed it
+	seen owner
 }
 
 // Table follows sockets by cookie. It is not safe for concurrent use.
@@ -440,8 +443,8 @@ func (t *Table) holding(e *events.Event, next func(*events.Event) error) error {
 		// did it take the connection from the listener, or was it
 		// handed it? Only a dump tells: when the dumps' spacing allows
 		// none now, the records wait for the next one
-		if _, later := t.dumpNow(e.Mono); later != 0 {
-			p.deadline = later
+		if _, later := t.dumpNow(e.Mono, false); later != 0 {
+			p.deadline, p.seen = t.waitUntil(p, later), en.owner
 			return nil
 		}
 	}
@@ -470,7 +473,7 @@ func (t *Table) owners(sock uint64, o owner, now uint64) (handshake, rest owner)
 		return o, o
 	}
 	if o.pid != 0 && !l.heldBy(o.pid) {
-		t.dumpNow(now)
+		t.dumpNow(now, false)
 	}
 	// o took the connection from the listener (it holds the listener),
 	// or, where no dump could tell (o was gone by then, or nobody held
@@ -535,7 +538,7 @@ func (t *Table) hold(e *events.Event) *pending {
 		p = &pending{}
 	}
 	p.deadline = e.Mono + t.holdFor
-	p.addrOnly = false
+	p.addrOnly, p.seen = false, owner{}
 	t.keep(p, e)
 	t.pend[e.Sock] = p
 	return p
@@ -578,6 +581,13 @@ func (t *Table) release(sock uint64, hs, rest owner, next func(*events.Event) er
 	p.recs = p.recs[:0]
 	t.sparePend = append(t.sparePend, p)
 	return err
+}
+
+// waitUntil is when p, put off until later by the dumps' spacing, is due:
+// then, or once it has waited maxWait HoldFor, when it gets its dump
+// anyway.
+func (t *Table) waitUntil(p *pending, later uint64) uint64 {
+	return min(later, p.recs[0].Mono+maxWait*t.holdFor)
 }
 
 // NextDeadline is when the earliest held connection is due for Expire
@@ -633,20 +643,29 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 			}
 			continue
 		}
+		waited := now-p.recs[0].Mono >= maxWait*t.holdFor
 		if !dumped {
-			held, later = t.dumpNow(now)
+			// the oldest first: when it waited maxWait, it gets its
+			// dump, spacing or not (one per Expire at most). A guess
+			// from the listener would name its maker, which may have
+			// handed it on (socket activation), or another worker of a
+			// prefork server
+			held, later = t.dumpNow(now, waited)
 			dumped = true
 		}
-		if later != 0 && now-p.recs[0].Mono < maxWait*t.holdFor {
-			// the dumps' spacing put this one off: a guess from the
-			// listener would name another worker of a prefork server
-			p.deadline = later
+		if later != 0 {
+			// the dumps' spacing put this one off
+			p.deadline = t.waitUntil(p, later)
 			continue
 		}
 		var o owner
 		if h, ok := held[sock]; ok {
 			o = holderOwner(&h)
-		} else if now-p.recs[0].Mono < maxWait*t.holdFor && t.contended(sock) {
+		} else if p.seen.pid != 0 {
+			// seen holding it, and gone from it since: it most likely
+			// accepted it (see owners)
+			o = p.seen
+		} else if !waited && t.contended(sock) {
 			// nobody holds it yet (it waits in the accept queue) and
 			// several processes could take it: wait for the one that
 			// does, rather than guess among them
@@ -664,13 +683,16 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 // dumpNow takes a holders dump and returns the youngest holder of each
 // socket in it. A dump walks every open file on the host, so they are
 // spaced: at least HoldFor apart, and 20 times as long as the last one
-// took, so that dumps cost at most a twentieth of a core.
-// When the spacing puts the dump off, later says when it may run.
-func (t *Table) dumpNow(now uint64) (held map[uint64]events.Holder, later uint64) {
+// took, so that dumps cost at most a twentieth of a core; but a server
+// connection that waited maxWait HoldFor forces one (force): where a dump
+// takes over 50 ms (a host with very many open files, or emulation),
+// that is up to one dump every maxWait HoldFor while server connections
+// come. When the spacing puts the dump off, later says when it may run.
+func (t *Table) dumpNow(now uint64, force bool) (held map[uint64]events.Holder, later uint64) {
 	if t.dump == nil {
 		return nil, 0
 	}
-	if gap := max(t.holdFor, 20*t.dumpTook); t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < gap {
+	if gap := max(t.holdFor, 20*t.dumpTook); !force && t.lastDump != 0 && now != ^uint64(0) && now-t.lastDump < gap {
 		return nil, t.lastDump + gap
 	}
 	t.lastDump = now

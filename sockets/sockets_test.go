@@ -517,3 +517,43 @@ func TestHoldingWaitsForDumpToTell(t *testing.T) {
 	}
 	checkOwners(t, out, 200, "worker")
 }
+
+// Socket activation where dumps are slow (under emulation one took
+// 100 ms, which spaces them 2 s apart): the supervisor made the listener
+// and handed it to the service before the tracer's first dump since. A
+// connection that waited 10 HoldFor gets its dump at once, spacing or
+// not, and is named for the service, not guessed from the listener's
+// maker; so is one whose holder was seen, without a dump.
+func TestSlowDumpsNameTheService(t *testing.T) {
+	for _, notes := range []bool{false, true} {
+		service := events.Holder{Sock: 1, PID: 200, Start: 2, State: events.Listen}
+		copy(service.Comm[:], "service")
+		conn := events.Holder{Sock: 7, PID: 200, Start: 2, State: events.Established}
+		copy(conn.Comm[:], "service")
+		dumps := 0
+		tab := New(Options{HoldFor: 100 * time.Millisecond, NoNotes: !notes, Holders: func() ([]events.Holder, error) {
+			dumps++
+			return []events.Holder{service, conn}, nil
+		}})
+		var out sink
+		observe(t, tab, &out, rec(1, 10*ms, events.Close, events.Listen, 100, "super"))
+		tab.lastDump, tab.dumpTook = 5*ms, uint64(100*time.Millisecond)
+		out = out[:0]
+		observe(t, tab, &out, child(7, 500*ms, 0, ""), rec(7, 510*ms, events.SynRecv, events.Established, 0, ""))
+		if notes {
+			observe(t, tab, &out, holding(7, 520*ms, 200, "service", 0))
+		}
+		for now := 600 * ms; now <= 1600*ms; now += 100 * ms {
+			if err := tab.Expire(now, out.next); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(out) != 2 {
+			t.Fatalf("notes %v: got %d events, want the handshake", notes, len(out))
+		}
+		checkOwners(t, out, 200, "service")
+		if dumps != 1 {
+			t.Errorf("notes %v: %d dumps, want 1", notes, dumps)
+		}
+	}
+}
