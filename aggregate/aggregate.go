@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/sockets"
 )
 
 // States is the number of TCP states plus one: events.State values index
@@ -178,6 +179,22 @@ func (a *Aggregate) reset(now time.Time) {
 // Seed sets the sockets per state from a dump.
 func (a *Aggregate) Seed(perState [States]int64) {
 	a.Sockets = perState
+}
+
+// SeedHolders counts the CLOSE_WAITs each process held when tracing
+// began, from the holders dump (loader.Tracer.Holders), of the sockets
+// keep passes: a leak older than tcptrace is named from the start, and
+// its sockets' later transitions, named for the same holder (package
+// sockets), take it down again.
+func (a *Aggregate) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
+	for _, h := range sockets.YoungestPerSocket(hs) {
+		if h.State != events.CloseWait {
+			continue
+		}
+		if e := h.InState(); keep(&e) {
+			a.closeWaits(&e)
+		}
+	}
 }
 
 // Peek is the current interval so far, not ended: the caller must not

@@ -220,6 +220,14 @@ type Holder struct {
 // CommString returns the holding process's command name.
 func (h *Holder) CommString() string { return string(commBytes(&h.Comm)) }
 
+// InState is a record of h's socket being in its state now, owned by h's
+// process (Old and New both h.State): what takes records (a filter, a
+// count of the sockets held) takes the sockets of a dump through it.
+func (h *Holder) InState() Event {
+	return Event{Kind: Transition, Sock: h.Sock, Old: h.State, New: h.State, Netns: h.Netns, Family: h.Family,
+		LAddr: h.LAddr, RAddr: h.RAddr, LPort: h.LPort, RPort: h.RPort, PID: h.PID, Comm: h.Comm, Cgroup: h.Cgroup}
+}
+
 // DecodeHolder fills h from one record of the holders dump.
 func (h *Holder) DecodeHolder(b []byte) error {
 	if len(b) < HolderSize {

@@ -62,6 +62,12 @@ func listenPlain() (*net.TCPListener, error) {
 	if env("MPTCP") != "1" {
 		lc.SetMultipathTCP(false)
 	}
+	if env("LEAK") == "1" {
+		// no keepalive, as a C server's: Go's probes every 15 s, and
+		// each answer from the peer restarts the last ACK tcp_info
+		// keeps, from which an old leak's age is bounded
+		lc.KeepAlive = -1
+	}
 	l, err := lc.Listen(context.Background(), "tcp", env("ADDR"))
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)

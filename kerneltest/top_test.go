@@ -38,6 +38,45 @@ func (x tmux) screen(what string, cond func(string) bool) string {
 	return ""
 }
 
+// startTop runs `tcptrace top` on ns in a real terminal (tmux, 120x40),
+// redrawn every 300 ms, and waits until it is attached.
+func startTop(t *testing.T, ns *netns) tmux {
+	t.Helper()
+	if _, err := exec.LookPath("tmux"); err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatal("tmux is not installed (CI installs it)")
+		}
+		t.Skip("no tmux")
+	}
+	bin := tcptraceBinary(t)
+	x := tmux{t, fmt.Sprintf("tcptrace-test-%d-%s", os.Getpid(), t.Name())}
+	t.Cleanup(func() { x.run("kill-server"); os.Remove("/tmp/" + x.socket + ".err") })
+	if out, err := x.run("new-session", "-d", "-x", "120", "-y", "40", "-s", "top",
+		"exec "+bin+" top --netns "+ns.path+" --interval 300ms 2>/tmp/"+x.socket+".err"); err != nil {
+		t.Fatalf("tmux: %v: %s", err, out)
+	}
+	pidOut, err := x.run("display", "-p", "-t", "top", "#{pane_pid}")
+	if err != nil {
+		t.Fatalf("pane pid: %v", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(pidOut))
+	var stderr strings.Builder
+	waitAttached(t, pid, &stderr)
+	return x
+}
+
+// holding says whether screen s has the row of pid comm with n
+// CLOSE_WAITs held (the last column).
+func holding(s string, pid uint32, comm string, n int) bool {
+	for _, l := range strings.Split(s, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 7 && f[0] == strconv.Itoa(int(pid)) && f[1] == comm && f[len(f)-1] == strconv.Itoa(n) {
+			return true
+		}
+	}
+	return false
+}
+
 // `tcptrace top` in a real terminal (tmux, 120x40): it shows the rates,
 // the sockets per state and the server process holding a CLOSE_WAIT while
 // it does; s changes the sort; q quits and gives the terminal back.
@@ -50,21 +89,8 @@ func TestTopInTmux(t *testing.T) {
 		}
 		t.Skip("no tmux")
 	}
-	bin := tcptraceBinary(t)
 	ns := newNetns(t)
-	x := tmux{t, fmt.Sprintf("tcptrace-test-%d", os.Getpid())}
-	t.Cleanup(func() { x.run("kill-server") })
-	if out, err := x.run("new-session", "-d", "-x", "120", "-y", "40", "-s", "top",
-		"exec "+bin+" top --netns "+ns.path+" --interval 300ms 2>/tmp/"+x.socket+".err"); err != nil {
-		t.Fatalf("tmux: %v: %s", err, out)
-	}
-	pidOut, err := x.run("display", "-p", "-t", "top", "#{pane_pid}")
-	if err != nil {
-		t.Fatalf("pane pid: %v", err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(pidOut))
-	var stderr strings.Builder
-	waitAttached(t, pid, &stderr)
+	x := startTop(t, ns)
 	x.screen("the first interval", func(s string) bool { return strings.Contains(s, "transitions/s") })
 
 	// the server holds its CLOSE_WAIT for 3 s after the client closed
@@ -75,13 +101,7 @@ func TestTopInTmux(t *testing.T) {
 	c.cli.expect("done")
 	c.cli.wait()
 	held := x.screen("the server holding a CLOSE_WAIT", func(s string) bool {
-		for _, l := range strings.Split(s, "\n") {
-			f := strings.Fields(l)
-			if len(f) >= 7 && f[0] == strconv.Itoa(int(c.srv.pid)) && f[1] == serverComm && f[len(f)-1] == "1" {
-				return strings.Contains(s, "CLOSE_WAIT 1")
-			}
-		}
-		return false
+		return holding(s, c.srv.pid, serverComm, 1) && strings.Contains(s, "CLOSE_WAIT 1")
 	})
 	if !strings.Contains(held, "tcptrace top") || !strings.Contains(held, "PROCESS") || !strings.Contains(held, "PEER") {
 		t.Errorf("screen:\n%s", held)
@@ -104,5 +124,4 @@ func TestTopInTmux(t *testing.T) {
 	if b, _ := os.ReadFile("/tmp/" + x.socket + ".err"); !strings.Contains(string(b), "events, 0 lost") {
 		t.Errorf("exit line: %q", b)
 	}
-	os.Remove("/tmp/" + x.socket + ".err")
 }

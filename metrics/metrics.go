@@ -19,6 +19,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/aggregate"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/sockets"
 )
 
 // Other is the label of what is past the first TopK.
@@ -257,6 +258,45 @@ func (x *Exporter) Write(e *events.Event) error {
 	default:
 		return nil
 	}
+	x.owners(e, newConn)
+	return nil
+}
+
+// SeedHolders counts the CLOSE_WAITs each process held when tracing
+// began, from the holders dump (loader.Tracer.Holders), of the sockets
+// keep passes: a leak older than the agent is in
+// tcptrace_process_close_wait from the start, as it is in
+// tcptrace_close_wait_stuck.
+func (x *Exporter) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
+	type port struct {
+		netns uint32
+		port  uint16
+	}
+	listening := map[port]bool{}
+	for _, h := range hs {
+		if h.State == events.Listen {
+			listening[port{h.Netns, h.LPort}] = true
+		}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, h := range sockets.YoungestPerSocket(hs) {
+		e := h.InState()
+		if h.State != events.CloseWait || !keep(&e) {
+			continue
+		}
+		if x.ports != nil && h.Sock != 0 && listening[port{h.Netns, h.LPort}] && len(x.servers) < maxOthers {
+			// a server's connection: its listener's port
+			key := strconv.Itoa(int(h.LPort))
+			x.servers[h.Sock] = key
+			x.ports.get(key).count(&e, false)
+		}
+		x.owners(&e, false)
+	}
+}
+
+// owners counts e by its owner's name and cgroup.
+func (x *Exporter) owners(e *events.Event, newConn bool) {
 	comm := x.comm(e)
 	if e.PID == 0 {
 		comm = "unknown"
@@ -276,10 +316,9 @@ func (x *Exporter) Write(e *events.Event) error {
 	if e.New == events.TimeWait {
 		x.twEntries++
 	}
-	if e.New == events.CloseWait && len(x.cwOwner) < maxOthers {
+	if e.New == events.CloseWait && e.Sock != 0 && len(x.cwOwner) < maxOthers {
 		x.cwOwner[e.Sock] = keys
 	}
-	return nil
 }
 
 // comm is e's owner's name, made a string once per name rather than per

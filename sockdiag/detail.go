@@ -23,7 +23,29 @@ type Detail struct {
 	// its accept queue's size (the backlog).
 	RecvQ, SendQ uint32
 	Inode        uint32
+	// LastAck is how long ago the socket last took an acceptable ACK
+	// from its peer (tcp_info's tcpi_last_ack_recv, ss -ti's lastack;
+	// the kernel sets tp->rcv_tstamp in tcp_ack()), to the millisecond;
+	// HasInfo says the kernel gave it (a full socket: not a
+	// mini-socket, nor a request). Every segment after the handshake
+	// carries an ACK, the FIN that moved a socket to CLOSE_WAIT
+	// included, so a socket has been in CLOSE_WAIT at least LastAck,
+	// exactly as long when its peer has sent nothing since (a peer that
+	// closed and went quiet: the leak's case).
+	LastAck time.Duration
+	HasInfo bool
 }
+
+// inetDiagInfo is INET_DIAG_INFO, the attribute with struct tcp_info
+// (linux/inet_diag.h; x/sys/unix does not define it)
+const inetDiagInfo = 2
+
+// infoExt asks a dump for INET_DIAG_INFO.
+const infoExt = 1 << (inetDiagInfo - 1)
+
+// tcp_info's tcpi_last_ack_recv, in ms: after 8 bytes of one-byte
+// fields, tcpi_rto to tcpi_fackets and three of the four times
+const lastAckOffset = 56
 
 // States is a set of TCP states for a dump, as the kernel numbers them.
 func States(states ...events.State) uint32 {
@@ -44,7 +66,7 @@ const AllStates = allStates
 func (p *Prober) Details(netns, pid uint32, states uint32, fn func(*Detail)) error {
 	var d Detail
 	for _, family := range []uint8{4, 6} {
-		err := p.dump(netns, pid, family, states, func(data []byte) {
+		err := p.dump(netns, pid, family, states, infoExt, func(data []byte) {
 			parseDetail(data, &d)
 			fn(&d)
 		})
@@ -55,7 +77,10 @@ func (p *Prober) Details(netns, pid uint32, states uint32, fn func(*Detail)) err
 	return nil
 }
 
-// parseDetail reads a struct inet_diag_msg.
+// msgLen is struct inet_diag_msg's size: its attributes follow.
+const msgLen = 72
+
+// parseDetail reads a struct inet_diag_msg and its INET_DIAG_INFO.
 func parseDetail(data []byte, d *Detail) {
 	le := binary.NativeEndian
 	*d = Detail{
@@ -67,6 +92,17 @@ func parseDetail(data []byte, d *Detail) {
 	}
 	if len(data) >= 72 {
 		d.RecvQ, d.SendQ, d.Inode = le.Uint32(data[56:]), le.Uint32(data[60:]), le.Uint32(data[68:])
+	}
+	for a := data[min(msgLen, len(data)):]; len(a) >= 4; {
+		size, typ := int(le.Uint16(a)), le.Uint16(a[2:])
+		if size < 4 || size > len(a) {
+			break
+		}
+		if typ == inetDiagInfo && size >= 4+lastAckOffset+4 {
+			d.LastAck = time.Duration(le.Uint32(a[4+lastAckOffset:])) * time.Millisecond
+			d.HasInfo = true
+		}
+		a = a[min(nlmAlign(size), len(a)):]
 	}
 	src, dst := [16]byte(data[8:24]), [16]byte(data[24:40])
 	if data[0] == 2 { // AF_INET

@@ -39,7 +39,7 @@ const dumpTimeout = 2 * time.Second
 // sockets is about 3.5 MB, which netlink.Conn would hand over as as many
 // messages, each allocated.
 func (p *Prober) MiniSockets(netns, pid uint32, family uint8, fn func(MiniSocket)) error {
-	return p.dump(netns, pid, family, miniStates, func(data []byte) { fn(miniSocket(data)) })
+	return p.dump(netns, pid, family, miniStates, 0, func(data []byte) { fn(miniSocket(data)) })
 }
 
 // miniSocket reads a struct inet_diag_msg: cookie, connection, state,
@@ -65,8 +65,9 @@ func miniSocket(data []byte) MiniSocket {
 }
 
 // dump calls fn with each struct inet_diag_msg (at least 56 bytes) of a
-// dump of family's TCP sockets in states, in netns.
-func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, fn func(msg []byte)) error {
+// dump of family's TCP sockets in states, in netns, followed by the
+// attributes ext asks for (a mask of 1<<(INET_DIAG_*-1)).
+func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, ext uint8, fn func(msg []byte)) error {
 	s, err := p.session(netns, pid)
 	if err != nil {
 		return fmt.Errorf("sock_diag dump in netns %d: %w", netns, err)
@@ -85,6 +86,7 @@ func (p *Prober) dump(netns, pid uint32, family uint8, states uint32, fn func(ms
 		r[0] = unix.AF_INET6
 	}
 	r[1] = unix.IPPROTO_TCP
+	r[2] = ext
 	le.PutUint32(r[4:], states)
 	// no cookie: every socket
 	le.PutUint32(r[48:], noCookie)
@@ -159,7 +161,7 @@ const allStates = ^uint32(0)
 // `ss -tan` lists. pid, if not 0, is a process likely to be in that
 // namespace.
 func (p *Prober) Sockets(netns, pid uint32, family uint8, fn func(Listed)) error {
-	return p.dump(netns, pid, family, allStates, func(data []byte) {
+	return p.dump(netns, pid, family, allStates, 0, func(data []byte) {
 		fn(Listed{State: events.State(data[1]), LPort: binary.BigEndian.Uint16(data[4:]), RPort: binary.BigEndian.Uint16(data[6:])})
 	})
 }

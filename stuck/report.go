@@ -71,9 +71,16 @@ type Socket struct {
 	RAddr string `json:"raddr"`
 	RPort uint16 `json:"rport"`
 	// Age in the state, seconds; AgeKnown false means it was already
-	// there when tcptrace first saw it: the age is at least Age
+	// there when tcptrace first saw it: the age is at least Age, the
+	// longer of the time since then and, for a CLOSE_WAIT or FIN_WAIT2
+	// full socket, the time since it last took an ACK from its peer
+	// (sockdiag.Detail.LastAck)
 	Age      float64 `json:"age_s"`
 	AgeKnown bool    `json:"age_known"`
+	// Orphan: a FIN_WAIT2 socket no process holds (closed here, its
+	// peer has not closed; no inode, as ss shows it): not a leak of
+	// this host's. PID is who closed it, if tcptrace saw it
+	Orphan bool `json:"orphan"`
 	// RecvQ and SendQ are ss's Recv-Q and Send-Q; in CLOSE_WAIT the
 	// kernel counts the peer's FIN in Recv-Q as one byte. Unread is the
 	// data received and never read, the FIN left out: how a leak is
@@ -91,7 +98,9 @@ type Process struct {
 	State  string  `json:"state"`
 	Count  int     `json:"count"`
 	Oldest float64 `json:"oldest_s"`
-	Unread uint64  `json:"unread_bytes"`
+	// OldestKnown false: the oldest's age is a lower bound (Socket.AgeKnown)
+	OldestKnown bool   `json:"oldest_known"`
+	Unread      uint64 `json:"unread_bytes"`
 }
 
 // HandshakeFailure counts one destination's failed connects (Side
@@ -169,12 +178,18 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 			t.socks[id] = s
 		}
 		age := snap.Time.Sub(s.since)
+		if !s.known && d.HasInfo && (d.State == events.CloseWait || d.State == events.FinWait2) {
+			// it entered the state on taking an ACK (the peer's FIN,
+			// or the one of ours): at least as long ago as the last
+			age = max(age, d.LastAck)
+		}
 		if age < r.threshold {
 			continue
 		}
 		rep.Sockets = append(rep.Sockets, Socket{PID: s.owner.PID, Comm: s.owner.Comm, Unit: r.unitOf(s.owner), State: d.State.String(),
 			LAddr: d.LAddr.String(), LPort: d.LPort, RAddr: d.RAddr.String(), RPort: d.RPort,
-			Age: age.Seconds(), AgeKnown: s.known, RecvQ: d.RecvQ, SendQ: d.SendQ, Unread: unread(d)})
+			Age: age.Round(time.Millisecond).Seconds(), AgeKnown: s.known, Orphan: d.State == events.FinWait2 && (d.Inode == 0 || s.owner.PID == 0),
+			RecvQ: d.RecvQ, SendQ: d.SendQ, Unread: unread(d)})
 	}
 	// what the dump no longer has left without a transition seen (a
 	// filter, a lost record): forget it
@@ -183,9 +198,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 			t.drop(c)
 		}
 	}
-	slices.SortFunc(rep.Sockets, func(a, b Socket) int {
-		return cmp.Or(cmp.Compare(b.Age, a.Age), cmp.Compare(a.PID, b.PID), cmp.Compare(a.LPort, b.LPort), cmp.Compare(a.RPort, b.RPort))
-	})
+	slices.SortFunc(rep.Sockets, bySocket)
 	rep.ByProcess = byProcess(rep.Sockets)
 	for k, n := range t.failures {
 		if k.Netns != snap.Netns {
@@ -227,6 +240,26 @@ func (r *Reporter) unitOf(o Owner) string {
 	return ""
 }
 
+// stateRank orders the states for a person: a leak of this host's
+// first, then what waits on peers
+var stateRank = map[string]int{"CLOSE_WAIT": 0, "SYN_RECV": 1, "SYN_SENT": 2, "FIN_WAIT2": 3}
+
+// bySocket orders the stuck sockets: by state (stateRank), those a
+// process holds before those none does, then oldest first.
+func bySocket(a, b Socket) int {
+	return cmp.Or(cmp.Compare(stateRank[a.State], stateRank[b.State]), cmp.Compare(unheld(a.PID), unheld(b.PID)),
+		cmp.Compare(b.Age, a.Age), cmp.Compare(a.PID, b.PID), cmp.Compare(a.LPort, b.LPort), cmp.Compare(a.RPort, b.RPort))
+}
+
+// unheld is 1 for a socket no process is known to hold, 0 for one held:
+// held sort first
+func unheld(pid uint32) int {
+	if pid == 0 {
+		return 1
+	}
+	return 0
+}
+
 // unread is the data in d's receive queue: in CLOSE_WAIT, the peer's FIN
 // takes one of Recv-Q's bytes (rcv_nxt - copied_seq).
 func unread(d *sockdiag.Detail) uint32 {
@@ -251,7 +284,9 @@ func byProcess(socks []Socket) []Process {
 			m[k] = p
 		}
 		p.Count++
-		p.Oldest = max(p.Oldest, s.Age)
+		if p.Count == 1 || s.Age > p.Oldest {
+			p.Oldest, p.OldestKnown = s.Age, s.AgeKnown
+		}
 		p.Unread += uint64(s.Unread)
 	}
 	out := []Process{}
@@ -259,7 +294,8 @@ func byProcess(socks []Socket) []Process {
 		out = append(out, *p)
 	}
 	slices.SortFunc(out, func(a, b Process) int {
-		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.PID, b.PID), strings.Compare(a.State, b.State))
+		return cmp.Or(cmp.Compare(stateRank[a.State], stateRank[b.State]), cmp.Compare(unheld(a.PID), unheld(b.PID)),
+			cmp.Compare(b.Count, a.Count), cmp.Compare(b.Oldest, a.Oldest), cmp.Compare(a.PID, b.PID))
 	})
 	return out
 }
@@ -277,15 +313,19 @@ func (r *Reporter) verdicts(rep *Report) []string {
 		}
 		switch p.State {
 		case "CLOSE_WAIT":
-			out = append(out, fmt.Sprintf("%s holds %s in CLOSE_WAIT for up to %s: their peers closed and it never called close() on them; %d unread bytes wait in their receive queues. Look for a code path that returns without closing the socket",
-				name, conns(p.Count), ageText(p.Oldest), p.Unread))
+			out = append(out, fmt.Sprintf("%s holds %s in CLOSE_WAIT, the oldest for %s: their peers closed and it never called close() on them; %d unread bytes wait in their receive queues. Look for a code path that returns without closing the socket",
+				name, conns(p.Count), AgeText(p.Oldest, p.OldestKnown), p.Unread))
 		case "FIN_WAIT2":
-			out = append(out, fmt.Sprintf("%d connections closed by %s wait in FIN_WAIT2 for up to %s: their peers have not closed theirs (a peer that never calls close() holds them in CLOSE_WAIT); tcp_fin_timeout ends those already closed here",
-				p.Count, name, ageText(p.Oldest)))
+			by := " by " + name
+			if p.PID == 0 {
+				by = " here (no process holds them any more)"
+			}
+			out = append(out, fmt.Sprintf("%s closed%s wait in FIN_WAIT2, the oldest for %s: their peers have not closed theirs (a peer that never calls close() holds them in CLOSE_WAIT); tcp_fin_timeout ends those already closed here",
+				conns(p.Count), by, AgeText(p.Oldest, p.OldestKnown)))
 		case "SYN_SENT":
-			out = append(out, fmt.Sprintf("%s has %d connects unanswered for up to %s: the destination drops SYNs (a firewall, a dead host)", name, p.Count, ageText(p.Oldest)))
+			out = append(out, fmt.Sprintf("%s has %d connects unanswered, the oldest for %s: the destination drops SYNs (a firewall, a dead host)", name, p.Count, AgeText(p.Oldest, p.OldestKnown)))
 		case "SYN_RECV":
-			out = append(out, fmt.Sprintf("%d half-open connections for up to %s: the clients never completed the handshake (a SYN flood, or replies that do not reach them)", p.Count, ageText(p.Oldest)))
+			out = append(out, fmt.Sprintf("%d half-open connections, the oldest for %s: the clients never completed the handshake (a SYN flood, or replies that do not reach them)", p.Count, AgeText(p.Oldest, p.OldestKnown)))
 		}
 	}
 	for _, f := range rep.HandshakeFailures {
@@ -318,4 +358,12 @@ func conns(n int) string {
 
 func ageText(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
+}
+
+// AgeText writes an age in seconds, marked "≥ " when it is a lower bound.
+func AgeText(s float64, known bool) string {
+	if known {
+		return ageText(s)
+	}
+	return "≥ " + ageText(s)
 }

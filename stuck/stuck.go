@@ -103,18 +103,33 @@ func ownerOf(e *events.Event) Owner { return Owner{PID: e.PID, Comm: e.CommStrin
 func (t *Tracker) Seed(holders []events.Holder, dump []sockdiag.Detail, netns uint32, now time.Time) {
 	owners := map[uint64]Owner{}
 	named := map[conn]uint64{} // where records name sockets by address
+	// a socket that had no cookie at the holders dump (its namespace is
+	// not the tracer's, where the dump gives them: see
+	// loader.Tracer.Holders) has one by the sock_diag dump, which makes
+	// it: it is found by its connection
+	uncooked := map[conn]Owner{}
 	for id, h := range sockets.YoungestPerSocket(holders) {
-		owners[id] = Owner{PID: h.PID, Comm: h.CommString(), Cgroup: h.Cgroup}
+		o := Owner{PID: h.PID, Comm: h.CommString(), Cgroup: h.Cgroup}
+		owners[id] = o
+		c := conn{h.Netns, h.LAddr, h.RAddr, h.LPort, h.RPort}
 		if events.ByAddress(h.Sock) {
-			named[conn{h.Netns, h.LAddr, h.RAddr, h.LPort, h.RPort}] = h.Sock
+			named[c] = h.Sock
+		} else if h.Sock == 0 {
+			uncooked[c] = o
 		}
 	}
 	for i := range dump {
 		d := &dump[i]
 		id := d.Cookie
+		c := conn{netns, d.LAddr, d.RAddr, d.LPort, d.RPort}
 		if len(named) > 0 {
-			if n, ok := named[conn{netns, d.LAddr, d.RAddr, d.LPort, d.RPort}]; ok {
+			if n, ok := named[c]; ok {
 				id = n
+			}
+		}
+		if o, ok := uncooked[c]; ok {
+			if _, known := owners[id]; !known {
+				owners[id] = o
 			}
 		}
 		switch {

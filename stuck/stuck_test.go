@@ -61,7 +61,7 @@ func TestReport(t *testing.T) {
 		rep.HandshakeFailures[0].RAddr != "10.0.0.5" || len(rep.Listeners) != 1 || !rep.Listeners[0].Full {
 		t.Errorf("by process %+v, failures %+v, listeners %+v", rep.ByProcess, rep.HandshakeFailures, rep.Listeners)
 	}
-	for _, want := range []string{"pid 300 app holds 1 connection in CLOSE_WAIT for up to 59s", "pid 200 worker holds 1 connection",
+	for _, want := range []string{"pid 300 app holds 1 connection in CLOSE_WAIT, the oldest for 59s", "pid 200 worker holds 1 connection in CLOSE_WAIT, the oldest for ≥ 1m0s",
 		"listener 10.0.0.9:8080 (owner not known) has a full accept queue (129 queued, backlog 128)"} {
 		found := false
 		for _, v := range rep.Verdicts {
@@ -123,5 +123,42 @@ func TestReportByAddress(t *testing.T) {
 	}
 	if len(tr.socks) != 2 {
 		t.Errorf("%d sockets followed, want 2 (none twice)", len(tr.socks))
+	}
+}
+
+// A leak older than tcptrace: the seed dump finds it 5 s into a run; its
+// tcp_info says it took its peer's FIN 40 s ago. It is reported with the
+// default threshold, at least 40 s old, first: before an older orphaned
+// FIN_WAIT2, which goes in its own section.
+func TestReportOlderLeak(t *testing.T) {
+	tr := NewTracker()
+	holders := []events.Holder{{Sock: 1, PID: 100, Start: 1}}
+	copy(holders[0].Comm[:], "python3")
+	leak := det(1, events.CloseWait, 4)
+	leak.HasInfo, leak.LastAck = true, 40*time.Second
+	orphan := det(2, events.FinWait2, 0) // a mini-socket: no tcp_info
+	orphan.RPort = 50001
+	tr.Seed(holders, []sockdiag.Detail{leak, orphan}, 1, t0)
+	r := NewReporter(tr, nil, DefaultThreshold, t0)
+	leak.LastAck = 45 * time.Second
+	rep := r.Build(&Snapshot{Time: t0.Add(5 * time.Second), Netns: 1, Sockets: []sockdiag.Detail{leak, orphan}})
+	if len(rep.Sockets) != 1 {
+		t.Fatalf("sockets %+v, want the leak alone (the orphan is 5 s old)", rep.Sockets)
+	}
+	if s := rep.Sockets[0]; s.PID != 100 || s.Comm != "python3" || s.AgeKnown || s.Age != 45 || s.Unread != 3 || s.Orphan {
+		t.Errorf("leak %+v", s)
+	}
+	rep = r.Build(&Snapshot{Time: t0.Add(100 * time.Second), Netns: 1, Sockets: []sockdiag.Detail{leak, orphan}})
+	if len(rep.Sockets) != 2 || rep.Sockets[0].State != "CLOSE_WAIT" || rep.Sockets[0].Age != 100 || !rep.Sockets[1].Orphan {
+		t.Fatalf("sockets %+v, want the leak, then the orphan", rep.Sockets)
+	}
+	var b strings.Builder
+	if err := WriteText(&b, rep, 10); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	i, j := strings.Index(out, "python3"), strings.Index(out, "orphaned FIN_WAIT2")
+	if i < 0 || j < i || !strings.Contains(out, "≥ 1m40s") || !strings.Contains(out, "the oldest for ≥ 1m40s") {
+		t.Errorf("text:\n%s", out)
 	}
 }

@@ -14,29 +14,27 @@ import (
 func WriteText(w io.Writer, rep *Report, top int) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s  stuck for %s or more: %d sockets\n\n", rep.Time.Local().Format("15:04:05"), ageText(rep.Threshold), len(rep.Sockets))
-	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "PID\tCOMM\tUNIT\tSTATE\tLOCAL\tREMOTE\tAGE\tRECV-Q\tUNREAD")
-	for i, s := range rep.Sockets {
-		if i == top {
-			fmt.Fprintf(tw, "... %d more\n", len(rep.Sockets)-top)
-			break
+	var held, orphans []Socket
+	for _, s := range rep.Sockets {
+		if s.Orphan {
+			orphans = append(orphans, s)
+		} else {
+			held = append(held, s)
 		}
-		age := ageText(s.Age)
-		if !s.AgeKnown {
-			age = "≥ " + age
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.PID, dash(s.Comm), dash(s.Unit), s.State,
-			net.JoinHostPort(s.LAddr, strconv.Itoa(int(s.LPort))), net.JoinHostPort(s.RAddr, strconv.Itoa(int(s.RPort))), age, s.RecvQ, s.Unread)
 	}
-	tw.Flush()
+	writeSockets(&b, held, top)
 	if len(rep.ByProcess) > 0 {
 		b.WriteString("\n")
-		tw = tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+		tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
 		fmt.Fprintln(tw, "PID\tCOMM\tUNIT\tSTATE\tSOCKETS\tOLDEST\tUNREAD")
 		for _, p := range rep.ByProcess {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\n", p.PID, dash(p.Comm), dash(p.Unit), p.State, p.Count, ageText(p.Oldest), p.Unread)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\n", p.PID, dash(p.Comm), dash(p.Unit), p.State, p.Count, AgeText(p.Oldest, p.OldestKnown), p.Unread)
 		}
 		tw.Flush()
+	}
+	if len(orphans) > 0 {
+		fmt.Fprintf(&b, "\norphaned FIN_WAIT2 (closed here, no process holds them; their peers have not closed): %d\n", len(orphans))
+		writeSockets(&b, orphans, top)
 	}
 	if len(rep.HandshakeFailures) > 0 {
 		b.WriteString("\nfailed handshakes since start:\n")
@@ -75,6 +73,23 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeSockets writes up to top sockets as a table, and how many more
+// there are.
+func writeSockets(b *strings.Builder, socks []Socket, top int) {
+	tw := tabwriter.NewWriter(b, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "PID\tCOMM\tUNIT\tSTATE\tLOCAL\tREMOTE\tAGE\tRECV-Q\tUNREAD")
+	for i, s := range socks {
+		if i == top {
+			fmt.Fprintf(tw, "... %d more (--top)\n", len(socks)-top)
+			break
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", s.PID, dash(s.Comm), dash(s.Unit), s.State,
+			net.JoinHostPort(s.LAddr, strconv.Itoa(int(s.LPort))), net.JoinHostPort(s.RAddr, strconv.Itoa(int(s.RPort))),
+			AgeText(s.Age, s.AgeKnown), s.RecvQ, s.Unread)
+	}
+	tw.Flush()
 }
 
 func dash(s string) string {

@@ -172,8 +172,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer cancel()
 		srv.Shutdown(shut)
 	}()
-	fmt.Fprintf(stderr, "tcptrace: serving metrics on http://%s/metrics\n", ln.Addr())
-
 	lastSeed := time.Now()
 	var diagErr error
 	st, err := trace(ctx, &c.common, stderr, hooks{every: min(5*time.Second, c.diagEvery), onStats: func(st stream.Stats) {
@@ -195,7 +193,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		x.SetFeatures(has)
 		ready.Store(true)
-	}, onSeed: diag.Seed}, x, diag)
+		// only now: a failure to load or attach is the one line said
+		fmt.Fprintf(stderr, "tcptrace: serving metrics on http://%s/metrics\n", ln.Addr())
+	}, onSeed: func(hs []events.Holder) {
+		diag.Seed(hs)
+		x.SeedHolders(hs, f.Match)
+	}}, x, diag)
 	sayEnd(stderr, st, err)
 	return err
 }

@@ -67,6 +67,10 @@ func newAggregator(c *aggFlags, stderr io.Writer) (*aggregator, error) {
 	return a, nil
 }
 
+// seedHolders takes the holders dump at start: the CLOSE_WAITs held
+// then, by process.
+func (a *aggregator) seedHolders(hs []events.Holder) { a.SeedHolders(hs, a.filter.Match) }
+
 // reseed sets the sockets per state from a dump again, once a minute:
 // what the transitions keep drifts from what the kernel has (ends not
 // followed past --tw-max, sockets whose transitions the kernel part of
@@ -132,7 +136,7 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			werr = fmt.Errorf("write output: %w", err)
 		}
 	}
-	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval}, agg.Aggregate)
+	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval, onSeed: agg.seedHolders}, agg.Aggregate)
 	sayEnd(stderr, st, err)
 	return errors.Join(err, werr)
 }

@@ -48,7 +48,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			if err := top.Plain(stdout, &s); err != nil && werr == nil {
 				werr = fmt.Errorf("write output: %w", err)
 			}
-		}}, agg.Aggregate)
+		}, onSeed: agg.seedHolders}, agg.Aggregate)
 		sayEnd(stderr, st, err)
 		return errors.Join(err, werr)
 	}
@@ -73,7 +73,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		case snaps <- s:
 		default: // the screen is behind: it gets the next one
 		}
-	}}, agg.Aggregate)
+	}, onSeed: agg.seedHolders}, agg.Aggregate)
 	quit()
 	<-done
 	sayEnd(stderr, st, err)
