@@ -28,6 +28,9 @@ type Filter struct {
 	Comm   string   // owning process's command name, exact
 	LPorts []uint16
 	RPorts []uint16
+	// Ports keeps a socket whose local or remote port is one of them,
+	// as ss's "sport = :P or dport = :P"
+	Ports []uint16
 }
 
 // Check says what is wrong with f, if anything.
@@ -38,14 +41,15 @@ func (f *Filter) Check() error {
 	if len(f.Comm) >= events.CommLen {
 		return fmt.Errorf("command name %q: the kernel keeps at most %d bytes of a command name", f.Comm, events.CommLen-1)
 	}
-	if len(f.PIDs) > MaxValues || len(f.LPorts) > MaxValues || len(f.RPorts) > MaxValues {
+	if len(f.PIDs) > MaxValues || len(f.LPorts) > MaxValues || len(f.RPorts) > MaxValues || len(f.Ports) > MaxValues {
 		return errors.New("at most 64 values per filter")
 	}
 	return nil
 }
 
 // Kernel is the part of f that the BPF program applies: what holds for
-// every transition of a socket.
+// every transition of a socket. Ports, either side, is applied in user
+// space only: the program matches one side per list.
 type Kernel struct {
 	Family uint8
 	Netns  uint32
@@ -78,11 +82,19 @@ func (f *Filter) Match(e *events.Event) bool {
 	if len(f.RPorts) > 0 && !slices.Contains(f.RPorts, e.RPort) {
 		return false
 	}
+	if !f.PortsMatch(e.LPort, e.RPort) {
+		return false
+	}
 	return f.Comm == "" || string(e.CommBytes()) == f.Comm // compared without a copy
+}
+
+// PortsMatch says whether a socket with these ports passes Ports.
+func (f *Filter) PortsMatch(lport, rport uint16) bool {
+	return len(f.Ports) == 0 || slices.Contains(f.Ports, lport) || slices.Contains(f.Ports, rport)
 }
 
 // All says whether f keeps everything.
 func (f *Filter) All() bool {
 	return f.Family == 0 && f.Netns == 0 && len(f.States) == 0 && len(f.PIDs) == 0 &&
-		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0
+		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0 && len(f.Ports) == 0
 }

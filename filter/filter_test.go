@@ -39,6 +39,9 @@ func TestMatch(t *testing.T) {
 		{"other lport", Filter{LPorts: []uint16{80}}, false},
 		{"rport", Filter{RPorts: []uint16{50000}}, true},
 		{"other rport", Filter{RPorts: []uint16{8080}}, false},
+		{"port, local side", Filter{Ports: []uint16{8080}}, true},
+		{"port, remote side", Filter{Ports: []uint16{1, 50000}}, true},
+		{"other port", Filter{Ports: []uint16{80}}, false},
 		{"all of them", Filter{Family: 4, Netns: 7, PIDs: []uint32{42}, Comm: "nginx", LPorts: []uint16{8080}}, true},
 		{"all but one", Filter{Family: 4, Netns: 7, PIDs: []uint32{42}, Comm: "nginx", LPorts: []uint16{80}}, false},
 	} {

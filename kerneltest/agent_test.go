@@ -169,6 +169,27 @@ func TestAgentMetrics(t *testing.T) {
 	}
 }
 
+// publicBinaries copies tcptrace and tcptrace-agent to a directory
+// anyone may read, for a run as nobody: tcptrace agent runs
+// tcptrace-agent, next to it, and the test binaries' directory (under
+// t.TempDir's parent) is private. It returns tcptrace's path.
+func publicBinaries(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tcptrace-caps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	for _, name := range []string{"tcptrace", "tcptrace-agent"} {
+		src := filepath.Join(filepath.Dir(tcptraceBinary(t)), name)
+		if out, err := exec.Command("cp", src, filepath.Join(dir, name)).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
+	}
+	os.Chmod(dir, 0o755)
+	return filepath.Join(dir, "tcptrace")
+}
+
 // The agent with exactly the capabilities deploy/tcptrace-agent.service
 // grants, as a user with no others (nobody), under no_new_privs, as
 // systemd would start it: every count as with root, and no warning.
@@ -192,21 +213,7 @@ func TestAgentWithUnitCapabilities(t *testing.T) {
 	}
 	set := "-all," + strings.Join(caps, ",")
 	ns := newNetns(t)
-	// the binaries in a directory nobody may read: tcptrace agent runs
-	// tcptrace-agent, next to it (t.TempDir's parent is private)
-	dir, err := os.MkdirTemp("", "tcptrace-caps-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "tcptrace")
-	for _, name := range []string{"tcptrace", "tcptrace-agent"} {
-		src := filepath.Join(filepath.Dir(tcptraceBinary(t)), name)
-		if out, err := exec.Command("cp", src, filepath.Join(filepath.Dir(bin), name)).CombinedOutput(); err != nil {
-			t.Fatalf("cp: %v: %s", err, out)
-		}
-	}
-	os.Chmod(filepath.Dir(bin), 0o755)
+	bin := publicBinaries(t)
 	addr, stderr := startAgentAt(t, ns, bin, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs",
 		"--inh-caps="+set, "--ambient-caps="+set, "--bounding-set="+set)
 	twentyConnections(t, ns, addr)

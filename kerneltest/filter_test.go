@@ -43,6 +43,7 @@ func TestFilters(t *testing.T) {
 		{"-6", filter.Filter{Netns: ns.ino, Family: 6}, func(e events.Event) bool { return e.Family == 6 }},
 		{"--lport", filter.Filter{Netns: ns.ino, LPorts: []uint16{port}}, func(e events.Event) bool { return e.LPort == port }},
 		{"--rport", filter.Filter{Netns: ns.ino, RPorts: []uint16{port6, 9}}, func(e events.Event) bool { return e.RPort == port6 || e.RPort == 9 }},
+		{"--port", filter.Filter{Netns: ns.ino, Ports: []uint16{port6}}, func(e events.Event) bool { return e.LPort == port6 || e.RPort == port6 }},
 		{"--pid", filter.Filter{Netns: ns.ino, PIDs: []uint32{cli4.pid, srv6.pid}}, func(e events.Event) bool { return e.PID == cli4.pid || e.PID == srv6.pid }},
 		{"--comm", filter.Filter{Netns: ns.ino, Comm: serverComm}, func(e events.Event) bool { return e.CommString() == serverComm }},
 		{"--state", filter.Filter{Netns: ns.ino, States: []events.State{events.TimeWait, events.Listen}}, in(events.TimeWait, events.Listen)},

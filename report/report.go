@@ -162,7 +162,7 @@ const histogramWidth = 40
 func WriteText(w io.Writer, iv *aggregate.Interval, sockets *[aggregate.States]int64, x Extra, top int) error {
 	var b strings.Builder
 	secs := iv.End.Sub(iv.Start).Seconds()
-	fmt.Fprintf(&b, "%s  %.1fs  %d events (%.0f/s)  %d lost\n", iv.End.UTC().Format("2006-01-02T15:04:05Z"), secs, iv.Events,
+	fmt.Fprintf(&b, "%s  %.1fs  %d events (%.0f/s)  %d lost\n", iv.End.Local().Format("15:04:05"), secs, iv.Events,
 		float64(iv.Events)/max(secs, 1e-9), x.Lost)
 	b.WriteString("\ntransitions\n")
 	for o := range aggregate.States {

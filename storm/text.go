@@ -1,9 +1,11 @@
 package storm
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -72,4 +74,18 @@ func WriteText(w io.Writer, rep *Report, top int) error {
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// WriteJSON writes rep as one JSON object on a line, its times in UTC.
+func WriteJSON(w io.Writer, rep *Report) error {
+	c := *rep
+	c.Time = c.Time.UTC()
+	c.ServerPorts = slices.Clone(rep.ServerPorts)
+	for i := range c.ServerPorts {
+		if at := c.ServerPorts[i].ClearsAt; at != nil {
+			utc := at.UTC()
+			c.ServerPorts[i].ClearsAt = &utc
+		}
+	}
+	return json.NewEncoder(w).Encode(&c)
 }

@@ -224,7 +224,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 	slices.SortFunc(rep.Listeners, func(a, b Listener) int {
 		return cmp.Or(cmp.Compare(b.Queued, a.Queued), cmp.Compare(a.LPort, b.LPort), strings.Compare(a.LAddr, b.LAddr))
 	})
-	rep.Verdicts = r.verdicts(rep)
+	rep.Verdicts = append(rep.Verdicts, r.verdicts(rep)...)
 	r.counters, r.last = snap.Counters, snap.Time
 	return rep
 }

@@ -1,6 +1,7 @@
 package stuck
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -107,4 +108,11 @@ func causes(m map[string]uint64) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// WriteJSON writes rep as one JSON object on a line, its time in UTC.
+func WriteJSON(w io.Writer, rep *Report) error {
+	c := *rep
+	c.Time = c.Time.UTC()
+	return json.NewEncoder(w).Encode(&c)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,7 +59,7 @@ func runClosewait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		rep := reporter.Build(snap)
 		if c.json {
-			return json.NewEncoder(stdout).Encode(rep)
+			return stuck.WriteJSON(stdout, rep)
 		}
 		return stuck.WriteText(stdout, rep, c.top)
 	}

@@ -18,6 +18,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	// the zone database in the binary: TZ names a zone in an image
+	// without /usr/share/zoneinfo (distroless, the agent's pod) too
+	_ "time/tzdata"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
@@ -111,6 +114,8 @@ type common struct {
 	ipv6     bool
 	lports   portList
 	rports   portList
+	ports    portList
+	utc      bool
 	pids     pidList
 	comm     string
 	netns    string
@@ -131,6 +136,10 @@ func (c *common) register(fs *flag.FlagSet) {
 	for _, n := range []string{"D", "rport"} {
 		fs.Var(&c.rports, n, "")
 	}
+	for _, n := range []string{"P", "port"} {
+		fs.Var(&c.ports, n, "")
+	}
+	fs.BoolVar(&c.utc, "utc", false, "")
 	fs.Var(&c.pids, "pid", "")
 	fs.StringVar(&c.comm, "comm", "", "")
 	fs.StringVar(&c.netns, "netns", "", "")
@@ -163,7 +172,7 @@ func (c *common) check() error {
 
 // filter is what the filter flags say.
 func (c *common) filter() (filter.Filter, error) {
-	f := filter.Filter{States: c.states, PIDs: c.pids, Comm: c.comm, LPorts: c.lports, RPorts: c.rports}
+	f := filter.Filter{States: c.states, PIDs: c.pids, Comm: c.comm, LPorts: c.lports, RPorts: c.rports, Ports: c.ports}
 	switch {
 	case c.ipv4:
 		f.Family = 4
@@ -207,7 +216,7 @@ func splitShort(args []string) []string {
 		if a == "--" {
 			return append(out, args[i:]...)
 		}
-		if len(a) > 2 && a[0] == '-' && (a[1] == 'L' || a[1] == 'D') && '0' <= a[2] && a[2] <= '9' {
+		if len(a) > 2 && a[0] == '-' && (a[1] == 'L' || a[1] == 'D' || a[1] == 'P') && '0' <= a[2] && a[2] <= '9' {
 			out = append(out, a[:2], a[2:])
 			continue
 		}
@@ -217,10 +226,16 @@ func splitShort(args []string) []string {
 }
 
 // badValue is how package flag says a built-in value did not parse.
-var badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -([a-z0-9-]+): (parse error|value out of range)$`)
+var badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -([A-Za-z0-9-]+): (.*)$`)
 
 // explain replaces flag's "parse error" with the form the flag wants.
 func explain(fs *flag.FlagSet, err error) error {
+	if m := undefinedFlag.FindStringSubmatch(err.Error()); m != nil {
+		return fmt.Errorf("unknown flag %s", dashes(m[1]))
+	}
+	if m := missingValue.FindStringSubmatch(err.Error()); m != nil {
+		return fmt.Errorf("flag %s needs a value", dashes(m[1]))
+	}
 	m := badValue.FindStringSubmatch(err.Error())
 	if m == nil {
 		return err
@@ -230,8 +245,10 @@ func explain(fs *flag.FlagSet, err error) error {
 		return err
 	}
 	g, ok := f.Value.(flag.Getter)
-	if !ok {
-		return err
+	if !ok || m[3] != "parse error" && m[3] != "value out of range" {
+		// a flag of ours (ports, states, ...): its own message says
+		// what it wants
+		return fmt.Errorf("invalid value %q for %s: %s", m[1], dashes(m[2]), m[3])
 	}
 	var want string
 	switch g.Get().(type) {
@@ -249,7 +266,21 @@ func explain(fs *flag.FlagSet, err error) error {
 	if m[3] == "value out of range" {
 		want = "out of range: " + want
 	}
-	return fmt.Errorf("invalid value %q for --%s: %s", m[1], m[2], want)
+	return fmt.Errorf("invalid value %q for %s: %s", m[1], dashes(m[2]), want)
+}
+
+// package flag's wording of an unknown flag and of one without its value
+var (
+	undefinedFlag = regexp.MustCompile(`^flag provided but not defined: -+(\S+)$`)
+	missingValue  = regexp.MustCompile(`^flag needs an argument: -+(\S+)$`)
+)
+
+// dashes spells a flag as the help does: -L, --lport.
+func dashes(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
 }
 
 const usage = `Usage: tcptrace [trace] [flags]
@@ -282,6 +313,9 @@ comma-separated or the flag repeated):
                         tcptrace -L 80,443
   -D, --rport PORTS   remote port
                         tcptrace -D 5432
+  -P, --port PORTS    local or remote port, as ss's sport or dport (applied
+                      after the kernel hands the records over)
+                        tcptrace -P 8080
   --pid PIDS          owning process id
                         tcptrace --pid 1234
   --comm NAME         owning process's command name, exact (at most 15 bytes)
@@ -294,6 +328,10 @@ comma-separated or the flag repeated):
   --state STATES      events whose old or new state is one of these, as
                       printed or as ss spells them
                         tcptrace --state TIME_WAIT,close-wait
+
+Time: text shows local time (as ss and tcpstates do), JSON UTC (RFC 3339).
+  --utc               text in UTC too
+                        tcptrace --utc
 
 Limits:
   --duration D        stop after D
@@ -453,6 +491,11 @@ func trace(ctx context.Context, c *common, stderr io.Writer, h hooks, consumers 
 	f, err := c.filter()
 	if err != nil {
 		return stream.Stats{}, setupError{usageError{err}}
+	}
+	if c.utc {
+		// text shows local time, as ss and tcpstates do, read from
+		// time.Local where it is written; JSON is UTC anyway
+		time.Local = time.UTC
 	}
 	tr, err := loader.Load(loader.Options{RingSize: int(c.ringSize), Filter: f.Kernel()})
 	if err != nil {

@@ -44,7 +44,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"--duration", "5"}, `invalid value "5" for --duration: want a duration with a unit, such as 30s`},
 		{[]string{"--count", "many"}, `invalid value "many" for --count: want a whole number`},
 		{[]string{"stray"}, `unexpected argument "stray"`},
-		{[]string{"--nope"}, "flag provided but not defined"},
+		{[]string{"--nope"}, "unknown flag --nope"},
 	} {
 		_, err := parseTrace(tc.args, io.Discard)
 		var uerr usageError

@@ -190,7 +190,7 @@ func dumpStates(f filter.Filter, family events.Family) ([aggregate.States]int64,
 		netns = ino
 	}
 	err := p.Sockets(netns, 0, uint8(family), func(s sockdiag.Listed) {
-		if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) &&
+		if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) && f.PortsMatch(s.LPort, s.RPort) &&
 			s.State < aggregate.States && s.State != events.Close {
 			per[s.State]++
 		}

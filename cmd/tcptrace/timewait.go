@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -106,7 +105,7 @@ func runTimewait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		rep := reporter.Build(snap)
 		if c.json {
-			return json.NewEncoder(stdout).Encode(rep)
+			return storm.WriteJSON(stdout, rep)
 		}
 		return storm.WriteText(stdout, rep, c.top)
 	}
