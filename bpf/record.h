@@ -91,6 +91,32 @@ static __always_inline __u32 netns_of(struct sock *sk, struct staging *st, bool 
 	return st->net_inum;
 }
 
+/* the connection's addresses, from the fields a full socket shares with
+ * its timewait mini-socket (sock_common) */
+static __always_inline void fill_addrs(struct event *e, struct sock *sk, __u16 family)
+{
+	if (family == AF_INET) {
+		e->family = AF_INET;
+		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_daddr, 4);
+	} else {
+		e->family = AF_INET6;
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+		/* a dual-stack socket talking IPv4 is shown as IPv4 */
+		if (v4mapped(e->daddr) || v4mapped(e->saddr)) {
+			e->family = AF_INET;
+			e->flags = FLAG_V4MAPPED;
+			__builtin_memcpy(e->saddr, &e->saddr[12], 4);
+			__builtin_memcpy(e->daddr, &e->daddr[12], 4);
+			__builtin_memset(&e->saddr[4], 0, 12);
+			__builtin_memset(&e->daddr[4], 0, 12);
+		}
+	}
+}
+
 /* what fill() needs besides the socket: worked out by record() */
 struct transition {
 	__u64 now;
@@ -128,26 +154,7 @@ static __always_inline void fill(struct event *e, struct sock *sk, struct transi
 	e->retrans = 0;
 	e->src = src;
 	e->bytes_received = 0;
-	if (t->family == AF_INET) {
-		e->family = AF_INET;
-		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
-		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_daddr, 4);
-	} else {
-		e->family = AF_INET6;
-		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
-		/* a dual-stack socket talking IPv4 is shown as IPv4 */
-		if (v4mapped(e->daddr) || v4mapped(e->saddr)) {
-			e->family = AF_INET;
-			e->flags = FLAG_V4MAPPED;
-			__builtin_memcpy(e->saddr, &e->saddr[12], 4);
-			__builtin_memcpy(e->daddr, &e->daddr[12], 4);
-			__builtin_memset(&e->saddr[4], 0, 12);
-			__builtin_memset(&e->daddr[4], 0, 12);
-		}
-	}
+	fill_addrs(e, sk, t->family);
 
 	/* who owns the socket: a close that aborts a live (not orphaned)
 	 * socket, or one that never connected, is a system call too. The

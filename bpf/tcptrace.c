@@ -379,6 +379,56 @@ int flush_staging(void *ctx)
  * goes to CLOSE (keepalive, orphan and FIN_WAIT2 timers, memory pressure)
  * it explains the close. A reset received needs no program: tcp_reset()
  * sets sk_err before the close. */
+/* A parked FIN_WAIT2 (an orphan's timewait mini-socket, see record())
+ * that takes data answers with a reset and is freed with it
+ * (tcp_timewait_state_process(): "new data after half-duplex close"), and
+ * no transition says so: this record does, as it happens, for user
+ * space's follower to end the connection with the cause it has. The
+ * mini-socket shares sock_common with the socket it replaced, read
+ * through probes: the verifier knows sk as a full socket. */
+static __always_inline void note_mini_reset(struct sock *sk)
+{
+	struct inet_timewait_sock *tw = (struct inet_timewait_sock *)sk;
+	struct staging *st;
+	struct event *e;
+	__u32 zero = 0, netns;
+	__u16 family;
+	bool direct;
+
+	if (BPF_CORE_READ(tw, tw_substate) != TCP_FIN_WAIT2)
+		return;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (filter_family == AF_INET6 && family == AF_INET)
+		return;
+	netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (filter_netns && netns != filter_netns)
+		return;
+	st = bpf_map_lookup_elem(&staging, &zero);
+	if (!st)
+		return;
+	direct = READ_ONCE(st->busy);
+	if (!direct)
+		hold(st);
+	e = slot_begin(st, direct);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->ts_ns = bpf_ktime_get_ns();
+		e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+		e->netns = netns;
+		e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		fill_addrs(e, sk, family);
+		e->oldstate = TCP_FIN_WAIT2;
+		e->newstate = TCP_CLOSE;
+		e->cause = CAUSE_RESET_SENT;
+		e->kind = KIND_MINI_RESET;
+		e->src = slot_src(st, direct);
+		slot_end(st, e, direct);
+	}
+	if (!direct)
+		let_go(st);
+}
+
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(handle_send_reset, struct sock *sk)
 {
@@ -390,5 +440,7 @@ int BPF_PROG(handle_send_reset, struct sock *sk)
 	rst = bpf_map_lookup_elem(&reset_sent, &zero);
 	if (rst)
 		*rst = (__u64)sk;
+	if (sk->__sk_common.skc_state == TCP_TIME_WAIT)
+		note_mini_reset(sk);
 	return 0;
 }

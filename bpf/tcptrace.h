@@ -27,6 +27,10 @@ enum {
 	                  * or sent on a server's connection: it holds the
 	                  * socket now (it accepted it, or was handed it). Only
 	                  * ts_ns, cookie, cgroup, pid, comm and src are set. */
+	KIND_MINI_RESET = 6, /* a timewait mini-socket in FIN_WAIT2 answered
+	                      * with a reset and dies with it: no transition
+	                      * says so. Its connection, cookie, time, src;
+	                      * oldstate FIN_WAIT2, newstate CLOSE. */
 };
 
 /* record flags */

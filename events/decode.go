@@ -61,7 +61,7 @@ func (e *Event) Decode(b []byte) error {
 		copy(e.Comm[:], b[offComm:offComm+CommLen])
 		return nil
 	}
-	if kind != Transition && kind != Parked && kind != Hint {
+	if kind != Transition && kind != Parked && kind != Hint && kind != MiniReset {
 		return fmt.Errorf("decode record: unknown kind %d", kind)
 	}
 	switch b[offFamily] {

@@ -153,6 +153,12 @@ const (
 	// Mono, Sock, PID, Comm, Cgroup and Src are set. Package sockets
 	// takes it; it is never shown.
 	Holding Kind = 5
+	// MiniReset says a timewait mini-socket in FIN_WAIT2 (a parked
+	// FIN_WAIT2: an orphan's) answered a segment with a reset, and is
+	// gone: the connection, Mono, Sock (its cookie, if it has one) and
+	// Src are set, Old FIN_WAIT2, New CLOSE, Cause reset_sent. Package
+	// timewait ends the connection it follows there; it is never shown.
+	MiniReset Kind = 6
 )
 
 // Family is the address family as shown: 4 or 6.

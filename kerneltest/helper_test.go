@@ -78,6 +78,8 @@ func fail(format string, a ...any) int {
 //   - hold: read to EOF, then keep the socket in CLOSE_WAIT for the pause
 //     and exit without closing it first
 //   - close-first: pause, close without reading (the server closes first)
+//   - write-after-eof: read until the client's EOF, pause, write (the
+//     client's orphan answers with a reset), close
 //   - expect-rst: read until the peer's reset
 func runServer() int {
 	waitGo()
@@ -106,6 +108,17 @@ func runServer() int {
 		}
 	case "close-first":
 		time.Sleep(pause())
+	case "write-after-eof":
+		// the client has closed: its socket is an orphan parked in
+		// FIN_WAIT2, which answers data with a reset
+		if _, err := c.Read(buf); err != io.EOF {
+			return fail("read: want EOF, got %v", err)
+		}
+		time.Sleep(pause())
+		if _, err := c.Write([]byte("late")); err != nil {
+			return fail("write: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	case "expect-rst":
 		if _, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
 			return fail("read: want ECONNRESET, got %v", err)

@@ -217,6 +217,38 @@ func TestFinWait2Timeout(t *testing.T) {
 	c.srv.wait()
 }
 
+// An orphan that dies by a reset: the client closes first, and its
+// socket, an orphan parked in FIN_WAIT2 (a timewait mini-socket), takes
+// the data the server writes 300 ms later, answers with a reset and is
+// freed. tcptrace ends it then, FIN_WAIT2 -> CLOSE reset_sent, within a
+// millisecond of the server's CLOSE_WAIT -> CLOSE reset_received, which
+// that reset makes: from tcp_send_reset, not from a later sock_diag poll.
+func TestOrphanResetEnd(t *testing.T) {
+	t.Parallel()
+	ns := newNetns(t)
+	c := newConn(t, ns, "127.0.0.1", "write-after-eof", "close-first", 300*time.Millisecond)
+	tr := startTracer(t, filter.Filter{Netns: ns.ino})
+	c.run()
+	tr.waitFor("the client's end", patience, func(evs []events.Event) bool {
+		return has(evs, clientSocket(evs, port), events.FinWait2, events.Close)
+	})
+	evs := tr.stop()
+	cli := clientSocket(evs, port)
+	checkSeq(t, "client", cli, c.cli, "CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE")
+	end := cli[len(cli)-1]
+	checkCause(t, "client end", end, events.CauseResetSent)
+	// FIN_WAIT2 began with the server's ACK of the FIN, which may be
+	// delayed (up to 40 ms) past the server's read of it, and its pause
+	checkDwellAtLeast(t, "client FIN_WAIT2", end, 250*time.Millisecond)
+	srv := childSocket(evs, port)
+	checkSeq(t, "server", srv, c.srv, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->CLOSE")
+	reset := srv[len(srv)-1]
+	checkCause(t, "server end", reset, events.CauseResetReceived)
+	if d := time.Duration(int64(end.Mono) - int64(reset.Mono)); d.Abs() > time.Millisecond {
+		t.Errorf("the client's end is %v from the reset the server took, want within 1ms", d)
+	}
+}
+
 // TIME_WAIT lasts 2·MSL, 60 s on Linux; its end fires no tracepoint and is
 // found through sock_diag. Slow: runs in parallel with the rest.
 func TestTimeWaitEnds(t *testing.T) {

@@ -105,7 +105,9 @@ func startTracerTo(t *testing.T, opts loader.Options, f filter.Filter, follow ti
 		defer close(x.done)
 		defer tr.Close()
 		x.stats, x.err = stream.Run(ctx, stream.Config{Source: tr, Consumers: out, Filter: f, Follow: follow, Seed: seed,
-			Sockets: sockets.Options{NoNotes: !tr.SendNotes()}})
+			Sockets: sockets.Options{NoNotes: !tr.SendNotes()},
+			// what a user would see on stderr, for a failure to show
+			Warn: func(msg string) { t.Logf("tracer warning: %s", msg) }})
 	}()
 	t.Cleanup(func() { x.cancel(); <-x.done })
 	return x

@@ -270,6 +270,11 @@ func (p *pipeline) holders() ([]events.Holder, error) {
 // take completes and hands on a batch from the reader, then gives it back.
 func (p *pipeline) take(b *batch) {
 	for i := range b.n {
+		if b.ev[i].Kind == events.MiniReset {
+			// of no socket the table follows: for the follower
+			p.fail(p.deliver(&b.ev[i]))
+			continue
+		}
 		p.lives.Record(&b.ev[i])
 		p.fail(p.socks.Observe(&b.ev[i], p.deliverFn))
 	}

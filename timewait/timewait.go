@@ -132,7 +132,15 @@ type entry struct {
 	// found in this tick's dump, with its timer's time left
 	found bool
 	left  time.Duration
+	// failed counts the sock_diag failures in a row while asking about
+	// it: given up at maxFailed
+	failed uint8
 }
+
+// maxFailed bounds the sock_diag failures in a row (a lookup that timed
+// out on a loaded host, a namespace being torn down) a followed
+// connection is asked again after, a second apart.
+const maxFailed = 3
 
 // tuple names a connection in its namespace, from our side. Its
 // addresses are plain bytes (IPv4 mapped into IPv6): a key without
@@ -318,6 +326,15 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		}
 	}
 	switch {
+	case e.Kind == events.MiniReset:
+		// a parked FIN_WAIT2 took data and answered with a reset: it
+		// ends now, by the reset it sent
+		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.New != events.TimeWait {
+			ev := f.transition(en, e.Mono, events.Close, events.CauseResetSent)
+			f.remove(en)
+			return false, emit(ev)
+		}
+		return false, nil
 	case e.Kind == events.Parked:
 		first := firstCheck
 		if e.RAddr.IsLoopback() && !f.opts.NoPeerMatch {
@@ -403,11 +420,17 @@ func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) e
 	en.ev.event(&f.made)
 	s, found, err := f.diag.Lookup(&f.made, en.ev.PID)
 	if err != nil {
-		f.Unfollowable++
 		f.LastErr = err
+		if en.failed++; en.failed < maxFailed {
+			en.next = now + uint64(time.Second)
+			f.due.push(en)
+			return nil
+		}
+		f.Unfollowable++
 		f.remove(en)
 		return nil
 	}
+	en.failed = 0
 	switch {
 	case found && s.State == events.TimeWait:
 		// the peer's FIN arrived
@@ -469,14 +492,20 @@ func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Even
 		err = f.dump(group)
 	}
 	if err != nil {
-		f.Unfollowable += uint64(len(group))
 		f.LastErr = err
 		for _, en := range group {
+			if en.failed++; en.failed < maxFailed {
+				en.next = now + uint64(time.Second)
+				f.due.push(en)
+				continue
+			}
+			f.Unfollowable++
 			f.remove(en)
 		}
 		return nil
 	}
 	for _, en := range group {
+		en.failed = 0
 		if en.found {
 			// still there: checked again once its timer says, or at
 			// the next tick when the timer wheel is late
