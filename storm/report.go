@@ -169,7 +169,9 @@ type Destination struct {
 	ExpiresMin float64 `json:"expires_min_s"`
 	ExpiresMax float64 `json:"expires_max_s"`
 	// Created counts the TIME_WAITs entered since tcptrace started;
-	// CreatedPerS over the last interval, and Expected the count that
+	// CreatedPerS since the last report, over the window they were made
+	// in (from the first to the last, at least 1 s), and Expected the
+	// count that
 	// rate keeps in steady state (× 60 s)
 	Created     uint64  `json:"created"`
 	CreatedPerS float64 `json:"created_per_s"`
@@ -301,7 +303,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 		if g.Server() {
 			sp := serverPort(byPort, g.LPort, listening)
 			sp.Created += c.created
-			sp.CreatedPerS += float64(c.created-c.mark) / elapsed
+			sp.CreatedPerS += c.perS(elapsed)
 		}
 	}
 
@@ -322,7 +324,7 @@ func (r *Reporter) Build(snap *Snapshot) *Report {
 		}
 		if c != nil {
 			dst.Created = c.created
-			dst.CreatedPerS = float64(c.created-c.mark) / elapsed
+			dst.CreatedPerS = c.perS(elapsed)
 			dst.ConnectFailures = c.failures
 			if c.handshakes > 0 {
 				dst.HandshakeMs = float64(c.handshake) / float64(c.handshakes) / 1e6
@@ -429,9 +431,16 @@ func (r *Reporter) verdicts(rep *Report, snap *Snapshot) []Verdict {
 				outlook = fmt.Sprintf("this rate would keep %d%s more than the %d usable ports: connects will fail with EADDRNOTAVAIL",
 					d.Expected, with, st.UsablePorts())
 			}
-			warn = append(warn, Verdict{"warning", fmt.Sprintf(
-				"client %s (%s) opens %.0f conn/s to %s and closes first: %d TIME_WAIT now (%.0f%% of the port range), %s; %s",
-				d.LAddr, who(d.Owners), d.CreatedPerS, dest, d.TimeWait, pct, outlook, fix)})
+			if d.CreatedPerS == 0 {
+				// none made since the last report: no rate to speak of
+				warn = append(warn, Verdict{"warning", fmt.Sprintf(
+					"client %s (%s) closed first %d connections to %s, none since the last report: %d TIME_WAIT still hold %.0f%% of the port range, the last for %.0f s more; %s",
+					d.LAddr, who(d.Owners), d.Created, dest, d.TimeWait, pct, d.ExpiresMax, fix)})
+			} else {
+				warn = append(warn, Verdict{"warning", fmt.Sprintf(
+					"client %s (%s) opens %.0f conn/s to %s and closes first: %d TIME_WAIT now (%.0f%% of the port range), %s; %s",
+					d.LAddr, who(d.Owners), d.CreatedPerS, dest, d.TimeWait, pct, outlook, fix)})
+			}
 		}
 		if d.HandshakeMs >= 1 && pct >= 50 {
 			warn = append(warn, Verdict{"warning", fmt.Sprintf(

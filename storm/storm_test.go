@@ -1,6 +1,7 @@
 package storm
 
 import (
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
@@ -59,7 +60,10 @@ func TestClientStorm(t *testing.T) {
 		hs := ev(events.SynSent, events.Established, uint64(i+1), client, port, server, 80)
 		hs.Dwell, hs.DwellKnown = 2*time.Millisecond, true
 		tr.Write(hs)
-		tr.Write(ev(events.FinWait2, events.TimeWait, uint64(i+1), client, port, server, 80))
+		// a storm of 30 a second, the first 3 s of a 10 s interval
+		e := ev(events.FinWait2, events.TimeWait, uint64(i+1), client, port, server, 80)
+		e.Time = t0.Add(time.Duration(i) * time.Second / 30)
+		tr.Write(e)
 		socks = append(socks, tw(client, port, server, 80, 50*time.Second))
 	}
 	fail := ev(events.SynSent, events.Close, 100, client, 0, server, 80)
@@ -72,7 +76,7 @@ func TestClientStorm(t *testing.T) {
 		t.Fatalf("total %d, destinations %+v", rep.TimeWaitTotal, rep.Destinations)
 	}
 	d := rep.Destinations[0]
-	if d.ActiveCloser != "client" || d.TimeWait != 90 || d.Live != 1 || d.Created != 90 || d.CreatedPerS != 9 || d.Expected != 540 ||
+	if d.ActiveCloser != "client" || d.TimeWait != 90 || d.Live != 1 || d.Created != 90 || math.Abs(d.CreatedPerS-30) > 1e-6 || d.Expected != 1800 ||
 		*d.PortRangeUsedPct != 91 || d.ConnectFailures != 1 || d.HandshakeMs != 2 {
 		t.Errorf("destination %+v (pct %v)", d, *d.PortRangeUsedPct)
 	}
@@ -81,16 +85,20 @@ func TestClientStorm(t *testing.T) {
 	}
 	want := []string{
 		"connect() to 10.0.0.9:80 failed once for lack of a free local port",
-		"client 10.0.0.5 (pid 4242 curl, backup.service) opens 9 conn/s to 10.0.0.9:80 and closes first: 90 TIME_WAIT now (91% of the port range), this rate would keep 540, which with the 1 live connections is more than the 100 usable ports",
+		"client 10.0.0.5 (pid 4242 curl, backup.service) opens 30 conn/s to 10.0.0.9:80 and closes first: 90 TIME_WAIT now (91% of the port range), this rate would keep 1800, which with the 1 live connections is more than the 100 usable ports",
 		"connects to 10.0.0.9:80 spend 2.0 ms in SYN_SENT on average with 91% of the port range taken",
 	}
 	checkVerdicts(t, rep.Verdicts, want...)
 
-	// the next report's rate is of its own interval
+	// the next report's rate is of its own interval: none made, and
+	// the verdict does not speak of a rate
 	rep = r.Build(snapshot(tr, t0.Add(20*time.Second), socks...))
 	if d := rep.Destinations[0]; d.CreatedPerS != 0 || d.Created != 90 {
 		t.Errorf("second interval: %+v", d)
 	}
+	checkVerdicts(t, rep.Verdicts, "connect() to 10.0.0.9:80 failed once",
+		"client 10.0.0.5 (pid 4242 curl, backup.service) closed first 90 connections to 10.0.0.9:80, none since the last report: 90 TIME_WAIT still hold 90% of the port range, the last for 50 s more",
+		"connects to 10.0.0.9:80 spend 2.0 ms in SYN_SENT")
 }
 
 func checkVerdicts(t *testing.T, got []Verdict, want ...string) {
@@ -120,7 +128,9 @@ func TestServerStorm(t *testing.T) {
 	for i := range 150 {
 		port := uint16(50000 + i)
 		tr.Write(ev(events.Listen, events.SynRecv, uint64(i+10), server, 8080, client, port))
-		tr.Write(ev(events.FinWait2, events.TimeWait, uint64(i+10), server, 8080, client, port))
+		e := ev(events.FinWait2, events.TimeWait, uint64(i+10), server, 8080, client, port)
+		e.Time = t0.Add(time.Duration(i) * 100 * time.Millisecond)
+		tr.Write(e)
 		socks = append(socks, tw(server, 8080, client, port, time.Duration(i)*100*time.Millisecond))
 	}
 	listener := sockdiag.Detail{State: events.Listen, LAddr: server, LPort: 8080}

@@ -39,13 +39,16 @@ const maxOwners = 8
 
 // counts is what the transitions tell of a group.
 type counts struct {
-	created    uint64 // TIME_WAITs entered
-	mark       uint64 // created at the last report
-	failMark   uint64 // failures at the last report
-	failures   uint64 // connects that found no free port
-	handshakes uint64 // client handshakes timed, and their time in SYN_SENT
-	handshake  time.Duration
-	owners     map[Owner]*ownerCounts
+	created uint64 // TIME_WAITs entered
+	mark    uint64 // created at the last report
+	// the first and the last TIME_WAIT entered since the last report:
+	// the window the rate is over
+	first, last time.Time
+	failMark    uint64 // failures at the last report
+	failures    uint64 // connects that found no free port
+	handshakes  uint64 // client handshakes timed, and their time in SYN_SENT
+	handshake   time.Duration
+	owners      map[Owner]*ownerCounts
 }
 
 // ownerCounts is what one owner made in a group.
@@ -175,6 +178,10 @@ func (t *Tracker) Write(e *events.Event) error {
 			g = Group{Netns: e.Netns, LAddr: e.LAddr, RAddr: e.RAddr, LPort: e.LPort}
 		}
 		if c := t.group(g); c != nil {
+			if c.created == c.mark {
+				c.first = e.Time
+			}
+			c.last = e.Time
 			c.created++
 			if o := c.owner(e); o != nil {
 				o.timeWaits++
@@ -182,6 +189,23 @@ func (t *Tracker) Write(e *events.Event) error {
 		}
 	}
 	return nil
+}
+
+// perS is the rate of TIME_WAITs entered since the last report, elapsed
+// seconds ago: over the window they were made in, not the whole interval,
+// so that a storm of 2 s in a run of 10 shows its own rate. n of them
+// from first to last span n-1 gaps: the window is taken as n gaps, at
+// least a second and at most the interval.
+func (c *counts) perS(elapsed float64) float64 {
+	n := float64(c.created - c.mark)
+	if n == 0 {
+		return 0
+	}
+	window := 1.0
+	if n > 1 {
+		window = max(c.last.Sub(c.first).Seconds()*n/(n-1), 1)
+	}
+	return n / min(window, elapsed)
 }
 
 // Seed takes what a snapshot taken as tracing began shows: the ports
