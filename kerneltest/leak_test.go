@@ -11,7 +11,7 @@ import (
 
 // A CLOSE_WAIT leak older than tcptrace, as the engineer paged for it
 // meets it: a worker holds 2 connections its clients closed, unread, and
-// only then is tcptrace started. top (in tmux) and the agent name the
+// only then is tcptrace started. top (in tmux, --sort close-wait) and the agent name the
 // worker for both from their start, and the agent's two CLOSE_WAIT series
 // agree; 31 s into the leak, closewait --once with the default threshold
 // (30 s) lists both, held by the worker, with an age of at least the
@@ -33,8 +33,10 @@ func TestLeakOlderThanTracer(t *testing.T) {
 	w.await("held")
 	began := time.Now()
 
-	x := startTop(t, ns)
-	x.screen("the worker holding 2 CLOSE_WAITs", func(s string) bool { return holding(s, w.pid, workerComm, k) })
+	x := startTop(t, ns, "--sort", "close-wait", "--rows", "3")
+	x.screen("the worker holding 2 CLOSE_WAITs, sorted by them", func(s string) bool {
+		return holding(s, w.pid, workerComm, k) && strings.Contains(s, "sort (by CLOSE_WAIT held)")
+	})
 
 	addr, _ := startAgentArgs(t, ns, tcptraceBinary(t), []string{"--closewait-threshold", "1s", "--diagnose-every", "1s"})
 	want := map[string]float64{

@@ -39,8 +39,8 @@ func (x tmux) screen(what string, cond func(string) bool) string {
 }
 
 // startTop runs `tcptrace top` on ns in a real terminal (tmux, 120x40),
-// redrawn every 300 ms, and waits until it is attached.
-func startTop(t *testing.T, ns *netns) tmux {
+// redrawn every 300 ms, with args, and waits until it is attached.
+func startTop(t *testing.T, ns *netns, args ...string) tmux {
 	t.Helper()
 	if _, err := exec.LookPath("tmux"); err != nil {
 		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
@@ -52,7 +52,7 @@ func startTop(t *testing.T, ns *netns) tmux {
 	x := tmux{t, fmt.Sprintf("tcptrace-test-%d-%s", os.Getpid(), t.Name())}
 	t.Cleanup(func() { x.run("kill-server"); os.Remove("/tmp/" + x.socket + ".err") })
 	if out, err := x.run("new-session", "-d", "-x", "120", "-y", "40", "-s", "top",
-		"exec "+bin+" top --netns "+ns.path+" --interval 300ms 2>/tmp/"+x.socket+".err"); err != nil {
+		"exec "+bin+" top --netns "+ns.path+" --interval 300ms "+strings.Join(args, " ")+" 2>/tmp/"+x.socket+".err"); err != nil {
 		t.Fatalf("tmux: %v: %s", err, out)
 	}
 	pidOut, err := x.run("display", "-p", "-t", "top", "#{pane_pid}")

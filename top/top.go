@@ -44,11 +44,25 @@ const (
 	ByCloseWait
 	ByTimeWait
 	ByResets
+	ByRefused
 	sorts
 )
 
 func (s Sort) String() string {
-	return [...]string{"new connections", "CLOSE_WAIT held", "TIME_WAIT created", "resets"}[s]
+	return [...]string{"new connections", "CLOSE_WAIT held", "TIME_WAIT created", "resets", "refused connects"}[s]
+}
+
+// SortKeys are the names --sort takes, in Sort's order.
+var SortKeys = [sorts]string{"new", "close-wait", "time-wait", "resets", "refused"}
+
+// ParseSort reads a --sort key.
+func ParseSort(key string) (Sort, error) {
+	for i, k := range SortKeys {
+		if k == key {
+			return Sort(i), nil
+		}
+	}
+	return 0, fmt.Errorf("sort key %q: want one of %s", key, strings.Join(SortKeys[:], ", "))
 }
 
 // row is one process or peer.
@@ -68,7 +82,9 @@ func (s Sort) less(a, b row) int {
 	case ByTimeWait:
 		c = cmp.Compare(b.timeWaits, a.timeWaits)
 	case ByResets:
-		c = cmp.Compare(b.resets+b.refused, a.resets+a.refused)
+		c = cmp.Compare(b.resets, a.resets)
+	case ByRefused:
+		c = cmp.Compare(b.refused, a.refused)
 	}
 	return cmp.Or(c, cmp.Compare(b.new, a.new), strings.Compare(a.name, b.name))
 }
@@ -128,15 +144,17 @@ func socketsLine(s *Snapshot) string {
 	return b.String()
 }
 
-// Plain writes one snapshot as one line: for a stdout that is no terminal.
-func Plain(w io.Writer, s *Snapshot) error {
+// Plain writes one snapshot as one line, with the top process by sort:
+// for a stdout that is no terminal.
+func Plain(w io.Writer, s *Snapshot, sort Sort) error {
 	_, tps, rps, fps := totals(s)
 	line := fmt.Sprintf("%s transitions/s %.0f resets/s %.1f refusals/s %.1f lost %d; %s",
 		s.Interval.End.Format("15:04:05"), tps, rps, fps, s.Lost, socketsLine(s))
 	if rows := processRows(s); len(rows) > 0 {
-		slices.SortFunc(rows, ByNew.less)
+		slices.SortFunc(rows, sort.less)
 		r := rows[0]
-		line += fmt.Sprintf("; top process %s: %d new, %d CLOSE_WAIT held, %d TIME_WAIT", r.name, r.new, r.closeWaitHeld, r.timeWaits)
+		line += fmt.Sprintf("; top process %s: %d new, %d CLOSE_WAIT held, %d TIME_WAIT, %d resets, %d refused",
+			r.name, r.new, r.closeWaitHeld, r.timeWaits, r.resets, r.refused)
 	}
 	_, err := fmt.Fprintln(w, line)
 	return err
@@ -146,12 +164,14 @@ func Plain(w io.Writer, s *Snapshot) error {
 type Screen struct {
 	scr    tcell.Screen
 	sort   Sort
+	rows   int // rows per table at most; 0: as many as fit
 	paused bool
 	last   *Snapshot
 }
 
-// NewScreen takes over the terminal.
-func NewScreen() (*Screen, error) {
+// NewScreen takes over the terminal, its tables sorted by sort, with at
+// most rows rows each (0: as many as fit).
+func NewScreen(sort Sort, rows int) (*Screen, error) {
 	scr, err := tcell.NewScreen()
 	if err != nil {
 		return nil, fmt.Errorf("terminal: %w", err)
@@ -159,7 +179,7 @@ func NewScreen() (*Screen, error) {
 	if err := scr.Init(); err != nil {
 		return nil, fmt.Errorf("terminal: %w", err)
 	}
-	return &Screen{scr: scr}, nil
+	return &Screen{scr: scr, sort: sort, rows: rows}, nil
 }
 
 // Run shows the snapshots until the user quits (q, Ctrl-C) or ctx ends,
@@ -258,9 +278,12 @@ func (t *Screen) draw() {
 		}
 		t.put(y, header, fmt.Sprintf("%-32s %8s %11s %9s %10s%s", title, "NEW/s", "TIME_WAIT/s", "RESETS/s", "REFUSED/s", held))
 		y++
-		room := (h - 4) / 2
+		room := (h-4)/2 - 2
+		if t.rows > 0 {
+			room = min(room, t.rows)
+		}
 		for i, r := range rows {
-			if i >= room-2 || y >= h {
+			if i >= room || y >= h {
 				break
 			}
 			line := fmt.Sprintf("%-32s %8.1f %11.1f %9.1f %10.1f", trim(r.name, 32), float64(r.new)/secs,

@@ -25,6 +25,7 @@ func snapshot(t *testing.T) Snapshot {
 	write(20, "app", "10.0.0.2", events.Established, events.CloseWait, 0)
 	write(20, "app", "10.0.0.2", events.Established, events.CloseWait, 0)
 	write(30, "db", "10.0.0.3", events.Established, events.Close, events.CauseResetReceived)
+	write(40, "wget", "10.0.0.4", events.SynSent, events.Close, events.CauseRefused)
 	return Take(a, time.Unix(102, 0), 0)
 }
 
@@ -33,7 +34,7 @@ func snapshot(t *testing.T) Snapshot {
 func TestSorts(t *testing.T) {
 	s := snapshot(t)
 	rows := processRows(&s)
-	for sort, want := range map[Sort]string{ByNew: "10 curl", ByCloseWait: "20 app", ByResets: "30 db"} {
+	for sort, want := range map[Sort]string{ByNew: "10 curl", ByCloseWait: "20 app", ByResets: "30 db", ByRefused: "40 wget"} {
 		slices.SortFunc(rows, sort.less)
 		if rows[0].name != want {
 			t.Errorf("by %s: %s first, want %s", sort, rows[0].name, want)
@@ -49,7 +50,7 @@ func TestSorts(t *testing.T) {
 func TestPlain(t *testing.T) {
 	s := snapshot(t)
 	var b strings.Builder
-	if err := Plain(&b, &s); err != nil {
+	if err := Plain(&b, &s, ByNew); err != nil {
 		t.Fatal(err)
 	}
 	line := b.String()
@@ -60,5 +61,24 @@ func TestPlain(t *testing.T) {
 	}
 	if strings.Count(line, "\n") != 1 {
 		t.Errorf("not one line: %q", line)
+	}
+	b.Reset()
+	if err := Plain(&b, &s, ByRefused); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "top process 40 wget: 0 new, 0 CLOSE_WAIT held, 0 TIME_WAIT, 0 resets, 1 refused") {
+		t.Errorf("by refused: %q", b.String())
+	}
+}
+
+// --sort takes each key, and refuses others with the list.
+func TestParseSort(t *testing.T) {
+	for i, k := range SortKeys {
+		if s, err := ParseSort(k); err != nil || s != Sort(i) {
+			t.Errorf("%s: %v, %v", k, s, err)
+		}
+	}
+	if _, err := ParseSort("cpu"); err == nil || !strings.Contains(err.Error(), "want one of new, close-wait, time-wait, resets, refused") {
+		t.Errorf("cpu: %v", err)
 	}
 }

@@ -15,15 +15,31 @@ import (
 	"github.com/tcptrace/tcptrace/top"
 )
 
-func parseTop(args []string, stderr io.Writer) (*aggFlags, error) {
-	c := &aggFlags{}
+// topConfig is what the top command's flags say.
+type topConfig struct {
+	aggFlags
+	sort top.Sort
+	rows int
+}
+
+func parseTop(args []string, stderr io.Writer) (*topConfig, error) {
+	c := &topConfig{}
 	fs := flag.NewFlagSet("top", flag.ContinueOnError)
 	c.register(fs, time.Second)
+	sort := fs.String("sort", top.SortKeys[top.ByNew], "")
+	fs.IntVar(&c.rows, "rows", 0, "")
 	if err := parseFlags(fs, args, topUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.check(); err != nil {
 		return nil, usageError{err}
+	}
+	var err error
+	if c.sort, err = top.ParseSort(*sort); err != nil {
+		return nil, usageError{fmt.Errorf("--sort: %w", err)}
+	}
+	if c.rows < 0 {
+		return nil, usageError{errors.New("--rows must be 0 (as many as fit) or more")}
 	}
 	return c, nil
 }
@@ -35,7 +51,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	agg, err := newAggregator(c, stderr)
+	agg, err := newAggregator(&c.aggFlags, stderr)
 	if err != nil {
 		return err
 	}
@@ -45,7 +61,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
 			agg.reseed()
 			s := top.Take(agg.Aggregate, time.Now(), st.Lost)
-			if err := top.Plain(stdout, &s); err != nil && werr == nil {
+			if err := top.Plain(stdout, &s, c.sort); err != nil && werr == nil {
 				werr = fmt.Errorf("write output: %w", err)
 			}
 		}, onSeed: agg.seedHolders}, agg.Aggregate)
@@ -53,7 +69,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.Join(err, werr)
 	}
 
-	screen, err := top.NewScreen()
+	screen, err := top.NewScreen(c.sort, c.rows)
 	if err != nil {
 		return err
 	}
@@ -92,6 +108,11 @@ tcptrace trace (tcptrace --help).
 
   --interval D        how often to redraw; default 1s
                         tcptrace top --interval 2s
+  --sort KEY          the tables' order at start: new, close-wait,
+                      time-wait, resets or refused; default new
+                        tcptrace top --sort close-wait
+  --rows N            rows per table at most; default 0, as many as fit
+                        tcptrace top --rows 5
   --max-keys N        processes and peers tracked per interval; default 4096
                         tcptrace top --max-keys 100000
 `
