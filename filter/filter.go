@@ -31,6 +31,14 @@ type Filter struct {
 	// Ports keeps a socket whose local or remote port is one of them,
 	// as ss's "sport = :P or dport = :P"
 	Ports []uint16
+	// Cgroups, if set, keeps what an owner in one of its cgroups has
+	// (cgroups.Subtree: a unit and the cgroups under it)
+	Cgroups CgroupSet
+}
+
+// CgroupSet is a set of cgroup v2 ids.
+type CgroupSet interface {
+	Contains(id uint64) bool
 }
 
 // Check says what is wrong with f, if anything.
@@ -85,6 +93,9 @@ func (f *Filter) Match(e *events.Event) bool {
 	if !f.PortsMatch(e.LPort, e.RPort) {
 		return false
 	}
+	if f.Cgroups != nil && !f.Cgroups.Contains(e.Cgroup) {
+		return false
+	}
 	return f.Comm == "" || string(e.CommBytes()) == f.Comm // compared without a copy
 }
 
@@ -96,5 +107,5 @@ func (f *Filter) PortsMatch(lport, rport uint16) bool {
 // All says whether f keeps everything.
 func (f *Filter) All() bool {
 	return f.Family == 0 && f.Netns == 0 && len(f.States) == 0 && len(f.PIDs) == 0 &&
-		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0 && len(f.Ports) == 0
+		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0 && len(f.Ports) == 0 && f.Cgroups == nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	cgnames "github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
 )
@@ -37,6 +38,12 @@ func TestFilters(t *testing.T) {
 			return slices.Contains(states, e.Old) || slices.Contains(states, e.New)
 		}
 	}
+	// srv4's cgroup, found as --cgroup finds it: by its path
+	root := cgnames.NewAt(cgroupRoot(t))
+	srv4Cgroup, err := root.Find(root.Name(srv4.cgroup))
+	if err != nil {
+		t.Fatal(err)
+	}
 	filters := []want{
 		{"--netns", filter.Filter{Netns: ns.ino}, func(e events.Event) bool { return true }},
 		{"-4", filter.Filter{Netns: ns.ino, Family: 4}, func(e events.Event) bool { return e.Family == 4 }},
@@ -44,6 +51,7 @@ func TestFilters(t *testing.T) {
 		{"--lport", filter.Filter{Netns: ns.ino, LPorts: []uint16{port}}, func(e events.Event) bool { return e.LPort == port }},
 		{"--rport", filter.Filter{Netns: ns.ino, RPorts: []uint16{port6, 9}}, func(e events.Event) bool { return e.RPort == port6 || e.RPort == 9 }},
 		{"--port", filter.Filter{Netns: ns.ino, Ports: []uint16{port6}}, func(e events.Event) bool { return e.LPort == port6 || e.RPort == port6 }},
+		{"--cgroup", filter.Filter{Netns: ns.ino, Cgroups: srv4Cgroup}, func(e events.Event) bool { return e.Cgroup == srv4.cgroup }},
 		{"--pid", filter.Filter{Netns: ns.ino, PIDs: []uint32{cli4.pid, srv6.pid}}, func(e events.Event) bool { return e.PID == cli4.pid || e.PID == srv6.pid }},
 		{"--comm", filter.Filter{Netns: ns.ino, Comm: serverComm}, func(e events.Event) bool { return e.CommString() == serverComm }},
 		{"--state", filter.Filter{Netns: ns.ino, States: []events.State{events.TimeWait, events.Listen}}, in(events.TimeWait, events.Listen)},

@@ -22,6 +22,7 @@ import (
 	// without /usr/share/zoneinfo (distroless, the agent's pod) too
 	_ "time/tzdata"
 
+	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/loader"
@@ -115,6 +116,7 @@ type common struct {
 	lports   portList
 	rports   portList
 	ports    portList
+	cgroup   string
 	utc      bool
 	pids     pidList
 	comm     string
@@ -140,6 +142,7 @@ func (c *common) register(fs *flag.FlagSet) {
 		fs.Var(&c.ports, n, "")
 	}
 	fs.BoolVar(&c.utc, "utc", false, "")
+	fs.StringVar(&c.cgroup, "cgroup", "", "")
 	fs.Var(&c.pids, "pid", "")
 	fs.StringVar(&c.comm, "comm", "", "")
 	fs.StringVar(&c.netns, "netns", "", "")
@@ -185,6 +188,13 @@ func (c *common) filter() (filter.Filter, error) {
 			return f, err
 		}
 		f.Netns = ino
+	}
+	if c.cgroup != "" {
+		sub, err := cgroups.New().Find(c.cgroup)
+		if err != nil {
+			return f, err
+		}
+		f.Cgroups = sub
 	}
 	if err := f.Check(); err != nil {
 		return f, err
@@ -320,6 +330,10 @@ comma-separated or the flag repeated):
                         tcptrace --pid 1234
   --comm NAME         owning process's command name, exact (at most 15 bytes)
                         tcptrace --comm nginx
+  --cgroup CG         owning process's cgroup or one under it: a path as
+                      /proc/PID/cgroup shows it, or a systemd unit
+                        tcptrace --cgroup nginx.service
+                        tcptrace --cgroup /system.slice/nginx.service
   --netns NS          network namespace: a name of ip netns, a path, or
                       the inode of one in use
                         tcptrace --netns blue

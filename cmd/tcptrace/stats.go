@@ -62,7 +62,7 @@ func newAggregator(c *aggFlags, stderr io.Writer) (*aggregator, error) {
 	if err != nil {
 		fmt.Fprintf(stderr, "tcptrace: warning: %v: sockets per state count only the transitions seen\n", err)
 	} else if !a.seeded {
-		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm and --state cannot be applied to a socket dump")
+		fmt.Fprintln(stderr, "tcptrace: sockets per state count only the transitions seen: --pid, --comm, --cgroup and --state cannot be applied to a socket dump")
 	}
 	return a, nil
 }
@@ -172,7 +172,7 @@ func seedSockets(agg *aggregate.Aggregate, f filter.Filter) (bool, error) {
 // dumpable says whether a socket dump can apply f: it cannot tell owners
 // or transitions.
 func dumpable(f filter.Filter) bool {
-	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0
+	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0 && f.Cgroups == nil
 }
 
 // dumpStates counts the sockets of f's namespace (0: this process's) per
