@@ -6,12 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcptrace/tcptrace/report"
 	"github.com/tcptrace/tcptrace/stuck"
 )
 
 // A CLOSE_WAIT leak older than tcptrace, as the engineer paged for it
 // meets it: a worker holds 2 connections its clients closed, unread, and
-// only then is tcptrace started. top (in tmux, --sort close-wait) and the agent name the
+// only then is tcptrace started. top (in tmux, --sort close-wait), stats and the agent name the
 // worker for both from their start, and the agent's two CLOSE_WAIT series
 // agree; 31 s into the leak, closewait --once with the default threshold
 // (30 s) lists both, held by the worker, with an age of at least the
@@ -37,6 +38,12 @@ func TestLeakOlderThanTracer(t *testing.T) {
 	x.screen("the worker holding 2 CLOSE_WAITs, sorted by them", func(s string) bool {
 		return holding(s, w.pid, workerComm, k) && strings.Contains(s, "sort (by CLOSE_WAIT held)")
 	})
+
+	out := startBinary(t, "stats", "--netns", ns.path, "--json", "--duration", "1s").wait(t)
+	if st := decodeLast[report.JSON](t, out); len(st.CloseWaitHeld) != 1 ||
+		st.CloseWaitHeld[0] != (report.Held{PID: w.pid, Comm: workerComm, Count: k}) {
+		t.Errorf("stats close_wait_held %+v, want the worker's %d", st.CloseWaitHeld, k)
+	}
 
 	addr, _ := startAgentArgs(t, ns, tcptraceBinary(t), []string{"--closewait-threshold", "1s", "--diagnose-every", "1s"})
 	want := map[string]float64{

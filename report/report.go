@@ -16,9 +16,31 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 )
 
-// Extra is what the stream adds to an interval: records lost so far.
+// Extra is what a report adds to its interval: records lost so far, and
+// the CLOSE_WAITs each process holds now (aggregate.CloseWaits: a gauge,
+// counted from the start, from those held then on).
 type Extra struct {
-	Lost uint64
+	Lost          uint64
+	CloseWaitHeld map[aggregate.Process]int64
+}
+
+// Held is one process's CLOSE_WAITs held now.
+type Held struct {
+	PID   uint32 `json:"pid"`
+	Comm  string `json:"comm"`
+	Count int64  `json:"count"`
+}
+
+// held is x's CLOSE_WAITs held, most first, at most top.
+func held(x Extra, top int) []Held {
+	out := []Held{}
+	for p, n := range x.CloseWaitHeld {
+		if n > 0 {
+			out = append(out, Held{PID: p.PID, Comm: p.Comm, Count: n})
+		}
+	}
+	slices.SortFunc(out, func(a, b Held) int { return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.PID, b.PID)) })
+	return out[:min(len(out), top)]
 }
 
 // JSON is one interval as the JSON object `tcptrace stats --json` writes.
@@ -32,7 +54,9 @@ type JSON struct {
 	Sockets     map[string]int64     `json:"sockets"`
 	Histograms  map[string]Histogram `json:"histograms"`
 	Top         TopJSON              `json:"top"`
-	Dropped     uint64               `json:"dropped"`
+	// CloseWaitHeld: the processes holding CLOSE_WAITs now, most first
+	CloseWaitHeld []Held `json:"close_wait_held"`
+	Dropped       uint64 `json:"dropped"`
 }
 
 // Transition is one cell of the matrix.
@@ -114,6 +138,7 @@ func ToJSON(iv *aggregate.Interval, sockets *[aggregate.States]int64, x Extra, t
 		}
 		j.Histograms[aggregate.HistogramNames[k]] = hj
 	}
+	j.CloseWaitHeld = held(x, top)
 	j.Top.Processes = []RowJSON{}
 	for _, r := range topKeys(iv.Processes, top) {
 		row := rowJSON(iv.Processes[r])
@@ -185,6 +210,13 @@ func WriteText(w io.Writer, iv *aggregate.Interval, sockets *[aggregate.States]i
 		}
 	}
 	b.WriteString("\n")
+	if hs := held(x, top); len(hs) > 0 {
+		b.WriteString("CLOSE_WAIT held now:")
+		for _, h := range hs {
+			fmt.Fprintf(&b, "  %d %s %d", h.PID, h.Comm, h.Count)
+		}
+		b.WriteString("\n")
+	}
 	for k, h := range iv.Histograms {
 		if h.Count == 0 {
 			continue

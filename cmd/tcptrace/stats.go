@@ -125,7 +125,7 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	onStats := func(st stream.Stats) {
 		agg.reseed()
 		iv := agg.Take(time.Now())
-		x := report.Extra{Lost: st.Lost}
+		x := report.Extra{Lost: st.Lost, CloseWaitHeld: agg.CloseWaits}
 		var err error
 		if c.json {
 			err = report.WriteJSON(stdout, &iv, &agg.Sockets, x, c.top)
