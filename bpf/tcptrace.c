@@ -386,14 +386,34 @@ int flush_staging(void *ctx)
  * space's follower to end the connection with the cause it has. The
  * mini-socket shares sock_common with the socket it replaced, read
  * through probes: the verifier knows sk as a full socket. */
+static __always_inline void write_mini_reset(struct sock *sk, struct staging *st, bool direct,
+					     __u32 netns, __u16 family)
+{
+	struct event *e = slot_begin(st, direct);
+
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e->netns = netns;
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	fill_addrs(e, sk, family);
+	e->oldstate = TCP_FIN_WAIT2;
+	e->newstate = TCP_CLOSE;
+	e->cause = CAUSE_RESET_SENT;
+	e->kind = KIND_MINI_RESET;
+	e->src = slot_src(st, direct);
+	slot_end(st, e, direct);
+}
+
 static __always_inline void note_mini_reset(struct sock *sk)
 {
 	struct inet_timewait_sock *tw = (struct inet_timewait_sock *)sk;
 	struct staging *st;
-	struct event *e;
 	__u32 zero = 0, netns;
 	__u16 family;
-	bool direct;
 
 	if (BPF_CORE_READ(tw, tw_substate) != TCP_FIN_WAIT2)
 		return;
@@ -406,27 +426,16 @@ static __always_inline void note_mini_reset(struct sock *sk)
 	st = bpf_map_lookup_elem(&staging, &zero);
 	if (!st)
 		return;
-	direct = READ_ONCE(st->busy);
-	if (!direct)
-		hold(st);
-	e = slot_begin(st, direct);
-	if (e) {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->ts_ns = bpf_ktime_get_ns();
-		e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-		e->netns = netns;
-		e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-		e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-		fill_addrs(e, sk, family);
-		e->oldstate = TCP_FIN_WAIT2;
-		e->newstate = TCP_CLOSE;
-		e->cause = CAUSE_RESET_SENT;
-		e->kind = KIND_MINI_RESET;
-		e->src = slot_src(st, direct);
-		slot_end(st, e, direct);
+	/* direct a constant in each copy, as on_state() has it: the 5.10
+	 * verifier cannot follow a record that may be the ring's or the
+	 * staging's */
+	if (READ_ONCE(st->busy)) {
+		write_mini_reset(sk, st, true, netns, family);
+		return;
 	}
-	if (!direct)
-		let_go(st);
+	hold(st);
+	write_mini_reset(sk, st, false, netns, family);
+	let_go(st);
 }
 
 SEC("tp_btf/tcp_send_reset")

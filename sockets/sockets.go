@@ -514,6 +514,16 @@ func (t *Table) contended(sock uint64) bool {
 	return false
 }
 
+// nobodyHolds says whether the last holders dump showed nobody holding
+// server connection sock's listener, which is still open: a holder in
+// transit, or a dump that missed it (seen on the 5.10 guest under load:
+// a dump listing no holder at all while a worker held the listener). Its
+// maker, the guess then, may have handed it on: the connection waits.
+func (t *Table) nobodyHolds(sock uint64) bool {
+	l := t.listenerOf(sock, t.live[sock])
+	return l != nil && len(l.holders) == 0
+}
+
 // heldBy says whether pid is known to hold the listener: from the last
 // holders dump, or with none, as the one that made it or took a
 // connection from it.
@@ -665,10 +675,11 @@ func (t *Table) releaseAll(due []uint64, now uint64, next func(*events.Event) er
 			// seen holding it, and gone from it since: it most likely
 			// accepted it (see owners)
 			o = p.seen
-		} else if !waited && t.contended(sock) {
+		} else if !waited && (t.contended(sock) || held != nil && t.nobodyHolds(sock)) {
 			// nobody holds it yet (it waits in the accept queue) and
-			// several processes could take it: wait for the one that
-			// does, rather than guess among them
+			// several processes could take it, or the dump shows no
+			// holder of its listener: wait for the one that takes
+			// it, rather than guess
 			p.deadline = now + t.holdFor
 			continue
 		}

@@ -557,3 +557,36 @@ func TestSlowDumpsNameTheService(t *testing.T) {
 		}
 	}
 }
+
+// A dump that shows nobody holding a listener still open (one seen on the
+// 5.10 guest listed no holder at all) tells nothing: the connection waits
+// for the next, rather than being named for the listener's maker.
+func TestEmptyDumpWaits(t *testing.T) {
+	service := events.Holder{Sock: 1, PID: 200, Start: 2, State: events.Listen}
+	copy(service.Comm[:], "service")
+	dumps := 0
+	tab := New(Options{HoldFor: 100 * time.Millisecond, NoNotes: true, Holders: func() ([]events.Holder, error) {
+		dumps++
+		if dumps == 1 {
+			return nil, nil
+		}
+		return []events.Holder{service}, nil
+	}})
+	var out sink
+	observe(t, tab, &out, rec(1, 10*ms, events.Close, events.Listen, 100, "super"))
+	out = out[:0]
+	observe(t, tab, &out, child(7, 500*ms, 0, ""), rec(7, 510*ms, events.SynRecv, events.Established, 0, ""))
+	if err := tab.Expire(600*ms, out.next); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 0 {
+		t.Fatalf("released after a dump with no holder: %+v", out)
+	}
+	if err := tab.Expire(700*ms, out.next); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || dumps != 2 {
+		t.Fatalf("got %d events after %d dumps, want the handshake after 2", len(out), dumps)
+	}
+	checkOwners(t, out, 200, "service")
+}

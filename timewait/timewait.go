@@ -325,6 +325,19 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 			}
 		}
 	}
+	// a local peer took a reset from our parked FIN_WAIT2, which sent it
+	// for data it took, and is gone: where the kernel reports no reset
+	// of a mini-socket (before 6.10, tcp_v4_send_reset traces full
+	// sockets only), this is when it ended
+	if !f.opts.NoPeerMatch && e.New == events.Close && e.Cause == events.CauseResetReceived {
+		if en, ok := f.byTuple[peerOf(e)]; ok && en.ev.New != events.TimeWait {
+			ev := f.transition(en, e.Mono, events.Close, events.CauseResetSent)
+			f.remove(en)
+			if err := emit(ev); err != nil {
+				return false, err
+			}
+		}
+	}
 	switch {
 	case e.Kind == events.MiniReset:
 		// a parked FIN_WAIT2 took data and answered with a reset: it

@@ -123,7 +123,6 @@ func TestOtherClosesDoNotResolve(t *testing.T) {
 		name   string
 		change func(*events.Event)
 	}{
-		{"reset", func(e *events.Event) { e.Cause = events.CauseResetReceived }},
 		{"other port", func(e *events.Event) { e.RPort = 40001 }},
 		{"other netns", func(e *events.Event) { e.Netns = 100 }},
 		{"same side", func(e *events.Event) { e.LAddr, e.RAddr, e.LPort, e.RPort = client, server, 40000, 80 }},
@@ -136,6 +135,35 @@ func TestOtherClosesDoNotResolve(t *testing.T) {
 		observe(t, f, c, &out)
 		if len(out) != 0 || f.Len() != 1 || f.parked != 1 {
 			t.Errorf("%s: got %+v, len %d", tc.name, out, f.Len())
+		}
+	}
+}
+
+// A local peer that takes a reset from our parked FIN_WAIT2 (it sent data
+// after our close): ours sent it, and is gone, then: FIN_WAIT2 -> CLOSE
+// reset_sent at the peer's time, where the kernel reports no mini-socket
+// reset; one it did report (MiniReset) ends it first, and the peer's
+// close then finds nothing.
+func TestPeerResetEndsParked(t *testing.T) {
+	for _, mini := range []bool{false, true} {
+		f := New(&fakeDiag{}, Options{})
+		var out []events.Event
+		observe(t, f, parked(1000*ms), &out)
+		if mini {
+			r := parked(1299 * ms)
+			r.Kind, r.Old, r.New, r.Cause, r.Sock, r.PID = events.MiniReset, events.FinWait2, events.Close, events.CauseResetSent, 0, 0
+			observe(t, f, r, &out)
+		}
+		c := serverClose(1300 * ms)
+		c.Old, c.Cause = events.CloseWait, events.CauseResetReceived
+		observe(t, f, c, &out)
+		at := 1300 * ms
+		if mini {
+			at = 1299 * ms
+		}
+		if len(out) != 1 || out[0].Old != events.FinWait2 || out[0].New != events.Close || out[0].Cause != events.CauseResetSent ||
+			out[0].Mono != at || out[0].PID != 42 || f.Len() != 0 {
+			t.Errorf("mini %v: got %+v, len %d", mini, out, f.Len())
 		}
 	}
 }
