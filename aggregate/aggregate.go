@@ -145,9 +145,9 @@ const DefaultMaxKeys = 4096
 type Aggregate struct {
 	maxKeys int
 	cur     Interval
-	// Sockets is how many sockets are in each state now: kept by the
-	// transitions, from a seed (Seed) if there is one.
-	Sockets [States]int64
+	// Census is how many sockets are in each state now, per namespace:
+	// kept by the transitions, set from a dump of each (Census.Set)
+	Census *Census
 	// CloseWaits is how many sockets each process holds in CLOSE_WAIT
 	// now, the peer having closed and the process not yet: kept by the
 	// transitions seen (at most maxKeys processes).
@@ -167,7 +167,7 @@ func New(maxKeys int, now time.Time) *Aggregate {
 		maxKeys = DefaultMaxKeys
 	}
 	a := &Aggregate{maxKeys: maxKeys, durations: NewDurations(16 * maxKeys), comms: map[[events.CommLen]byte]string{},
-		CloseWaits: map[Process]int64{}}
+		CloseWaits: map[Process]int64{}, Census: NewCensus()}
 	a.reset(now)
 	return a
 }
@@ -176,10 +176,9 @@ func (a *Aggregate) reset(now time.Time) {
 	a.cur = Interval{Start: now, Processes: map[Process]*Counts{}, Peers: map[netip.Addr]*Counts{}, Ports: map[uint16]*Counts{}}
 }
 
-// Seed sets the sockets per state from a dump.
-func (a *Aggregate) Seed(perState [States]int64) {
-	a.Sockets = perState
-}
+// Sockets is how many sockets are in each state now, every namespace
+// counted.
+func (a *Aggregate) Sockets() [States]int64 { return a.Census.Total() }
 
 // SeedHolders counts the CLOSE_WAITs each process held when tracing
 // began, from the holders dump (loader.Tracer.Holders), of the sockets
@@ -234,7 +233,7 @@ func (a *Aggregate) Write(e *events.Event) error {
 	if e.Old < States && e.New < States {
 		iv.Matrix[e.Old][e.New]++
 	}
-	Move(&a.Sockets, e)
+	a.Census.Move(e)
 	if e.New == events.Close && e.Cause < Causes {
 		iv.Closes[e.Cause]++
 	}

@@ -74,7 +74,7 @@ func TestLifecycle(t *testing.T) {
 	if cells != 11 || iv.Matrix[events.CloseWait][events.LastAck] != 1 {
 		t.Errorf("%d cells counted", cells)
 	}
-	for st, n := range a.Sockets {
+	for st, n := range a.Sockets() {
 		if n != 0 {
 			t.Errorf("%d sockets left in %v", n, events.State(st))
 		}

@@ -76,11 +76,18 @@ func startAgentArgs(t *testing.T, ns *netns, bin string, args []string, wrapper 
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 	})
+	waitHealthy(t, addr, stderr)
+	return addr, stderr
+}
+
+// waitHealthy waits until the agent at addr answers /healthz: attached.
+func waitHealthy(t *testing.T, addr string, stderr *lockedBuffer) {
+	t.Helper()
 	for deadline := time.Now().Add(patience); ; time.Sleep(50 * time.Millisecond) {
 		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusOK {
-				return addr, stderr
+				return
 			}
 		}
 		if time.Now().After(deadline) {

@@ -89,10 +89,11 @@ func TestStatsCounts(t *testing.T) {
 		t.Fatalf("ss: %v", err)
 	}
 	ss := len(strings.Split(strings.TrimSpace(string(out)), "\n"))
-	if agg.Sockets[events.TimeWait] != int64(ss) || ss != n {
-		t.Errorf("TIME_WAIT sockets: tcptrace %d, ss %d, want %d", agg.Sockets[events.TimeWait], ss, n)
+	sockets := agg.Sockets()
+	if sockets[events.TimeWait] != int64(ss) || ss != n {
+		t.Errorf("TIME_WAIT sockets: tcptrace %d, ss %d, want %d", sockets[events.TimeWait], ss, n)
 	}
-	for st, c := range agg.Sockets {
+	for st, c := range sockets {
 		if events.State(st) != events.TimeWait && c != 0 {
 			t.Errorf("%d sockets in %v, want 0", c, events.State(st))
 		}

@@ -39,6 +39,14 @@ func fam(f events.Family) int {
 
 var families = [2]string{"ipv4", "ipv6"}
 
+// famOf is the family of families[f].
+func famOf(f int) events.Family {
+	if f == 1 {
+		return 6
+	}
+	return 4
+}
+
 // owned is what is counted per process name or cgroup.
 type owned struct {
 	connections uint64 // new connections: connect() or a listener's child
@@ -110,7 +118,7 @@ type Exporter struct {
 	mu          sync.Mutex
 	transitions [2][aggregate.States][aggregate.States]uint64
 	closes      [2][aggregate.Causes]uint64
-	sockets     [2][aggregate.States]int64
+	census      *aggregate.Census
 	twEntries   uint64
 	comms       *ownerTable
 	cgroups     *ownerTable
@@ -194,12 +202,12 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 		topK = DefaultTopK
 	}
 	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupPath: cgroupPath,
-		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{},
+		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{}, census: aggregate.NewCensus(),
 		commNames: map[[events.CommLen]byte]string{}}
 	d := &x.descs
 	d.transitions = prometheus.NewDesc("tcptrace_transitions_total", "TCP state transitions, by address family, old and new state.", []string{"family", "old", "new"}, nil)
 	d.closes = prometheus.NewDesc("tcptrace_closes_total", "Transitions to CLOSE, by address family and cause.", []string{"family", "cause"}, nil)
-	d.sockets = prometheus.NewDesc("tcptrace_sockets", "TCP sockets in each state now, by address family: seeded from a socket dump, kept by the transitions.", []string{"family", "state"}, nil)
+	d.sockets = prometheus.NewDesc("tcptrace_sockets", "TCP sockets in each state now, by address family: kept by the transitions, set again every minute from a socket dump of each namespace.", []string{"family", "state"}, nil)
 	d.twEntries = prometheus.NewDesc("tcptrace_timewait_entries_total", "Connections that entered TIME_WAIT.", nil, nil)
 	d.durations = prometheus.NewDesc("tcptrace_state_duration_seconds", "Time spent in a state before leaving it: syn_sent and syn_recv are the handshakes, established the connection's lifetime.", []string{"state"}, nil)
 	d.lost = prometheus.NewDesc("tcptrace_events_lost_total", "Transitions the kernel could not hand over (ring buffer full), or records that could not be decoded.", nil, nil)
@@ -218,10 +226,11 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	return x
 }
 
-// Seed sets the sockets per state of a family (4 or 6) from a dump.
-func (x *Exporter) Seed(family events.Family, perState [aggregate.States]int64) {
+// Reconcile sets the sockets per state from dumps, each namespace's from
+// its own (set calls the census's Set and Forget).
+func (x *Exporter) Reconcile(set func(*aggregate.Census)) {
 	x.mu.Lock()
-	x.sockets[fam(family)] = perState
+	set(x.census)
 	x.mu.Unlock()
 }
 
@@ -247,7 +256,7 @@ func (x *Exporter) Write(e *events.Event) error {
 	if e.New == events.Close && e.Cause < aggregate.Causes {
 		x.closes[f][e.Cause]++
 	}
-	aggregate.Move(&x.sockets[f], e)
+	x.census.Move(e)
 	child := e.Old == events.Listen && e.New == events.SynRecv
 	x.durations.Write(e, &x.hist)
 	x.port(e, child)
@@ -361,11 +370,12 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 		for c := 1; c < aggregate.Causes; c++ {
 			ch <- prometheus.MustNewConstMetric(d.closes, prometheus.CounterValue, float64(x.closes[f][c]), families[f], events.Cause(c).String())
 		}
+		sockets := x.census.Family(famOf(f))
 		for st := 1; st < aggregate.States; st++ {
 			if events.State(st) == events.Close {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(x.sockets[f][st]), families[f], events.State(st).String())
+			ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(sockets[st]), families[f], events.State(st).String())
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(d.twEntries, prometheus.CounterValue, float64(x.twEntries))

@@ -153,11 +153,12 @@ func (x *Exporter) register(m metric.Meter) error {
 		defer x.mu.Unlock()
 		for f := range 2 {
 			fam := attribute.String("network.type", families[f])
+			sockets := x.census.Family(famOf(f))
 			for st := 1; st < aggregate.States; st++ {
 				if events.State(st) == events.Close {
 					continue
 				}
-				o.ObserveInt64(conns, x.sockets[f][st], metric.WithAttributes(tcp, fam,
+				o.ObserveInt64(conns, sockets[st], metric.WithAttributes(tcp, fam,
 					attribute.String("network.connection.state", SemconvState(events.State(st)))))
 			}
 			for old := range aggregate.States {

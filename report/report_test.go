@@ -26,7 +26,8 @@ func interval(t *testing.T) (*aggregate.Aggregate, aggregate.Interval) {
 func TestJSON(t *testing.T) {
 	a, iv := interval(t)
 	var b strings.Builder
-	if err := WriteJSON(&b, &iv, &a.Sockets, Extra{Lost: 3}, 10); err != nil {
+	sockets := a.Sockets()
+	if err := WriteJSON(&b, &iv, &sockets, Extra{Lost: 3}, 10); err != nil {
 		t.Fatal(err)
 	}
 	var got struct {
@@ -84,7 +85,8 @@ func TestJSON(t *testing.T) {
 func TestText(t *testing.T) {
 	a, iv := interval(t)
 	var b strings.Builder
-	if err := WriteText(&b, &iv, &a.Sockets, Extra{}, 10); err != nil {
+	sockets := a.Sockets()
+	if err := WriteText(&b, &iv, &sockets, Extra{}, 10); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"CLOSE        -> SYN_SENT", "SYN_SENT     -> ESTABLISHED", "client handshake: 1",

@@ -265,3 +265,40 @@ func netnsExists(ino uint32) bool {
 	}
 	return false
 }
+
+// Namespace is a network namespace in use, with a process in it (0 for
+// one only ip netns names) to enter it by.
+type Namespace struct {
+	Inode, PID uint32
+}
+
+// Namespaces lists the network namespaces that processes are in or that
+// ip netns names, each once: the namespaces a host-wide count dumps.
+func Namespaces() ([]Namespace, error) {
+	seen := map[uint32]bool{}
+	var out []Namespace
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("list namespaces: %w", err)
+	}
+	for _, p := range procs {
+		if p.Name()[0] < '0' || p.Name()[0] > '9' {
+			continue
+		}
+		ino, err := nsInode("/proc/" + p.Name() + "/ns/net")
+		if err != nil || seen[ino] {
+			continue
+		}
+		pid, _ := strconv.ParseUint(p.Name(), 10, 32)
+		seen[ino] = true
+		out = append(out, Namespace{Inode: ino, PID: uint32(pid)})
+	}
+	names, _ := os.ReadDir(netnsDir)
+	for _, n := range names {
+		if ino, err := nsInode(filepath.Join(netnsDir, n.Name())); err == nil && !seen[ino] {
+			seen[ino] = true
+			out = append(out, Namespace{Inode: ino})
+		}
+	}
+	return out, nil
+}

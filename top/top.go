@@ -29,7 +29,7 @@ type Snapshot struct {
 
 // Take copies what a snapshot needs from a, ending its interval at now.
 func Take(a *aggregate.Aggregate, now time.Time, lost uint64) Snapshot {
-	s := Snapshot{Interval: a.Take(now), Sockets: a.Sockets, Lost: lost, CloseWaits: make(map[aggregate.Process]int64, len(a.CloseWaits))}
+	s := Snapshot{Interval: a.Take(now), Sockets: a.Sockets(), Lost: lost, CloseWaits: make(map[aggregate.Process]int64, len(a.CloseWaits))}
 	for p, n := range a.CloseWaits {
 		s.CloseWaits[p] = n
 	}

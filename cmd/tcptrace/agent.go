@@ -41,6 +41,7 @@ type agentConfig struct {
 	dests        int
 	cwThreshold  time.Duration
 	diagEvery    time.Duration
+	recountEvery time.Duration
 }
 
 func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
@@ -56,6 +57,7 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs.IntVar(&c.dests, "destinations", 0, "")
 	fs.DurationVar(&c.cwThreshold, "closewait-threshold", stuck.DefaultThreshold, "")
 	fs.DurationVar(&c.diagEvery, "diagnose-every", metrics.DefaultDiagnoseEvery, "")
+	fs.DurationVar(&c.recountEvery, "recount-every", reseedEvery, "")
 	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
 		return nil, err
 	}
@@ -76,6 +78,9 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	}
 	if c.diagEvery < time.Second {
 		return nil, usageError{errors.New("--diagnose-every must be at least 1s")}
+	}
+	if c.recountEvery < time.Second {
+		return nil, usageError{errors.New("--recount-every must be at least 1s")}
 	}
 	if c.cwThreshold < 0 {
 		return nil, usageError{errors.New("--closewait-threshold must not be negative")}
@@ -117,13 +122,12 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !dumpable(f) {
 			return
 		}
-		for _, fam := range []events.Family{4, 6} {
-			if per, err := dumpStates(f, fam); err == nil {
-				x.Seed(fam, per)
-			} else {
-				fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
-			}
+		c, err := countSockets(f)
+		if err != nil {
+			fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
+			return
 		}
+		x.Reconcile(c.apply)
 	}
 	seed()
 	netns := f.Netns
@@ -174,10 +178,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}()
 	lastSeed := time.Now()
 	var diagErr error
-	st, err := trace(ctx, &c.common, stderr, hooks{every: min(5*time.Second, c.diagEvery), onStats: func(st stream.Stats) {
+	st, err := trace(ctx, &c.common, stderr, hooks{every: min(5*time.Second, c.diagEvery, c.recountEvery), onStats: func(st stream.Stats) {
 		ready.Store(true)
 		x.SetStats(st.Lost, st.Untracked, st.Unknown)
-		if time.Since(lastSeed) >= reseedEvery {
+		if time.Since(lastSeed) >= c.recountEvery {
 			lastSeed = time.Now()
 			seed()
 		}
@@ -244,6 +248,10 @@ The README lists every metric.
                       port-range and CLOSE_WAIT metrics (never at a scrape);
                       default 15s
                         tcptrace agent --diagnose-every 1m
+  --recount-every D   how often tcptrace_sockets is set again from a socket
+                      dump of each namespace (between them the transitions
+                      keep it); default 1m
+                        tcptrace agent --recount-every 5m
   --otlp-endpoint URL also push the metrics over OTLP with the OpenTelemetry
                       SDK (or set OTEL_EXPORTER_OTLP_ENDPOINT and the other
                       OTEL_EXPORTER_OTLP_* variables); http:// or grpc://

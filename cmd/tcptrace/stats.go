@@ -12,7 +12,6 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
 	"github.com/tcptrace/tcptrace/report"
-	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stream"
 )
 
@@ -127,10 +126,11 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		iv := agg.Take(time.Now())
 		x := report.Extra{Lost: st.Lost, CloseWaitHeld: agg.CloseWaits}
 		var err error
+		sockets := agg.Sockets()
 		if c.json {
-			err = report.WriteJSON(stdout, &iv, &agg.Sockets, x, c.top)
+			err = report.WriteJSON(stdout, &iv, &sockets, x, c.top)
 		} else {
-			err = report.WriteText(stdout, &iv, &agg.Sockets, x, c.top)
+			err = report.WriteText(stdout, &iv, &sockets, x, c.top)
 		}
 		if err != nil && werr == nil {
 			werr = fmt.Errorf("write output: %w", err)
@@ -141,70 +141,19 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return errors.Join(err, werr)
 }
 
-// reseedEvery is how often the sockets per state are set again from a
-// dump.
-const reseedEvery = time.Minute
-
-// seedSockets sets the aggregate's sockets per state from a dump of the
-// namespace's TCP sockets, when the filter can be applied to a dump: it
-// says false when it cannot (an owner or state filter).
+// seedSockets sets the aggregate's sockets per state from a dump of each
+// namespace the filter covers, when the filter can be applied to a dump:
+// it says false when it cannot (an owner or state filter).
 func seedSockets(agg *aggregate.Aggregate, f filter.Filter) (bool, error) {
 	if !dumpable(f) {
 		return false, nil
 	}
-	var per [aggregate.States]int64
-	for _, fam := range []events.Family{4, 6} {
-		if f.Family != 0 && f.Family != uint8(fam) {
-			continue
-		}
-		n, err := dumpStates(f, fam)
-		if err != nil {
-			return false, err
-		}
-		for st := range per {
-			per[st] += n[st]
-		}
+	counts, err := countSockets(f)
+	if err != nil {
+		return false, err
 	}
-	agg.Seed(per)
+	counts.apply(agg.Census)
 	return true, nil
-}
-
-// dumpable says whether a socket dump can apply f: it cannot tell owners
-// or transitions.
-func dumpable(f filter.Filter) bool {
-	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0 && f.Cgroups == nil
-}
-
-// dumpStates counts the sockets of f's namespace (0: this process's) per
-// state, for one family, with f's port filters applied.
-func dumpStates(f filter.Filter, family events.Family) ([aggregate.States]int64, error) {
-	var per [aggregate.States]int64
-	p := sockdiag.NewProber()
-	defer p.Close()
-	netns := f.Netns
-	if netns == 0 {
-		ino, err := sockdiag.NetnsInode("/proc/self/ns/net")
-		if err != nil {
-			return per, err
-		}
-		netns = ino
-	}
-	err := p.Sockets(netns, 0, uint8(family), func(s sockdiag.Listed) {
-		if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) && f.PortsMatch(s.LPort, s.RPort) &&
-			s.State < aggregate.States && s.State != events.Close {
-			per[s.State]++
-		}
-	})
-	return per, err
-}
-
-func contains(list []uint16, v uint16) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 const statsUsage = `Usage: tcptrace stats [flags]
