@@ -144,8 +144,8 @@ func twentyConnections(t *testing.T, ns *netns, addr string) {
 	p.wait()
 	for deadline := time.Now().Add(patience); ; time.Sleep(50 * time.Millisecond) {
 		m := scrape(t, addr)
-		if m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LAST_ACK"] == connections &&
-			m["tcptrace_transitions_total,family=ipv4,new=CLOSE,old=LISTEN"] == 1 {
+		if m["tcptrace_transitions_total,family=ipv4,new=close,old=last_ack"] == connections &&
+			m["tcptrace_transitions_total,family=ipv4,new=close,old=listen"] == 1 {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -237,7 +237,7 @@ func checkAgent(t *testing.T, addr string) {
 	for _, cell := range [][2]string{{"CLOSE", "SYN_SENT"}, {"SYN_SENT", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT1"},
 		{"FIN_WAIT1", "FIN_WAIT2"}, {"FIN_WAIT2", "TIME_WAIT"}, {"LISTEN", "SYN_RECV"}, {"SYN_RECV", "ESTABLISHED"},
 		{"ESTABLISHED", "CLOSE_WAIT"}, {"CLOSE_WAIT", "LAST_ACK"}, {"LAST_ACK", "CLOSE"}} {
-		key := fmt.Sprintf("tcptrace_transitions_total,family=ipv4,new=%s,old=%s", cell[1], cell[0])
+		key := fmt.Sprintf("tcptrace_transitions_total,family=ipv4,new=%s,old=%s", strings.ToLower(cell[1]), strings.ToLower(cell[0]))
 		if m[key] != connections {
 			t.Errorf("%s = %v, want %d", key, m[key], connections)
 		}
@@ -252,7 +252,7 @@ func checkAgent(t *testing.T, addr string) {
 		"tcptrace_state_duration_seconds,state=syn_sent,count":   connections,
 		"tcptrace_state_duration_seconds,state=close_wait,count": connections,
 		"tcptrace_events_lost_total":                             0,
-		"tcptrace_sockets,family=ipv4,state=TIME_WAIT":           connections,
+		"tcptrace_sockets,family=ipv4,state=time_wait":           connections,
 	} {
 		if got, ok := m[key]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v; the family's series: %v", key, got, ok, want, family(m, key))
@@ -383,7 +383,7 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 	}
 	twentyConnections(t, ns, addr)
 
-	query := `sum(tcptrace_transitions_total{job="tcptrace",old="LAST_ACK",new="CLOSE"})`
+	query := `sum(tcptrace_transitions_total{job="tcptrace",old="last_ack",new="close"})`
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		v, err := promQuery(promAddr, query)
 		if err == nil && v == connections {

@@ -109,10 +109,10 @@ func TestAgentCountsEveryNamespace(t *testing.T) {
 		time.Sleep(time.Until(start.Add(time.Duration(i)*1500*time.Millisecond + 500*time.Millisecond)))
 		m := scrape(t, addr)
 		ss := hostStates(t)
-		if got := sockets(m, "ESTABLISHED"); got != float64(ss["ESTAB"]) || ss["ESTAB"] < 2*(20+30) {
+		if got := sockets(m, "established"); got != float64(ss["ESTAB"]) || ss["ESTAB"] < 2*(20+30) {
 			t.Errorf("at %v: ESTABLISHED %v, ss %d (want at least %d)", time.Since(start).Round(time.Millisecond), got, ss["ESTAB"], 2*(20+30))
 		}
-		if got := sockets(m, "LISTEN"); got != float64(ss["LISTEN"]) {
+		if got := sockets(m, "listen"); got != float64(ss["LISTEN"]) {
 			t.Errorf("at %v: LISTEN %v, ss %d", time.Since(start).Round(time.Millisecond), got, ss["LISTEN"])
 		}
 	}

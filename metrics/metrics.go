@@ -13,6 +13,7 @@ package metrics
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,11 @@ func fam(f events.Family) int {
 }
 
 var families = [2]string{"ipv4", "ipv6"}
+
+// stateLabel is a state as a label value: lower case, as node_exporter's
+// node_tcp_connection_states has it (established, time_wait, fin_wait1)
+// and as tcptrace_state_duration_seconds does.
+func stateLabel(s events.State) string { return strings.ToLower(s.String()) }
 
 // famOf is the family of families[f].
 func famOf(f int) events.Family {
@@ -363,7 +369,7 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 			for n := range aggregate.States {
 				if c := x.transitions[f][o][n]; c > 0 {
 					ch <- prometheus.MustNewConstMetric(d.transitions, prometheus.CounterValue, float64(c),
-						families[f], events.State(o).String(), events.State(n).String())
+						families[f], stateLabel(events.State(o)), stateLabel(events.State(n)))
 				}
 			}
 		}
@@ -375,7 +381,7 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 			if events.State(st) == events.Close {
 				continue
 			}
-			ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(sockets[st]), families[f], events.State(st).String())
+			ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(sockets[st]), families[f], stateLabel(events.State(st)))
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(d.twEntries, prometheus.CounterValue, float64(x.twEntries))
