@@ -34,6 +34,8 @@ type Filter struct {
 	// Cgroups, if set, keeps what an owner in one of its cgroups has
 	// (cgroups.Subtree: a unit and the cgroups under it)
 	Cgroups CgroupSet
+	// NotPIDs drops what these processes own (the agent's own scrapes)
+	NotPIDs []uint32
 }
 
 // CgroupSet is a set of cgroup v2 ids.
@@ -84,6 +86,9 @@ func (f *Filter) Match(e *events.Event) bool {
 	if len(f.PIDs) > 0 && !slices.Contains(f.PIDs, e.PID) {
 		return false
 	}
+	if len(f.NotPIDs) > 0 && slices.Contains(f.NotPIDs, e.PID) {
+		return false
+	}
 	if len(f.LPorts) > 0 && !slices.Contains(f.LPorts, e.LPort) {
 		return false
 	}
@@ -107,5 +112,5 @@ func (f *Filter) PortsMatch(lport, rport uint16) bool {
 // All says whether f keeps everything.
 func (f *Filter) All() bool {
 	return f.Family == 0 && f.Netns == 0 && len(f.States) == 0 && len(f.PIDs) == 0 &&
-		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0 && len(f.Ports) == 0 && f.Cgroups == nil
+		f.Comm == "" && len(f.LPorts) == 0 && len(f.RPorts) == 0 && len(f.Ports) == 0 && f.Cgroups == nil && len(f.NotPIDs) == 0
 }

@@ -42,6 +42,7 @@ type agentConfig struct {
 	cwThreshold  time.Duration
 	diagEvery    time.Duration
 	recountEvery time.Duration
+	includeSelf  bool
 }
 
 func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
@@ -58,6 +59,7 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs.DurationVar(&c.cwThreshold, "closewait-threshold", stuck.DefaultThreshold, "")
 	fs.DurationVar(&c.diagEvery, "diagnose-every", metrics.DefaultDiagnoseEvery, "")
 	fs.DurationVar(&c.recountEvery, "recount-every", reseedEvery, "")
+	fs.BoolVar(&c.includeSelf, "include-self", false, "")
 	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
 		return nil, err
 	}
@@ -112,6 +114,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	x := metrics.New(c.topK, names.Name)
 	if c.ports > 0 {
 		x.CountPorts(c.ports)
+	}
+	if !c.includeSelf {
+		// its scrapes, pushes and dumps are not the host's traffic
+		c.notPIDs = []uint32{uint32(os.Getpid())}
 	}
 	f, err := c.filter()
 	if err != nil {
@@ -248,6 +254,9 @@ The README lists every metric.
                       port-range and CLOSE_WAIT metrics (never at a scrape);
                       default 15s
                         tcptrace agent --diagnose-every 1m
+  --include-self      count the agent's own sockets too (its scrapes'
+                      connections); by default they are left out
+                        tcptrace agent --include-self
   --recount-every D   how often tcptrace_sockets is set again from a socket
                       dump of each namespace (between them the transitions
                       keep it); default 1m

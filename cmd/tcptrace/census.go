@@ -15,7 +15,8 @@ import (
 const reseedEvery = time.Minute
 
 // dumpable says whether a socket dump can apply f: it cannot tell owners
-// or transitions.
+// or transitions. (NotPIDs, the agent's own sockets, it ignores: the
+// dump counts them, a few.)
 func dumpable(f filter.Filter) bool {
 	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0 && f.Cgroups == nil
 }

@@ -118,6 +118,8 @@ type common struct {
 	ports    portList
 	cgroup   string
 	utc      bool
+	// notPIDs: processes whose sockets are left out (the agent's own)
+	notPIDs []uint32
 	pids     pidList
 	comm     string
 	netns    string
@@ -175,7 +177,7 @@ func (c *common) check() error {
 
 // filter is what the filter flags say.
 func (c *common) filter() (filter.Filter, error) {
-	f := filter.Filter{States: c.states, PIDs: c.pids, Comm: c.comm, LPorts: c.lports, RPorts: c.rports, Ports: c.ports}
+	f := filter.Filter{States: c.states, PIDs: c.pids, Comm: c.comm, LPorts: c.lports, RPorts: c.rports, Ports: c.ports, NotPIDs: c.notPIDs}
 	switch {
 	case c.ipv4:
 		f.Family = 4
