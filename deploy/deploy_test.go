@@ -3,8 +3,10 @@
 package deploy
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -108,6 +110,45 @@ func TestAlertRules(t *testing.T) {
 	for _, args := range [][]string{{"check", "rules", "alerts.yml"}, {"test", "rules", "alerts_test.yml"}} {
 		if out, err := exec.Command(promtool, args...).CombinedOutput(); err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// Every series a dashboard panel reads is narrowed by its job and node
+// variables, which the dashboard defines, so that a panel shows the
+// nodes picked rather than the sum of the fleet.
+func TestDashboardVariables(t *testing.T) {
+	b, err := os.ReadFile("grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Templating struct {
+			List []struct{ Name, Query string }
+		}
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]bool{}
+	for _, v := range dash.Templating.List {
+		vars[v.Name] = true
+	}
+	if !vars["job"] || !vars["instance"] {
+		t.Errorf("variables %v, want job and instance", vars)
+	}
+	series := regexp.MustCompile(`tcptrace_[a-z0-9_]+(\{[^}]*\})?`)
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range series.FindAllStringSubmatch(tg.Expr, -1) {
+				if !strings.Contains(m[1], `job=~"$job"`) || !strings.Contains(m[1], `instance=~"$instance"`) {
+					t.Errorf("panel %q: %s is not narrowed by $job and $instance", p.Title, m[0])
+				}
+			}
 		}
 	}
 }

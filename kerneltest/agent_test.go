@@ -414,7 +414,8 @@ func TestPrometheusScrapesAgent(t *testing.T) {
 	queries := 0
 	for _, p := range dash.Panels {
 		for _, tg := range p.Targets {
-			q := strings.ReplaceAll(tg.Expr, "$__rate_interval", "30s")
+			// the variables as Grafana fills them: this job, every node
+			q := strings.NewReplacer("$__rate_interval", "30s", "$job", "tcptrace", "$instance", ".*").Replace(tg.Expr)
 			// a rate needs two samples of a series: series born with
 			// the connections have them a scrape later
 			n, err := promSeries(promAddr, q)
