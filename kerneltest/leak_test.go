@@ -47,13 +47,13 @@ func TestLeakOlderThanTracer(t *testing.T) {
 
 	addr, _ := startAgentArgs(t, ns, tcptraceBinary(t), []string{"--closewait-threshold", "1s", "--diagnose-every", "1s"})
 	want := map[string]float64{
-		"tcptrace_process_close_wait,comm=" + workerComm: k,
-		"tcptrace_close_wait_stuck,comm=" + workerComm:   k,
+		"tcptrace_process_close_wait_sockets,comm=" + workerComm: k,
+		"tcptrace_close_wait_stuck_sockets,comm=" + workerComm:   k,
 	}
 	var m map[string]float64
 	for deadline := time.Now().Add(patience); ; time.Sleep(200 * time.Millisecond) {
 		m = scrape(t, addr)
-		if m["tcptrace_process_close_wait,comm="+workerComm] == k && m["tcptrace_close_wait_stuck,comm="+workerComm] == k {
+		if m["tcptrace_process_close_wait_sockets,comm="+workerComm] == k && m["tcptrace_close_wait_stuck_sockets,comm="+workerComm] == k {
 			break
 		}
 		if time.Now().After(deadline) {

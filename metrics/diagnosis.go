@@ -61,11 +61,11 @@ func NewDiagnosis(netns uint32, every time.Duration, topK, dests int, threshold 
 		prober: sockdiag.NewProber(), netns: netns, every: every, topK: topK, dests: dests, stuckBy: map[string]int{}}
 	x := &d.descs
 	x.failures = prometheus.NewDesc("tcptrace_connect_failures_total", "Connects that failed in SYN_SENT, by cause: refused, timeout, unreachable, no_port (no free local port, EADDRNOTAVAIL), reset_received, closed.", []string{"cause"}, nil)
-	x.usable = prometheus.NewDesc("tcptrace_port_range_usable", "Local ports connect() may pick from: ip_local_port_range minus ip_local_reserved_ports.", nil, nil)
+	x.usable = prometheus.NewDesc("tcptrace_port_range_usable_ports", "Local ports connect() may pick from: ip_local_port_range minus ip_local_reserved_ports.", nil, nil)
 	x.maxUsed = prometheus.NewDesc("tcptrace_port_range_used_ratio_max", "Of the destinations (source address to remote address and port), the highest share of the usable port range held by TIME_WAIT and live connections (1 = exhausted).", nil, nil)
-	x.stuck = prometheus.NewDesc("tcptrace_close_wait_stuck", "CLOSE_WAIT sockets held longer than --closewait-threshold, by owning process name: a leak (the process never calls close()).", []string{"comm"}, nil)
+	x.stuck = prometheus.NewDesc("tcptrace_close_wait_stuck_sockets", "CLOSE_WAIT sockets held longer than --closewait-threshold, by owning process name: a leak (the process never calls close()).", []string{"comm"}, nil)
 	labels := []string{"laddr", "raddr", "rport"}
-	x.destTW = prometheus.NewDesc("tcptrace_destination_timewait", "TIME_WAIT sockets now toward a destination, for the --destinations with the most.", labels, nil)
+	x.destTW = prometheus.NewDesc("tcptrace_destination_timewait_sockets", "TIME_WAIT sockets now toward a destination, for the --destinations with the most.", labels, nil)
 	x.destCreated = prometheus.NewDesc("tcptrace_destination_timewait_created_total", "TIME_WAITs entered toward a destination since the agent started.", labels, nil)
 	x.destUsed = prometheus.NewDesc("tcptrace_destination_port_range_used_ratio", "Share of the usable port range held toward a destination.", labels, nil)
 	x.destFailures = prometheus.NewDesc("tcptrace_destination_connect_failures_total", "Connects toward a destination that found no free local port.", labels, nil)

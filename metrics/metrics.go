@@ -222,13 +222,13 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	d.unknown = prometheus.NewDesc("tcptrace_owner_unknown_total", "Records whose owner was not known: the socket table was full.", nil, nil)
 	d.commConns = prometheus.NewDesc("tcptrace_process_connections_total", "New connections (connect() or a listener's child) by owning process name; past the first names, \"other\".", []string{"comm"}, nil)
 	d.commTW = prometheus.NewDesc("tcptrace_process_timewait_entries_total", "TIME_WAITs entered by owning process name.", []string{"comm"}, nil)
-	d.commCW = prometheus.NewDesc("tcptrace_process_close_wait", "CLOSE_WAITs held now by owning process name: the peer closed, the process has not.", []string{"comm"}, nil)
+	d.commCW = prometheus.NewDesc("tcptrace_process_close_wait_sockets", "CLOSE_WAITs held now by owning process name: the peer closed, the process has not.", []string{"comm"}, nil)
 	d.cgConns = prometheus.NewDesc("tcptrace_cgroup_connections_total", "New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, \"other\".", []string{"cgroup"}, nil)
 	d.cgTW = prometheus.NewDesc("tcptrace_cgroup_timewait_entries_total", "TIME_WAITs entered by the owner's cgroup.", []string{"cgroup"}, nil)
-	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait", "CLOSE_WAITs held now by the owner's cgroup.", []string{"cgroup"}, nil)
+	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait_sockets", "CLOSE_WAITs held now by the owner's cgroup.", []string{"cgroup"}, nil)
 	d.portConns = prometheus.NewDesc("tcptrace_port_connections_total", "New server connections by listening port (--ports); past the first ports, \"other\".", []string{"port"}, nil)
 	d.portTW = prometheus.NewDesc("tcptrace_port_timewait_entries_total", "Server connections that entered TIME_WAIT (the server closed first), by listening port.", []string{"port"}, nil)
-	d.portCW = prometheus.NewDesc("tcptrace_port_close_wait", "Server connections in CLOSE_WAIT now, by listening port.", []string{"port"}, nil)
+	d.portCW = prometheus.NewDesc("tcptrace_port_close_wait_sockets", "Server connections in CLOSE_WAIT now, by listening port.", []string{"port"}, nil)
 	return x
 }
 
@@ -280,8 +280,8 @@ func (x *Exporter) Write(e *events.Event) error {
 // SeedHolders counts the CLOSE_WAITs each process held when tracing
 // began, from the holders dump (loader.Tracer.Holders), of the sockets
 // keep passes: a leak older than the agent is in
-// tcptrace_process_close_wait from the start, as it is in
-// tcptrace_close_wait_stuck.
+// tcptrace_process_close_wait_sockets from the start, as it is in
+// tcptrace_close_wait_stuck_sockets.
 func (x *Exporter) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
 	type port struct {
 		netns uint32

@@ -43,11 +43,11 @@ func TestExporter(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(x)
 	want := `
-# HELP tcptrace_process_close_wait CLOSE_WAITs held now by owning process name: the peer closed, the process has not.
-# TYPE tcptrace_process_close_wait gauge
-tcptrace_process_close_wait{comm="curl"} 0
-tcptrace_process_close_wait{comm="nginx"} 1
-tcptrace_process_close_wait{comm="other"} 0
+# HELP tcptrace_process_close_wait_sockets CLOSE_WAITs held now by owning process name: the peer closed, the process has not.
+# TYPE tcptrace_process_close_wait_sockets gauge
+tcptrace_process_close_wait_sockets{comm="curl"} 0
+tcptrace_process_close_wait_sockets{comm="nginx"} 1
+tcptrace_process_close_wait_sockets{comm="other"} 0
 # HELP tcptrace_process_connections_total New connections (connect() or a listener's child) by owning process name; past the first names, "other".
 # TYPE tcptrace_process_connections_total counter
 tcptrace_process_connections_total{comm="curl"} 1
@@ -57,7 +57,7 @@ tcptrace_process_connections_total{comm="other"} 1
 # TYPE tcptrace_timewait_entries_total counter
 tcptrace_timewait_entries_total 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_process_close_wait",
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_process_close_wait_sockets",
 		"tcptrace_process_connections_total", "tcptrace_timewait_entries_total"); err != nil {
 		t.Error(err)
 	}
@@ -86,8 +86,8 @@ tcptrace_timewait_entries_total 1
 		}
 	}
 	for key, want := range map[string]float64{
-		"tcptrace_process_close_wait,comm=nginx":                        0,
-		"tcptrace_cgroup_close_wait,cgroup=db.service":                  0,
+		"tcptrace_process_close_wait_sockets,comm=nginx":                        0,
+		"tcptrace_cgroup_close_wait_sockets,cgroup=db.service":                  0,
 		"tcptrace_cgroup_connections_total,cgroup=db.service":           2,
 		"tcptrace_cgroup_connections_total,cgroup=web.service":          1,
 		"tcptrace_transitions_total,family=ipv4,new=syn_sent,old=close": 2,
@@ -152,11 +152,11 @@ func TestPorts(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(x)
 	want := `
-# HELP tcptrace_port_close_wait Server connections in CLOSE_WAIT now, by listening port.
-# TYPE tcptrace_port_close_wait gauge
-tcptrace_port_close_wait{port="443"} 0
-tcptrace_port_close_wait{port="80"} 1
-tcptrace_port_close_wait{port="other"} 0
+# HELP tcptrace_port_close_wait_sockets Server connections in CLOSE_WAIT now, by listening port.
+# TYPE tcptrace_port_close_wait_sockets gauge
+tcptrace_port_close_wait_sockets{port="443"} 0
+tcptrace_port_close_wait_sockets{port="80"} 1
+tcptrace_port_close_wait_sockets{port="other"} 0
 # HELP tcptrace_port_connections_total New server connections by listening port (--ports); past the first ports, "other".
 # TYPE tcptrace_port_connections_total counter
 tcptrace_port_connections_total{port="443"} 1
@@ -168,7 +168,7 @@ tcptrace_port_timewait_entries_total{port="443"} 1
 tcptrace_port_timewait_entries_total{port="80"} 0
 tcptrace_port_timewait_entries_total{port="other"} 0
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_port_close_wait",
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_port_close_wait_sockets",
 		"tcptrace_port_connections_total", "tcptrace_port_timewait_entries_total"); err != nil {
 		t.Error(err)
 	}

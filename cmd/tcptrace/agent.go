@@ -248,7 +248,7 @@ The README lists every metric.
                         tcptrace agent --destinations 5
   --closewait-threshold D
                       CLOSE_WAIT held this long counts in
-                      tcptrace_close_wait_stuck; default 30s
+                      tcptrace_close_wait_stuck_sockets; default 30s
                         tcptrace agent --closewait-threshold 5m
   --diagnose-every D  how often to dump the namespace's sockets for the
                       port-range and CLOSE_WAIT metrics (never at a scrape);
