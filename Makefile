@@ -11,13 +11,13 @@ export BPF_CLANG BPF_CFLAGS
 
 .PHONY: build test test-kernels bench-kernels generate bpf vmlinux bench floor
 
-# Two binaries: tcptrace, and tcptrace-agent, the same commands built with
-# the exporters' libraries, which `tcptrace agent` runs in its place.
-# -buildvcs=true: tcptrace --version names the commit even where GOFLAGS
-# turns the stamp off
+# Two binaries: tcptrace, and tcptrace-agent, the agent with the exporters'
+# libraries, which `tcptrace agent` runs in its place (go install
+# ./cmd/... makes the same two). Static (CGO_ENABLED=0): the image is
+# FROM scratch. -buildvcs=true: --version names the commit even where
+# GOFLAGS turns the stamp off
 build:
-	$(GO) build -buildvcs=true -o tcptrace ./cmd/tcptrace
-	$(GO) build -buildvcs=true -tags agent -o tcptrace-agent ./cmd/tcptrace
+	CGO_ENABLED=0 $(GO) build -buildvcs=true -o . ./cmd/tcptrace ./cmd/tcptrace-agent
 
 # Kernel tests need root; they skip without BPF unless TCPTRACE_REQUIRE_BPF=1.
 # One package at a time: the churn test takes both cores and must not share

@@ -248,7 +248,7 @@ func checkAgent(t *testing.T, addr string) {
 		"tcptrace_closes_total,cause=closed,family=ipv4":         connections + 1,
 		"tcptrace_process_connections_total,comm=" + comm:        2 * connections,
 		"tcptrace_process_timewait_entries_total,comm=" + comm:   connections,
-		"tcptrace_process_close_wait_sockets,comm=" + comm:               0,
+		"tcptrace_process_close_wait_sockets,comm=" + comm:       0,
 		"tcptrace_state_duration_seconds,state=syn_sent,count":   connections,
 		"tcptrace_state_duration_seconds,state=close_wait,count": connections,
 		"tcptrace_events_lost_total":                             0,
@@ -306,15 +306,15 @@ func TestAgentDiagnosis(t *testing.T) {
 	lport := exhaust(t, ns, 2)
 	dest := ",laddr=127.0.0.1,raddr=127.0.0.1,rport=" + strconv.Itoa(int(lport))
 	want := map[string]float64{
-		"tcptrace_connect_failures_total,cause=no_port":      2,
-		"tcptrace_connect_failures_total,cause=refused":      0,
-		"tcptrace_port_range_usable_ports":                         2,
-		"tcptrace_port_range_used_ratio_max":                 1,
-		"tcptrace_close_wait_stuck_sockets,comm=" + workerComm:       2,
-		"tcptrace_destination_timewait_sockets" + dest:               2,
-		"tcptrace_destination_timewait_created_total" + dest: 2,
-		"tcptrace_destination_port_range_used_ratio" + dest:  1,
-		"tcptrace_destination_connect_failures_total" + dest: 2,
+		"tcptrace_connect_failures_total,cause=no_port":        2,
+		"tcptrace_connect_failures_total,cause=refused":        0,
+		"tcptrace_port_range_usable_ports":                     2,
+		"tcptrace_port_range_used_ratio_max":                   1,
+		"tcptrace_close_wait_stuck_sockets,comm=" + workerComm: 2,
+		"tcptrace_destination_timewait_sockets" + dest:         2,
+		"tcptrace_destination_timewait_created_total" + dest:   2,
+		"tcptrace_destination_port_range_used_ratio" + dest:    1,
+		"tcptrace_destination_connect_failures_total" + dest:   2,
 	}
 	var m map[string]float64
 	for deadline := time.Now().Add(patience); ; time.Sleep(200 * time.Millisecond) {

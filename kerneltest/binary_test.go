@@ -104,8 +104,8 @@ func tcptraceBinary(t *testing.T) string {
 			return
 		}
 		// tcptrace agent runs this one, next to it
-		if out, err := exec.Command("go", "build", "-tags", "agent", "-o", filepath.Join(built.dir, "tcptrace-agent"),
-			"github.com/tcptrace/tcptrace/cmd/tcptrace").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(built.dir, "tcptrace-agent"),
+			"github.com/tcptrace/tcptrace/cmd/tcptrace-agent").CombinedOutput(); err != nil {
 			built.err = fmt.Errorf("build the agent: %v: %s", err, out)
 		}
 	})

@@ -86,8 +86,8 @@ tcptrace_timewait_entries_total 1
 		}
 	}
 	for key, want := range map[string]float64{
-		"tcptrace_process_close_wait_sockets,comm=nginx":                        0,
-		"tcptrace_cgroup_close_wait_sockets,cgroup=db.service":                  0,
+		"tcptrace_process_close_wait_sockets,comm=nginx":                0,
+		"tcptrace_cgroup_close_wait_sockets,cgroup=db.service":          0,
 		"tcptrace_cgroup_connections_total,cgroup=db.service":           2,
 		"tcptrace_cgroup_connections_total,cgroup=web.service":          1,
 		"tcptrace_transitions_total,family=ipv4,new=syn_sent,old=close": 2,

@@ -1,5 +1,9 @@
-//go:build agent
-
+// Command tcptrace-agent is tcptrace agent: it serves Prometheus metrics
+// of the host's TCP state transitions at /metrics, and pushes them over
+// OTLP if asked, until SIGTERM. It is a binary of its own so that the
+// exporters' libraries (client_golang, the OpenTelemetry SDK, gRPC) stay
+// out of tcptrace, whose every page that package initialisation touches
+// counts in the RSS of every command; tcptrace agent runs it in its place.
 package main
 
 import (
@@ -12,9 +16,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
+	// the zone database in the binary, as in tcptrace
+	"sync/atomic"
 	"time"
+	_ "time/tzdata"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -22,6 +28,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/loader"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/sockdiag"
@@ -31,7 +38,7 @@ import (
 
 // agentConfig is what the agent command's flags say.
 type agentConfig struct {
-	common
+	cli.Common
 	listen       string
 	topK         int
 	ports        int
@@ -48,7 +55,7 @@ type agentConfig struct {
 func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	c := &agentConfig{}
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	c.register(fs)
+	c.Register(fs)
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:9464", "")
 	fs.IntVar(&c.topK, "top-k", metrics.DefaultTopK, "")
 	fs.IntVar(&c.ports, "ports", 0, "")
@@ -58,44 +65,65 @@ func parseAgent(args []string, stderr io.Writer) (*agentConfig, error) {
 	fs.IntVar(&c.dests, "destinations", 0, "")
 	fs.DurationVar(&c.cwThreshold, "closewait-threshold", stuck.DefaultThreshold, "")
 	fs.DurationVar(&c.diagEvery, "diagnose-every", metrics.DefaultDiagnoseEvery, "")
-	fs.DurationVar(&c.recountEvery, "recount-every", reseedEvery, "")
+	fs.DurationVar(&c.recountEvery, "recount-every", cli.ReseedEvery, "")
 	fs.BoolVar(&c.includeSelf, "include-self", false, "")
-	if err := parseFlags(fs, args, agentUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, agentUsage, stderr); err != nil {
 		return nil, err
 	}
-	if err := c.check(); err != nil {
-		return nil, usageError{err}
+	if err := c.Check(); err != nil {
+		return nil, cli.Usage(err)
 	}
 	if c.topK < 1 {
-		return nil, usageError{errors.New("--top-k must be at least 1")}
+		return nil, cli.Usage(errors.New("--top-k must be at least 1"))
 	}
 	if c.ports < 0 || c.ports > maxPorts {
-		return nil, usageError{fmt.Errorf("--ports must be from 0 to %d", maxPorts)}
+		return nil, cli.Usage(fmt.Errorf("--ports must be from 0 to %d", maxPorts))
 	}
 	if _, _, err := net.SplitHostPort(c.listen); err != nil {
-		return nil, usageError{fmt.Errorf("--listen %q: want host:port", c.listen)}
+		return nil, cli.Usage(fmt.Errorf("--listen %q: want host:port", c.listen))
 	}
 	if c.dests < 0 || c.dests > maxDestinations {
-		return nil, usageError{fmt.Errorf("--destinations must be from 0 to %d", maxDestinations)}
+		return nil, cli.Usage(fmt.Errorf("--destinations must be from 0 to %d", maxDestinations))
 	}
 	if c.diagEvery < time.Second {
-		return nil, usageError{errors.New("--diagnose-every must be at least 1s")}
+		return nil, cli.Usage(errors.New("--diagnose-every must be at least 1s"))
 	}
 	if c.recountEvery < time.Second {
-		return nil, usageError{errors.New("--recount-every must be at least 1s")}
+		return nil, cli.Usage(errors.New("--recount-every must be at least 1s"))
 	}
 	if c.cwThreshold < 0 {
-		return nil, usageError{errors.New("--closewait-threshold must not be negative")}
+		return nil, cli.Usage(errors.New("--closewait-threshold must not be negative"))
 	}
 	if c.otlpInterval < time.Second {
-		return nil, usageError{errors.New("--otlp-interval must be at least 1s")}
+		return nil, cli.Usage(errors.New("--otlp-interval must be at least 1s"))
 	}
 	switch c.otlpProtocol {
 	case "", "grpc", "http/protobuf":
 	default:
-		return nil, usageError{fmt.Errorf("--otlp-protocol %q: want grpc or http/protobuf", c.otlpProtocol)}
+		return nil, cli.Usage(fmt.Errorf("--otlp-protocol %q: want grpc or http/protobuf", c.otlpProtocol))
 	}
 	return c, nil
+}
+
+func main() {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := cli.Profile()
+	cli.CoarseSleeps()
+	cli.TightHeap()
+	args := os.Args[1:]
+	// tcptrace agent runs it as "tcptrace-agent agent ..."
+	if len(args) > 0 && args[0] == "agent" {
+		args = args[1:]
+	}
+	var err error
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "version") {
+		fmt.Println(cli.Version())
+	} else {
+		err = runAgent(ctx, args, os.Stdout, os.Stderr)
+	}
+	stopProfile()
+	cancel()
+	cli.Exit(cli.InCommand("agent", err))
 }
 
 // runAgent serves the metrics until SIGINT or SIGTERM; SIGHUP is ignored.
@@ -117,25 +145,24 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !c.includeSelf {
 		// its scrapes, pushes and dumps are not the host's traffic
-		c.notPIDs = []uint32{uint32(os.Getpid())}
+		c.NotPIDs = []uint32{uint32(os.Getpid())}
 	}
-	f, err := c.filter()
+	f, err := c.Filter()
 	if err != nil {
 		ln.Close()
-		return usageError{err}
+		return cli.Usage(err)
 	}
 	seed := func() {
-		if !dumpable(f) {
+		if !cli.Dumpable(f) {
 			return
 		}
-		c, err := countSockets(f)
+		c, err := cli.CountSockets(f)
 		if err != nil {
 			fmt.Fprintf(stderr, "tcptrace: warning: %v\n", err)
 			return
 		}
-		x.Reconcile(c.apply)
+		x.Reconcile(c.Apply)
 	}
-	seed()
 	netns := f.Netns
 	if netns == 0 {
 		if netns, err = sockdiag.SelfNetns(); err != nil {
@@ -184,7 +211,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}()
 	lastSeed := time.Now()
 	var diagErr error
-	st, err := trace(ctx, &c.common, stderr, hooks{every: min(5*time.Second, c.diagEvery, c.recountEvery), onStats: func(st stream.Stats) {
+	st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{Every: min(5*time.Second, c.diagEvery, c.recountEvery), OnStats: func(st stream.Stats) {
 		ready.Store(true)
 		x.SetStats(st.Lost, st.Untracked, st.Unknown)
 		if time.Since(lastSeed) >= c.recountEvery {
@@ -196,20 +223,23 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "tcptrace: warning: %v: the port-range and CLOSE_WAIT metrics are not current\n", err)
 		}
 		diagErr = diag.Err()
-	}, onAttach: func(fs []loader.Feature) {
+	}, OnAttach: func(fs []loader.Feature) {
 		has := make([]metrics.Feature, len(fs))
 		for i, f := range fs {
 			has[i] = metrics.Feature{Name: f.Name, Has: f.Has}
 		}
 		x.SetFeatures(has)
+		// the first count once attached: one that fails then (no
+		// privilege) would be said before the failure itself
+		seed()
 		ready.Store(true)
 		// only now: a failure to load or attach is the one line said
 		fmt.Fprintf(stderr, "tcptrace: serving metrics on http://%s/metrics\n", ln.Addr())
-	}, onSeed: func(hs []events.Holder) {
+	}, OnSeed: func(hs []events.Holder) {
 		diag.Seed(hs)
 		x.SeedHolders(hs, f.Match)
 	}}, x, diag)
-	sayEnd(stderr, st, err)
+	cli.SayEnd(stderr, st, err)
 	return err
 }
 

@@ -1,24 +1,24 @@
-//go:build !agent
-
 package main
 
 import (
 	"context"
+	"debug/buildinfo"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 )
 
-// agentBinary is the agent's own build of tcptrace (go build -tags agent):
-// the exporters' libraries (client_golang, the OpenTelemetry SDK, gRPC)
-// stay out of this binary, whose every page that package initialisation
-// touches counts in the RSS of every command (14 MiB of file-backed pages
-// at idle without them, 24 with).
+// agentBinary is the agent (cmd/tcptrace-agent): the exporters' libraries
+// (client_golang, the OpenTelemetry SDK, gRPC) stay out of this binary,
+// whose every page that package initialisation touches counts in the RSS
+// of every command (14 MiB of file-backed pages at idle without them, 24
+// with).
 const agentBinary = "tcptrace-agent"
 
 // runAgent runs the agent binary in this process's place: same pid, same
@@ -48,6 +48,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		path = p
 	}
+	if err := sameBuild(path); err != nil {
+		return err
+	}
 	argv := append([]string{path, "agent"}, args...)
 	if err := syscall.Exec(path, argv, os.Environ()); err != nil {
 		return fmt.Errorf("run %s: %w", path, err)
@@ -58,4 +61,35 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func isExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+// sameBuild says whether the agent binary at path comes from this
+// binary's build: the same module version, commit, tree state and Go
+// release, read from the build info both carry. Two builds would take
+// different flags and different records.
+func sameBuild(path string) error {
+	self, ok := debug.ReadBuildInfo()
+	if !ok {
+		return nil
+	}
+	other, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%s: not a Go binary of tcptrace's (%v): install tcptrace and tcptrace-agent from one build", path, err)
+	}
+	if a, b := buildID(self), buildID(other); a != b {
+		return fmt.Errorf("%s is another build (%s) than this tcptrace (%s): install both from one build (make build, or go install ./cmd/...)", path, b, a)
+	}
+	return nil
+}
+
+// buildID names a build: module version, commit and whether the tree was
+// modified, Go release.
+func buildID(bi *debug.BuildInfo) string {
+	id := bi.Main.Version
+	for _, st := range bi.Settings {
+		if st.Key == "vcs.revision" || st.Key == "vcs.modified" {
+			id += " " + st.Key + "=" + st.Value
+		}
+	}
+	return id + " " + bi.GoVersion
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/stuck"
 )
@@ -24,14 +25,14 @@ func parseClosewait(args []string, stderr io.Writer) (*closewaitConfig, error) {
 	fs := flag.NewFlagSet("closewait", flag.ContinueOnError)
 	c.reportFlags.register(fs)
 	fs.DurationVar(&c.threshold, "threshold", stuck.DefaultThreshold, "")
-	if err := parseFlags(fs, args, closewaitUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, closewaitUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.reportFlags.check(); err != nil {
-		return nil, usageError{err}
+		return nil, cli.Usage(err)
 	}
 	if c.threshold < 0 {
-		return nil, usageError{errors.New("--threshold must not be negative")}
+		return nil, cli.Usage(errors.New("--threshold must not be negative"))
 	}
 	return c, nil
 }

@@ -11,12 +11,13 @@ import (
 	"os/exec"
 
 	"github.com/tcptrace/tcptrace/graph"
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/stream"
 )
 
 // graphConfig is what the graph command's flags say.
 type graphConfig struct {
-	common
+	cli.Common
 	svg  string
 	conn string
 	sel  graph.Selector
@@ -25,19 +26,19 @@ type graphConfig struct {
 func parseGraph(args []string, stderr io.Writer) (*graphConfig, error) {
 	c := &graphConfig{}
 	fs := flag.NewFlagSet("graph", flag.ContinueOnError)
-	c.register(fs)
+	c.Register(fs)
 	fs.StringVar(&c.svg, "svg", "", "")
 	fs.StringVar(&c.conn, "conn", "", "")
-	if err := parseFlags(fs, args, graphUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, graphUsage, stderr); err != nil {
 		return nil, err
 	}
-	if err := c.check(); err != nil {
-		return nil, usageError{err}
+	if err := c.Check(); err != nil {
+		return nil, cli.Usage(err)
 	}
 	if c.conn != "" {
 		sel, err := graph.ParseSelector(c.conn)
 		if err != nil {
-			return nil, usageError{err}
+			return nil, cli.Usage(err)
 		}
 		c.sel = sel
 	}
@@ -64,11 +65,11 @@ func runGraph(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ladder = graph.NewLadder(c.sel)
 		consumer = ladder
 	}
-	if c.duration == 0 && c.count == 0 {
+	if c.Duration() == 0 && c.Count() == 0 {
 		fmt.Fprintln(stderr, "tcptrace: tracing until Ctrl-C (or --duration, --count), then drawing")
 	}
-	st, err := trace(ctx, &c.common, stderr, hooks{}, consumer)
-	sayEnd(stderr, st, err)
+	st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{}, consumer)
+	cli.SayEnd(stderr, st, err)
 	if err != nil {
 		return err
 	}

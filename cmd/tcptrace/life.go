@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/life"
 )
 
 // lifeConfig is what the life command's flags say.
 type lifeConfig struct {
-	common
+	cli.Common
 	json bool
 	csv  bool
 	max  int
@@ -22,23 +23,23 @@ type lifeConfig struct {
 func parseLife(args []string, stderr io.Writer) (*lifeConfig, error) {
 	c := &lifeConfig{}
 	fs := flag.NewFlagSet("life", flag.ContinueOnError)
-	c.register(fs)
+	c.Register(fs)
 	fs.BoolVar(&c.json, "json", false, "")
 	for _, n := range []string{"s", "csv"} {
 		fs.BoolVar(&c.csv, n, false, "")
 	}
 	fs.IntVar(&c.max, "max", life.DefaultMax, "")
-	if err := parseFlags(fs, args, lifeUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, lifeUsage, stderr); err != nil {
 		return nil, err
 	}
-	if err := c.check(); err != nil {
-		return nil, usageError{err}
+	if err := c.Check(); err != nil {
+		return nil, cli.Usage(err)
 	}
 	switch {
 	case c.json && c.csv:
-		return nil, usageError{errors.New("--json and --csv exclude each other")}
+		return nil, cli.Usage(errors.New("--json and --csv exclude each other"))
 	case c.max < 1:
-		return nil, usageError{errors.New("--max must be at least 1")}
+		return nil, cli.Usage(errors.New("--max must be at least 1"))
 	}
 	return c, nil
 }
@@ -68,7 +69,7 @@ func runLife(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return buf.Flush()
 	})
-	st, err := trace(ctx, &c.common, stderr, hooks{}, tracker)
+	st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{}, tracker)
 	if ferr := tracker.Flush(); err == nil && ferr != nil {
 		err = fmt.Errorf("write output: %w", ferr)
 	}
@@ -76,7 +77,7 @@ func runLife(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if tracker.Dropped > 0 {
 		summary += fmt.Sprintf(", %d connections not followed (--max)", tracker.Dropped)
 	}
-	if traced(err) {
+	if cli.Traced(err) {
 		fmt.Fprintln(stderr, summary)
 	}
 	return err

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/cli"
 )
 
 func TestParse(t *testing.T) {
@@ -19,11 +21,15 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.json || !c.wide || !c.ipv4 || !slices.Equal(c.lports, portList{80, 443, 8080}) || !slices.Equal(c.rports, portList{5432}) ||
-		!slices.Equal(c.pids, pidList{1, 2}) || c.comm != "nginx" ||
-		!slices.Equal(c.states, stateList{events.TimeWait, events.CloseWait}) ||
-		c.count != 5 || c.duration.String() != "30s" || c.ringSize != 32<<20 || c.twMax != 10 {
-		t.Errorf("parsed %+v", c)
+	f, err := c.Filter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.json || !c.wide || f.Family != 4 || !slices.Equal(f.LPorts, []uint16{80, 443, 8080}) || !slices.Equal(f.RPorts, []uint16{5432}) ||
+		!slices.Equal(f.PIDs, []uint32{1, 2}) || f.Comm != "nginx" ||
+		!slices.Equal(f.States, []events.State{events.TimeWait, events.CloseWait}) ||
+		c.Count() != 5 || c.Duration().String() != "30s" {
+		t.Errorf("parsed %+v, filter %+v", c, f)
 	}
 }
 
@@ -47,7 +53,7 @@ func TestParseErrors(t *testing.T) {
 		{[]string{"--nope"}, "unknown flag --nope"},
 	} {
 		_, err := parseTrace(tc.args, io.Discard)
-		var uerr usageError
+		var uerr cli.UsageError
 		if !errors.As(err, &uerr) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want a usage error containing %q", tc.args, err, tc.want)
 		}
@@ -58,7 +64,7 @@ func TestParseErrors(t *testing.T) {
 // trace, as before there were commands.
 func TestCommands(t *testing.T) {
 	err := run(context.Background(), []string{"bogus", "-4"}, io.Discard, io.Discard)
-	var uerr usageError
+	var uerr cli.UsageError
 	if !errors.As(err, &uerr) || !strings.Contains(err.Error(), `unknown command "bogus"`) {
 		t.Errorf("bogus: %v", err)
 	}
@@ -78,8 +84,8 @@ func TestCommands(t *testing.T) {
 	}
 	// a subcommand's usage error points at its own help
 	err = run(context.Background(), []string{"stats", "--interval", "x"}, io.Discard, io.Discard)
-	var cerr commandError
-	if !errors.As(err, &cerr) || cerr.name != "stats" || !errors.As(err, &uerr) {
+	var cerr cli.CommandError
+	if !errors.As(err, &cerr) || cerr.Name != "stats" || !errors.As(err, &uerr) {
 		t.Errorf("stats --interval x: %v, want a usage error of stats", err)
 	}
 	out.Reset()
@@ -113,6 +119,27 @@ func TestHelp(t *testing.T) {
 		}
 		if !example {
 			t.Errorf("--help has no example for %s", f)
+		}
+	}
+}
+
+// Two builds differ by module version, commit, tree state or Go release;
+// nothing else in the build info makes them another build.
+func TestBuildID(t *testing.T) {
+	a := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.0.0"},
+		Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc"}, {Key: "vcs.modified", Value: "false"}, {Key: "-tags", Value: "x"}}}
+	b := *a
+	b.Settings = []debug.BuildSetting{{Key: "vcs.revision", Value: "abc"}, {Key: "vcs.modified", Value: "false"}}
+	if buildID(a) != buildID(&b) {
+		t.Errorf("%q != %q", buildID(a), buildID(&b))
+	}
+	c := b
+	c.Settings = []debug.BuildSetting{{Key: "vcs.revision", Value: "abd"}, {Key: "vcs.modified", Value: "false"}}
+	d := b
+	d.GoVersion = "go1.27"
+	for _, other := range []*debug.BuildInfo{&c, &d} {
+		if buildID(a) == buildID(other) {
+			t.Errorf("%q is %q", buildID(a), buildID(other))
 		}
 	}
 }

@@ -11,25 +11,26 @@ import (
 	"github.com/tcptrace/tcptrace/aggregate"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/report"
 	"github.com/tcptrace/tcptrace/stream"
 )
 
 // aggFlags are the flags of the commands that aggregate (stats, top).
 type aggFlags struct {
-	common
+	cli.Common
 	interval time.Duration
 	maxKeys  int
 }
 
 func (c *aggFlags) register(fs *flag.FlagSet, interval time.Duration) {
-	c.common.register(fs)
+	c.Common.Register(fs)
 	fs.DurationVar(&c.interval, "interval", interval, "")
 	fs.IntVar(&c.maxKeys, "max-keys", aggregate.DefaultMaxKeys, "")
 }
 
 func (c *aggFlags) check() error {
-	if err := c.common.check(); err != nil {
+	if err := c.Common.Check(); err != nil {
 		return err
 	}
 	switch {
@@ -52,9 +53,9 @@ type aggregator struct {
 }
 
 func newAggregator(c *aggFlags, stderr io.Writer) (*aggregator, error) {
-	f, err := c.filter()
+	f, err := c.Filter()
 	if err != nil {
-		return nil, usageError{err}
+		return nil, cli.Usage(err)
 	}
 	a := &aggregator{Aggregate: aggregate.New(c.maxKeys, time.Now()), filter: f, lastSeed: time.Now(), stderr: stderr}
 	a.seeded, err = seedSockets(a.Aggregate, f)
@@ -75,7 +76,7 @@ func (a *aggregator) seedHolders(hs []events.Holder) { a.SeedHolders(hs, a.filte
 // followed past --tw-max, sockets whose transitions the kernel part of
 // the filter let through only as hints).
 func (a *aggregator) reseed() {
-	if !a.seeded || time.Since(a.lastSeed) < reseedEvery {
+	if !a.seeded || time.Since(a.lastSeed) < cli.ReseedEvery {
 		return
 	}
 	a.lastSeed = time.Now()
@@ -97,14 +98,14 @@ func parseStats(args []string, stderr io.Writer) (*statsConfig, error) {
 	c.aggFlags.register(fs, 5*time.Second)
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.IntVar(&c.top, "top", 10, "")
-	if err := parseFlags(fs, args, statsUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, statsUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.aggFlags.check(); err != nil {
-		return nil, usageError{err}
+		return nil, cli.Usage(err)
 	}
 	if c.top < 1 {
-		return nil, usageError{errors.New("--top must be at least 1")}
+		return nil, cli.Usage(errors.New("--top must be at least 1"))
 	}
 	return c, nil
 }
@@ -136,8 +137,8 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			werr = fmt.Errorf("write output: %w", err)
 		}
 	}
-	st, err := trace(ctx, &c.common, stderr, hooks{onStats: onStats, every: c.interval, onSeed: agg.seedHolders}, agg.Aggregate)
-	sayEnd(stderr, st, err)
+	st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{OnStats: onStats, Every: c.interval, OnSeed: agg.seedHolders}, agg.Aggregate)
+	cli.SayEnd(stderr, st, err)
 	return errors.Join(err, werr)
 }
 
@@ -145,14 +146,14 @@ func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // namespace the filter covers, when the filter can be applied to a dump:
 // it says false when it cannot (an owner or state filter).
 func seedSockets(agg *aggregate.Aggregate, f filter.Filter) (bool, error) {
-	if !dumpable(f) {
+	if !cli.Dumpable(f) {
 		return false, nil
 	}
-	counts, err := countSockets(f)
+	counts, err := cli.CountSockets(f)
 	if err != nil {
 		return false, err
 	}
-	counts.apply(agg.Census)
+	counts.Apply(agg.Census)
 	return true, nil
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/sockdiag"
 	"github.com/tcptrace/tcptrace/storm"
 	"github.com/tcptrace/tcptrace/stream"
@@ -17,7 +18,7 @@ import (
 
 // reportFlags are the flags of the live reports (timewait, closewait).
 type reportFlags struct {
-	common
+	cli.Common
 	interval time.Duration
 	json     bool
 	once     bool
@@ -25,7 +26,7 @@ type reportFlags struct {
 }
 
 func (c *reportFlags) register(fs *flag.FlagSet) {
-	c.common.register(fs)
+	c.Common.Register(fs)
 	fs.DurationVar(&c.interval, "interval", 2*time.Second, "")
 	fs.BoolVar(&c.json, "json", false, "")
 	fs.BoolVar(&c.once, "once", false, "")
@@ -33,7 +34,7 @@ func (c *reportFlags) register(fs *flag.FlagSet) {
 }
 
 func (c *reportFlags) check() error {
-	if err := c.common.check(); err != nil {
+	if err := c.Common.Check(); err != nil {
 		return err
 	}
 	switch {
@@ -41,7 +42,7 @@ func (c *reportFlags) check() error {
 		return errors.New("--interval must be at least 100ms")
 	case c.top < 1:
 		return errors.New("--top must be at least 1")
-	case c.once && c.duration == 0:
+	case c.once && c.Duration() == 0:
 		return errors.New("--once needs --duration: the report comes when it ends")
 	}
 	return nil
@@ -49,9 +50,9 @@ func (c *reportFlags) check() error {
 
 // reportNetns is the namespace a report dumps: --netns, else tcptrace's.
 func (c *reportFlags) reportNetns() (uint32, error) {
-	f, err := c.filter()
+	f, err := c.Filter()
 	if err != nil {
-		return 0, usageError{err}
+		return 0, cli.Usage(err)
 	}
 	if f.Netns != 0 {
 		return f.Netns, nil
@@ -69,14 +70,14 @@ func parseTimewait(args []string, stderr io.Writer) (*timewaitConfig, error) {
 	fs := flag.NewFlagSet("timewait", flag.ContinueOnError)
 	c.reportFlags.register(fs)
 	fs.Float64Var(&c.warnPct, "warn-pct", storm.DefaultWarnPct, "")
-	if err := parseFlags(fs, args, timewaitUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, timewaitUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.reportFlags.check(); err != nil {
-		return nil, usageError{err}
+		return nil, cli.Usage(err)
 	}
 	if c.warnPct <= 0 || c.warnPct > 100 {
-		return nil, usageError{errors.New("--warn-pct must be in (0, 100]")}
+		return nil, cli.Usage(errors.New("--warn-pct must be in (0, 100]"))
 	}
 	return c, nil
 }
@@ -133,15 +134,15 @@ func liveReport(ctx context.Context, c *reportFlags, stderr io.Writer, tracker s
 			werr = err
 		}
 	}
-	h := hooks{onSeed: seed}
+	h := cli.Hooks{OnSeed: seed}
 	if !c.once {
-		h.every, h.onStats = c.interval, func(stream.Stats) { write() }
+		h.Every, h.OnStats = c.interval, func(stream.Stats) { write() }
 	}
-	st, err := trace(ctx, &c.common, stderr, h, tracker)
+	st, err := cli.Trace(ctx, &c.Common, stderr, h, tracker)
 	if err == nil && werr == nil && c.once {
 		write()
 	}
-	sayEnd(stderr, st, err)
+	cli.SayEnd(stderr, st, err)
 	return errors.Join(err, werr)
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/tcptrace/tcptrace/internal/cli"
 	"github.com/tcptrace/tcptrace/stream"
 	"github.com/tcptrace/tcptrace/top"
 )
@@ -28,18 +29,18 @@ func parseTop(args []string, stderr io.Writer) (*topConfig, error) {
 	c.register(fs, time.Second)
 	sort := fs.String("sort", top.SortKeys[top.ByNew], "")
 	fs.IntVar(&c.rows, "rows", 0, "")
-	if err := parseFlags(fs, args, topUsage, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, topUsage, stderr); err != nil {
 		return nil, err
 	}
 	if err := c.check(); err != nil {
-		return nil, usageError{err}
+		return nil, cli.Usage(err)
 	}
 	var err error
 	if c.sort, err = top.ParseSort(*sort); err != nil {
-		return nil, usageError{fmt.Errorf("--sort: %w", err)}
+		return nil, cli.Usage(fmt.Errorf("--sort: %w", err))
 	}
 	if c.rows < 0 {
-		return nil, usageError{errors.New("--rows must be 0 (as many as fit) or more")}
+		return nil, cli.Usage(errors.New("--rows must be 0 (as many as fit) or more"))
 	}
 	return c, nil
 }
@@ -58,14 +59,14 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	out, isFile := stdout.(*os.File)
 	if !isFile || !term.IsTerminal(int(out.Fd())) {
 		var werr error
-		st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
+		st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{Every: c.interval, OnStats: func(st stream.Stats) {
 			agg.reseed()
 			s := top.Take(agg.Aggregate, time.Now(), st.Lost)
 			if err := top.Plain(stdout, &s, c.sort); err != nil && werr == nil {
 				werr = fmt.Errorf("write output: %w", err)
 			}
-		}, onSeed: agg.seedHolders}, agg.Aggregate)
-		sayEnd(stderr, st, err)
+		}, OnSeed: agg.seedHolders}, agg.Aggregate)
+		cli.SayEnd(stderr, st, err)
 		return errors.Join(err, werr)
 	}
 
@@ -82,17 +83,17 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		screen.Run(ctx, snaps)
 		quit() // the user quit: stop the trace
 	}()
-	st, err := trace(ctx, &c.common, stderr, hooks{every: c.interval, onStats: func(st stream.Stats) {
+	st, err := cli.Trace(ctx, &c.Common, stderr, cli.Hooks{Every: c.interval, OnStats: func(st stream.Stats) {
 		agg.reseed()
 		s := top.Take(agg.Aggregate, time.Now(), st.Lost)
 		select {
 		case snaps <- s:
 		default: // the screen is behind: it gets the next one
 		}
-	}, onSeed: agg.seedHolders}, agg.Aggregate)
+	}, OnSeed: agg.seedHolders}, agg.Aggregate)
 	quit()
 	<-done
-	sayEnd(stderr, st, err)
+	cli.SayEnd(stderr, st, err)
 	return err
 }
 

@@ -1,7 +1,8 @@
-package main
+package cli
 
 import (
 	"errors"
+	"os"
 	"time"
 
 	"github.com/tcptrace/tcptrace/aggregate"
@@ -10,20 +11,20 @@ import (
 	"github.com/tcptrace/tcptrace/sockdiag"
 )
 
-// reseedEvery is how often the sockets per state are set again from a
+// ReseedEvery is how often the sockets per state are set again from a
 // dump of each namespace.
-const reseedEvery = time.Minute
+const ReseedEvery = time.Minute
 
-// dumpable says whether a socket dump can apply f: it cannot tell owners
+// Dumpable says whether a socket dump can apply f: it cannot tell owners
 // or transitions. (NotPIDs, the agent's own sockets, it ignores: the
 // dump counts them, a few.)
-func dumpable(f filter.Filter) bool {
+func Dumpable(f filter.Filter) bool {
 	return len(f.PIDs) == 0 && f.Comm == "" && len(f.States) == 0 && f.Cgroups == nil
 }
 
-// census is the sockets per state of each namespace a dump covered, by
+// Census is the sockets per state of each namespace a dump covered, by
 // family.
-type census struct {
+type Census struct {
 	counts []netnsCount
 	dumped map[uint32]bool
 }
@@ -34,20 +35,20 @@ type netnsCount struct {
 	perState [aggregate.States]int64
 }
 
-// apply sets c's namespaces in to, and forgets there the namespaces gone
+// Apply sets c's namespaces in to, and forgets there the namespaces gone
 // whose sockets all closed.
-func (c *census) apply(to *aggregate.Census) {
+func (c *Census) Apply(to *aggregate.Census) {
 	for _, n := range c.counts {
 		to.Set(n.netns, n.family, n.perState)
 	}
 	to.Forget(c.dumped)
 }
 
-// countSockets dumps, for each family f keeps, f's namespace, or without
+// CountSockets dumps, for each family f keeps, f's namespace, or without
 // one every namespace a process is in or ip netns names: the transitions
 // come from all of them, so each is reconciled with its own dump. A
 // namespace gone before its dump is left to its transitions.
-func countSockets(f filter.Filter) (*census, error) {
+func CountSockets(f filter.Filter) (*Census, error) {
 	var nss []sockdiag.Namespace
 	if f.Netns != 0 {
 		nss = []sockdiag.Namespace{{Inode: f.Netns}}
@@ -59,14 +60,16 @@ func countSockets(f filter.Filter) (*census, error) {
 	}
 	p := sockdiag.NewProber()
 	defer p.Close()
-	c := &census{dumped: map[uint32]bool{}}
+	c := &Census{dumped: map[uint32]bool{}}
 	for _, ns := range nss {
 		for _, fam := range []events.Family{4, 6} {
 			if f.Family != 0 && f.Family != uint8(fam) {
 				continue
 			}
 			per, err := dumpStates(p, f, ns, fam)
-			if errors.Is(err, sockdiag.ErrNoNamespace) {
+			if errors.Is(err, sockdiag.ErrNoNamespace) || f.Netns == 0 && errors.Is(err, os.ErrPermission) {
+				// gone, or not ours to enter (no CAP_SYS_ADMIN): its
+				// count is its transitions'
 				break
 			}
 			if err != nil {
