@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tcptrace/tcptrace/loader"
 )
 
@@ -240,6 +242,18 @@ func checkAgent(t *testing.T, addr string) {
 		key := fmt.Sprintf("tcptrace_transitions_total,family=ipv4,new=%s,old=%s", strings.ToLower(cell[1]), strings.ToLower(cell[0]))
 		if m[key] != connections {
 			t.Errorf("%s = %v, want %d", key, m[key], connections)
+		}
+	}
+	// the build, and the kernel it runs on, as uname says
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	build := family(m, "tcptrace_build_info")
+	if len(build) != 1 {
+		t.Errorf("tcptrace_build_info: %v, want one series", build)
+	}
+	for k, v := range build {
+		if v != 1 || !strings.Contains(k, "kernel="+unix.ByteSliceToString(uts.Release[:])) || !strings.Contains(k, "goversion=go1.") {
+			t.Errorf("tcptrace_build_info: %s = %v", k, v)
 		}
 	}
 	comm := stormComm

@@ -147,9 +147,11 @@ type Exporter struct {
 	servers map[uint64]string
 	// the kernel features the tracer uses, by name (loader.Feature)
 	features []Feature
+	// build is tcptrace_build_info's labels, set once (SetBuild)
+	build []string
 
 	descs struct {
-		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown, features,
+		transitions, closes, sockets, twEntries, durations, lost, untracked, unknown, features, build,
 		commConns, commTW, commCW, cgConns, cgTW, cgCW, portConns, portTW, portCW *prometheus.Desc
 	}
 }
@@ -165,6 +167,14 @@ type Feature struct {
 func (x *Exporter) SetFeatures(fs []Feature) {
 	x.mu.Lock()
 	x.features = fs
+	x.mu.Unlock()
+}
+
+// SetBuild sets tcptrace_build_info: the agent's version, commit and Go
+// release, and the kernel it runs on.
+func (x *Exporter) SetBuild(version, revision, goVersion, kernel string) {
+	x.mu.Lock()
+	x.build = []string{version, revision, goVersion, kernel}
 	x.mu.Unlock()
 }
 
@@ -218,6 +228,7 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	d.durations = prometheus.NewDesc("tcptrace_state_duration_seconds", "Time spent in a state before leaving it: syn_sent and syn_recv are the handshakes, established the connection's lifetime.", []string{"state"}, nil)
 	d.lost = prometheus.NewDesc("tcptrace_events_lost_total", "Transitions the kernel could not hand over (ring buffer full), or records that could not be decoded.", nil, nil)
 	d.untracked = prometheus.NewDesc("tcptrace_timewait_untracked_total", "Connections not followed to the end of TIME_WAIT: --tw-max reached.", nil, nil)
+	d.build = prometheus.NewDesc("tcptrace_build_info", "Always 1: the agent's build (module version, commit, Go release) and the kernel it traces, as labels.", []string{"version", "revision", "goversion", "kernel"}, nil)
 	d.features = prometheus.NewDesc("tcptrace_kernel_feature", "Optional kernel features the tracer uses: 1 where this kernel has it, 0 where tcptrace does without (see the warning at start and README \"Kernels\").", []string{"feature"}, nil)
 	d.unknown = prometheus.NewDesc("tcptrace_owner_unknown_total", "Records whose owner was not known: the socket table was full.", nil, nil)
 	d.commConns = prometheus.NewDesc("tcptrace_process_connections_total", "New connections (connect() or a listener's child) by owning process name; past the first names, \"other\".", []string{"comm"}, nil)
@@ -353,7 +364,7 @@ func (x *Exporter) comm(e *events.Event) string {
 func (x *Exporter) Describe(ch chan<- *prometheus.Desc) {
 	d := &x.descs
 	for _, desc := range []*prometheus.Desc{d.transitions, d.closes, d.sockets, d.twEntries, d.durations, d.lost, d.untracked,
-		d.unknown, d.features, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW, d.portConns, d.portTW, d.portCW} {
+		d.unknown, d.features, d.build, d.commConns, d.commTW, d.commCW, d.cgConns, d.cgTW, d.cgCW, d.portConns, d.portTW, d.portCW} {
 		ch <- desc
 	}
 }
@@ -388,6 +399,9 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(d.lost, prometheus.CounterValue, float64(x.lost))
 	ch <- prometheus.MustNewConstMetric(d.untracked, prometheus.CounterValue, float64(x.untracked))
 	ch <- prometheus.MustNewConstMetric(d.unknown, prometheus.CounterValue, float64(x.unknown))
+	if x.build != nil {
+		ch <- prometheus.MustNewConstMetric(d.build, prometheus.GaugeValue, 1, x.build...)
+	}
 	for _, f := range x.features {
 		v := 0.0
 		if f.Has {

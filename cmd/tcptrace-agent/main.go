@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
@@ -229,6 +230,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			has[i] = metrics.Feature{Name: f.Name, Has: f.Has}
 		}
 		x.SetFeatures(has)
+		v, rev, goVersion := cli.Build()
+		var uts unix.Utsname
+		unix.Uname(&uts)
+		x.SetBuild(v, rev, goVersion, unix.ByteSliceToString(uts.Release[:]))
 		// the first count once attached: one that fails then (no
 		// privilege) would be said before the failure itself
 		seed()

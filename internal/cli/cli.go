@@ -309,32 +309,45 @@ func dashes(name string) string {
 	return "--" + name
 }
 
-// Version says which build this is: the module's version, the commit and
-// whether the tree had changes, and the Go release, from the build info.
-func Version() string {
-	v, commit, dirty := "(devel)", "", false
-	goVersion := runtime.Version()
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-		goVersion = bi.GoVersion
-		for _, st := range bi.Settings {
-			switch st.Key {
-			case "vcs.revision":
-				commit = st.Value
-			case "vcs.modified":
-				dirty = st.Value == "true"
-			}
+// Build is this binary's build, from the build info: the module's
+// version, the commit (with "-modified" when the tree had changes), the
+// Go release.
+func Build() (version, revision, goVersion string) {
+	version, goVersion = "(devel)", runtime.Version()
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if bi.Main.Version != "" {
+		version = bi.Main.Version
+	}
+	goVersion = bi.GoVersion
+	dirty := false
+	for _, st := range bi.Settings {
+		switch st.Key {
+		case "vcs.revision":
+			revision = st.Value
+		case "vcs.modified":
+			dirty = st.Value == "true"
 		}
 	}
+	if revision != "" && dirty {
+		revision += "-modified"
+	}
+	return
+}
+
+// Version says which build this is, for --version.
+func Version() string {
+	v, rev, goVersion := Build()
 	s := "tcptrace " + v
-	if commit != "" {
+	if rev != "" {
+		commit, modified := strings.CutSuffix(rev, "-modified")
 		if len(commit) > 12 {
 			commit = commit[:12]
 		}
 		s += " commit " + commit
-		if dirty {
+		if modified {
 			s += " (modified)"
 		}
 	}
