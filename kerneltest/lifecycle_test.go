@@ -220,9 +220,10 @@ func TestFinWait2Timeout(t *testing.T) {
 // An orphan that dies by a reset: the client closes first, and its
 // socket, an orphan parked in FIN_WAIT2 (a timewait mini-socket), takes
 // the data the server writes 300 ms later, answers with a reset and is
-// freed. tcptrace ends it then, FIN_WAIT2 -> CLOSE reset_sent, within a
-// millisecond of the server's CLOSE_WAIT -> CLOSE reset_received, which
-// that reset makes: from tcp_send_reset, not from a later sock_diag poll.
+// freed. tcptrace ends it then, FIN_WAIT2 -> CLOSE reset_sent, when it
+// sends that reset (tcp_send_reset), or where the kernel does not report
+// a mini-socket's, when the server takes it (CLOSE_WAIT -> CLOSE
+// reset_received): not at a later sock_diag poll.
 func TestOrphanResetEnd(t *testing.T) {
 	t.Parallel()
 	ns := newNetns(t)
@@ -244,8 +245,11 @@ func TestOrphanResetEnd(t *testing.T) {
 	checkSeq(t, "server", srv, c.srv, "LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->CLOSE")
 	reset := srv[len(srv)-1]
 	checkCause(t, "server end", reset, events.CauseResetReceived)
-	if d := time.Duration(int64(end.Mono) - int64(reset.Mono)); d.Abs() > time.Millisecond {
-		t.Errorf("the client's end is %v from the reset the server took, want within 1ms", d)
+	// the client's mini-socket sends the reset and dies, then the
+	// server takes it: microseconds apart on hardware, milliseconds under
+	// emulation; a poll would have found the end a second later
+	if d := time.Duration(int64(end.Mono) - int64(reset.Mono)); d > time.Millisecond || d < -50*time.Millisecond {
+		t.Errorf("the client's end is %v from the reset the server took, want at most 1ms after it and 50ms before", d)
 	}
 }
 
