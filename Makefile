@@ -9,7 +9,7 @@ BPF_CLANG ?= clang-14
 BPF_CFLAGS ?= -O2 -g -Wall -Werror
 export BPF_CLANG BPF_CFLAGS
 
-.PHONY: build test test-kernels bench-kernels generate bpf vmlinux bench floor
+.PHONY: build image test test-kernels bench-kernels generate bpf vmlinux bench floor
 
 # Two binaries: tcptrace, and tcptrace-agent, the agent with the exporters'
 # libraries, which `tcptrace agent` runs in its place (go install
@@ -18,6 +18,14 @@ export BPF_CLANG BPF_CFLAGS
 # GOFLAGS turns the stamp off
 build:
 	CGO_ENABLED=0 $(GO) build -buildvcs=true -o . ./cmd/tcptrace ./cmd/tcptrace-agent
+
+# The agent's OCI image, FROM scratch with the two static binaries, built
+# with podman (no Docker daemon, no registry), tagged as
+# deploy/daemonset.yaml names it. deploy/containers.conf is for hosts such
+# as CI's (hybrid cgroups, systemd not PID 1).
+IMAGE ?= ghcr.io/tcptrace/tcptrace:latest
+image: build
+	CONTAINERS_CONF=$(CURDIR)/deploy/containers.conf podman build -f deploy/Dockerfile -t $(IMAGE) .
 
 # Kernel tests need root; they skip without BPF unless TCPTRACE_REQUIRE_BPF=1.
 # One package at a time: the churn test takes both cores and must not share

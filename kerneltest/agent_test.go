@@ -140,7 +140,13 @@ const connections = 20
 // every end.
 func twentyConnections(t *testing.T, ns *netns, addr string) {
 	t.Helper()
-	p := startStorm(t, ns, false)
+	stormTwenty(t, startStorm(t, ns, false), addr)
+}
+
+// stormTwenty has storm process p make the 20 connections, as
+// twentyConnections says.
+func stormTwenty(t *testing.T, p *proc, addr string) {
+	t.Helper()
 	p.storm(connections)
 	p.stdin.Close()
 	p.wait()

@@ -1,0 +1,107 @@
+package kerneltest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// podman runs podman with the project's containers.conf.
+func podman(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("podman", args...)
+	conf, _ := filepath.Abs("../deploy/containers.conf")
+	cmd.Env = append(os.Environ(), "CONTAINERS_CONF="+conf)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// daemonSetCapabilities are the capabilities deploy/daemonset.yaml adds.
+func daemonSetCapabilities(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("../deploy/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s+add: \[(.*)\]`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("the DaemonSet adds no capabilities")
+	}
+	var caps []string
+	for _, c := range strings.Split(string(m[1]), ",") {
+		caps = append(caps, strings.Trim(strings.TrimSpace(c), `"`))
+	}
+	return caps
+}
+
+// The agent's image, as make image builds it (deploy/Dockerfile: FROM
+// scratch, the static binaries), under a real container runtime (Debian's
+// podman, runc) as the DaemonSet runs it: its capabilities alone, the
+// host's PID and network namespaces, a read-only root, no privilege
+// escalation. It attaches, /healthz answers, and /metrics counts 20
+// connections in a test namespace exactly. The guests of make
+// test-kernels have no container runtime: they leave this test out.
+func TestImage(t *testing.T) {
+	requireBPF(t)
+	if _, err := exec.LookPath("podman"); err != nil {
+		if os.Getenv("TCPTRACE_REQUIRE_BPF") == "1" {
+			t.Fatal("podman is not installed (CI installs it)")
+		}
+		t.Skip("no podman")
+	}
+	dir := t.TempDir()
+	for _, cmd := range []string{"tcptrace", "tcptrace-agent"} {
+		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/tcptrace/tcptrace/cmd/"+cmd)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v: %s", cmd, err, out)
+		}
+	}
+	image := fmt.Sprintf("localhost/tcptrace-test:%d", os.Getpid())
+	if out, err := podman(t, "build", "-q", "-f", "../deploy/Dockerfile", "-t", image, dir); err != nil {
+		t.Fatalf("podman build: %v: %s", err, out)
+	}
+	t.Cleanup(func() { podman(t, "rmi", "-f", image) })
+
+	ns := newNetns(t)
+	// a process in it, as a pod's pause process holds a pod's: the
+	// container sees the host's processes, not its /run/netns
+	storm := startStorm(t, ns, false)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	name := fmt.Sprintf("tcptrace-test-%d", os.Getpid())
+	caps := strings.Join(daemonSetCapabilities(t), ",")
+	out, err := podman(t, "run", "-d", "--name", name, "--pid=host", "--net=host", "--cap-drop=all", "--cap-add="+caps,
+		"--security-opt", "seccomp=unconfined", "--security-opt", "no-new-privileges", "--read-only",
+		image, "agent", "--listen", addr, "--netns", fmt.Sprint(ns.ino))
+	if err != nil {
+		t.Fatalf("podman run: %v: %s", err, out)
+	}
+	t.Cleanup(func() { podman(t, "rm", "-f", "-t", "5", name) })
+	logs := &lockedBuffer{}
+	defer func() {
+		if t.Failed() {
+			out, _ := podman(t, "logs", name)
+			t.Logf("the agent's output: %s%s", out, logs.String())
+		}
+	}()
+	waitHealthy(t, addr, logs)
+	stormTwenty(t, storm, addr)
+	checkAgent(t, addr)
+	// SIGTERM, as the kubelet stops it: a clean exit
+	if out, err := podman(t, "stop", "-t", "10", name); err != nil {
+		t.Fatalf("podman stop: %v: %s", err, out)
+	}
+	if out, _ := podman(t, "inspect", "-f", "{{.State.ExitCode}}", name); strings.TrimSpace(out) != "0" {
+		t.Errorf("exit code %q after SIGTERM, want 0", strings.TrimSpace(out))
+	}
+}
