@@ -2,6 +2,8 @@ package kerneltest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -116,7 +118,10 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 		for _, m := range mf.GetMetric() {
 			key := name
 			for _, l := range m.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
+				// an empty label is no label, as Prometheus takes it
+				if l.GetValue() != "" {
+					key += "," + l.GetName() + "=" + l.GetValue()
+				}
 			}
 			switch {
 			case m.Counter != nil:
@@ -502,4 +507,58 @@ func promQuery(addr, q string) (float64, error) {
 func promSeries(addr, q string) (int, error) {
 	values, err := promResult(addr, q)
 	return len(values), err
+}
+
+// randomHex is n random hex digits.
+func randomHex(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, (n+1)/2)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)[:n]
+}
+
+// The agent names a Kubernetes pod's container from its cgroup's path, in
+// both of kubelet's layouts: a process moved into a cgroup made as the
+// systemd driver and containerd make one, then one as cgroupfs and CRI-O
+// do, each making 20 connections to itself (40 new: each client and its
+// server's child). Each cgroup's series carries its container id, its
+// pod's UID and QoS class, and counts exactly its own.
+func TestAgentNamesPods(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	addr, _ := startAgentArgs(t, ns, tcptraceBinary(t), []string{"--top-k", "50"})
+	uid := func() string {
+		h := randomHex(t, 32)
+		return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	}
+	type pod struct{ path, id, uid, qos string }
+	u1, u2, id1, id2 := uid(), uid(), randomHex(t, 64), randomHex(t, 64)
+	pods := []pod{
+		{"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + strings.ReplaceAll(u1, "-", "_") + ".slice/cri-containerd-" + id1 + ".scope", id1, u1, "burstable"},
+		{"kubepods/besteffort/pod" + u2 + "/crio-" + id2, id2, u2, "besteffort"},
+	}
+	for _, p := range pods {
+		// one after the other: they listen on the same port
+		s := ns.startIn(t, p.path, stormComm, "client-first", serverAddr(), 0)
+		s.expect("listening")
+		s.storm(connections)
+		s.stdin.Close()
+		s.wait()
+	}
+	var m map[string]float64
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		m = scrape(t, addr)
+		done := true
+		for _, p := range pods {
+			key := fmt.Sprintf("tcptrace_cgroup_connections_total,cgroup=container:%s,container_id=%s,pod_uid=%s,qos_class=%s", p.id[:12], p.id[:12], p.uid, p.qos)
+			done = done && m[key] == 2*connections
+		}
+		if done {
+			return
+		}
+	}
+	t.Errorf("the pods' series: %v", family(m, "tcptrace_cgroup_connections_total"))
 }

@@ -408,18 +408,41 @@ func unmountCgroups() {
 // the directory's inode number. It is removed once its process has gone.
 func newCgroup(t *testing.T) (*os.File, uint64) {
 	t.Helper()
+	return newCgroupAt(t, "")
+}
+
+// newCgroupAt is newCgroup at path under the cgroup root, with the
+// cgroups above it it had to make ("": one named for the test).
+func newCgroupAt(t *testing.T, path string) (*os.File, uint64) {
+	t.Helper()
 	root := cgroupRoot(t)
-	cgroups.Lock()
-	cgroups.n++
-	dir := filepath.Join(root, fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), cgroups.n))
-	cgroups.Unlock()
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("make cgroup: %v", err)
+	if path == "" {
+		cgroups.Lock()
+		cgroups.n++
+		path = fmt.Sprintf("tcptrace-test-%d-%d", os.Getpid(), cgroups.n)
+		cgroups.Unlock()
 	}
+	// the directories made, innermost last, removed innermost first
+	var made []string
+	for dir := root; ; {
+		rest, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(filepath.Join(root, path), dir), "/"), "/")
+		if rest == "" {
+			break
+		}
+		dir = filepath.Join(dir, rest)
+		if err := os.Mkdir(dir, 0o755); err == nil {
+			made = append(made, dir)
+		} else if !os.IsExist(err) {
+			t.Fatalf("make cgroup: %v", err)
+		}
+	}
+	dir := filepath.Join(root, path)
 	t.Cleanup(func() {
-		// the process may take a moment to leave it
-		for i := 0; i < 100 && os.Remove(dir) != nil; i++ {
-			time.Sleep(10 * time.Millisecond)
+		for i := len(made) - 1; i >= 0; i-- {
+			// the process may take a moment to leave it
+			for k := 0; k < 100 && os.Remove(made[i]) != nil; k++ {
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 	})
 	f, err := os.Open(dir)
@@ -450,16 +473,23 @@ type proc struct {
 	backlog []string
 }
 
-// start runs a role in the namespace; it waits for go().
-// Extra environment, such as "TT_CONNS=2", goes in env.
+// start runs a role in the namespace, in a cgroup of its own; it waits
+// for go(). Extra environment, such as "TT_CONNS=2", goes in env.
 func (n *netns) start(t *testing.T, role, mode, addr string, pause time.Duration, env ...string) *proc {
+	t.Helper()
+	return n.startIn(t, "", role, mode, addr, pause, env...)
+}
+
+// startIn is start in the cgroup at path under the cgroup root, made for
+// it ("": one named for the test).
+func (n *netns) startIn(t *testing.T, path, role, mode, addr string, pause time.Duration, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", n.name, roleBinary(t, role))
 	cmd.Env = append(os.Environ(), "TT_MODE="+mode, "TT_ADDR="+addr,
 		"TT_PAUSE_MS="+strconv.Itoa(int(pause/time.Millisecond)))
 	cmd.Env = append(cmd.Env, env...)
 	p := &proc{t: t, role: role, cmd: cmd, lines: make(chan string, 8), errb: &strings.Builder{}, done: make(chan error, 1)}
-	cg, id := newCgroup(t)
+	cg, id := newCgroupAt(t, path)
 	p.cgroup = id
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	cmd.Stderr = p.errb

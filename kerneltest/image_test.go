@@ -7,8 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // podman runs podman with the project's containers.conf.
@@ -43,8 +45,10 @@ func daemonSetCapabilities(t *testing.T) []string {
 // scratch, the static binaries), under a real container runtime (Debian's
 // podman, runc) as the DaemonSet runs it: its capabilities alone, the
 // host's PID and network namespaces, a read-only root, no privilege
-// escalation. It attaches, /healthz answers, and /metrics counts 20
-// connections in a test namespace exactly. The guests of make
+// escalation, the host's cgroup tree mounted read-only. It attaches,
+// /healthz answers, /metrics counts 20 connections in a test namespace
+// exactly, and a container that churns in that namespace by its
+// container id, as podman inspect gives it. The guests of make
 // test-kernels have no container runtime: they leave this test out.
 func TestImage(t *testing.T) {
 	requireBPF(t)
@@ -82,6 +86,8 @@ func TestImage(t *testing.T) {
 	caps := strings.Join(daemonSetCapabilities(t), ",")
 	out, err := podman(t, "run", "-d", "--name", name, "--pid=host", "--net=host", "--cap-drop=all", "--cap-add="+caps,
 		"--security-opt", "seccomp=unconfined", "--security-opt", "no-new-privileges", "--read-only",
+		// the host's cgroup tree, read-only, as the DaemonSet mounts it
+		"-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
 		image, "agent", "--listen", addr, "--netns", fmt.Sprint(ns.ino))
 	if err != nil {
 		t.Fatalf("podman run: %v: %s", err, out)
@@ -97,6 +103,51 @@ func TestImage(t *testing.T) {
 	waitHealthy(t, addr, logs)
 	stormTwenty(t, storm, addr)
 	checkAgent(t, addr)
+
+	// a container making connections in that namespace is named by its
+	// id, as podman inspect gives it
+	churnDir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(churnDir, "churn"), "github.com/tcptrace/tcptrace/bench/churn")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build churn: %v: %s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(churnDir, "Dockerfile"), []byte("FROM scratch\nCOPY churn /\nENTRYPOINT [\"/churn\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	churnImage := image + "-churn"
+	if out, err := podman(t, "build", "-q", "-t", churnImage, churnDir); err != nil {
+		t.Fatalf("podman build churn: %v: %s", err, out)
+	}
+	t.Cleanup(func() { podman(t, "rmi", "-f", churnImage) })
+	churn := name + "-churn"
+	if out, err := podman(t, "run", "--name", churn, "--network", "ns:/run/netns/"+ns.name, churnImage,
+		"-mode", "client-close", "-c", "1", "-rate", "20", "-d", "1s"); err != nil {
+		t.Fatalf("podman run churn: %v: %s", err, out)
+	}
+	t.Cleanup(func() { podman(t, "rm", "-f", churn) })
+	said, _ := podman(t, "logs", churn)
+	m := regexp.MustCompile(`\((\d+) in `).FindStringSubmatch(said)
+	if m == nil {
+		t.Fatalf("churn said %q", said)
+	}
+	made, _ := strconv.Atoi(m[1])
+	out, _ = podman(t, "inspect", "-f", "{{.Id}}", churn)
+	id := strings.TrimSpace(out)
+	if len(id) < 12 {
+		t.Fatalf("podman inspect: %q", out)
+	}
+	key := fmt.Sprintf("tcptrace_cgroup_connections_total,cgroup=container:%s,container_id=%s", id[:12], id[:12])
+	var got map[string]float64
+	for deadline := time.Now().Add(patience); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if got = scrape(t, addr); got[key] == float64(2*made) {
+			break
+		}
+	}
+	if got[key] != float64(2*made) {
+		t.Errorf("%s = %v, want %d (churn's %d connections, each a client and a server's child); the series: %v",
+			key, got[key], 2*made, made, family(got, key))
+	}
 	// SIGTERM, as the kubelet stops it: a clean exit
 	if out, err := podman(t, "stop", "-t", "10", name); err != nil {
 		t.Fatalf("podman stop: %v: %s", err, out)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tcptrace/tcptrace/aggregate"
+	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/sockets"
 )
@@ -39,6 +40,16 @@ func fam(f events.Family) int {
 }
 
 var families = [2]string{"ipv4", "ipv6"}
+
+// pendingPrefix keys a cgroup's counts by its id, where it had no name
+// yet when they were counted.
+const pendingPrefix = "id:"
+
+// cgroupLabels are the cgroup series' labels: the cgroup's name, and its
+// container's id, pod's UID and QoS class where the path has them (empty
+// otherwise, which Prometheus takes for absent). They follow from the
+// cgroup: no more series than the cgroups with one of their own.
+var cgroupLabels = []string{"cgroup", "container_id", "pod_uid", "qos_class"}
 
 // stateLabel is a state as a label value: lower case, as node_exporter's
 // node_tcp_connection_states has it (established, time_wait, fin_wait1)
@@ -128,7 +139,10 @@ type Exporter struct {
 	twEntries   uint64
 	comms       *ownerTable
 	cgroups     *ownerTable
-	cgroupPath  func(id uint64) string
+	cgroupOf    func(id uint64) cgroups.Identity
+	// the container and pod of each cgroup name with a series of its
+	// own, for their labels
+	cgIdentity map[string]cgroups.Identity
 	// the state-duration histograms, cumulative, and what times them
 	// (the aggregate's logic, without its top tables)
 	hist      [aggregate.Histograms]aggregate.Histogram
@@ -212,12 +226,12 @@ func (x *Exporter) port(e *events.Event, child bool) {
 }
 
 // New returns an exporter with topK process names and cgroups of their
-// own; cgroupPath names a cgroup id (package cgroups).
-func New(topK int, cgroupPath func(uint64) string) *Exporter {
+// own; cgroupOf says who runs in a cgroup (cgroups.Names.Identity).
+func New(topK int, cgroupOf func(uint64) cgroups.Identity) *Exporter {
 	if topK <= 0 {
 		topK = DefaultTopK
 	}
-	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupPath: cgroupPath,
+	x := &Exporter{comms: newOwnerTable(topK), cgroups: newOwnerTable(topK), cgroupOf: cgroupOf, cgIdentity: map[string]cgroups.Identity{},
 		durations: aggregate.NewDurations(maxLive), cwOwner: map[uint64][2]string{}, census: aggregate.NewCensus(),
 		commNames: map[[events.CommLen]byte]string{}}
 	d := &x.descs
@@ -234,9 +248,9 @@ func New(topK int, cgroupPath func(uint64) string) *Exporter {
 	d.commConns = prometheus.NewDesc("tcptrace_process_connections_total", "New connections (connect() or a listener's child) by owning process name; past the first names, \"other\".", []string{"comm"}, nil)
 	d.commTW = prometheus.NewDesc("tcptrace_process_timewait_entries_total", "TIME_WAITs entered by owning process name.", []string{"comm"}, nil)
 	d.commCW = prometheus.NewDesc("tcptrace_process_close_wait_sockets", "CLOSE_WAITs held now by owning process name: the peer closed, the process has not.", []string{"comm"}, nil)
-	d.cgConns = prometheus.NewDesc("tcptrace_cgroup_connections_total", "New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, \"other\".", []string{"cgroup"}, nil)
-	d.cgTW = prometheus.NewDesc("tcptrace_cgroup_timewait_entries_total", "TIME_WAITs entered by the owner's cgroup.", []string{"cgroup"}, nil)
-	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait_sockets", "CLOSE_WAITs held now by the owner's cgroup.", []string{"cgroup"}, nil)
+	d.cgConns = prometheus.NewDesc("tcptrace_cgroup_connections_total", "New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, \"other\". A container's have its id and, in a Kubernetes pod, the pod's UID and QoS class.", cgroupLabels, nil)
+	d.cgTW = prometheus.NewDesc("tcptrace_cgroup_timewait_entries_total", "TIME_WAITs entered by the owner's cgroup.", cgroupLabels, nil)
+	d.cgCW = prometheus.NewDesc("tcptrace_cgroup_close_wait_sockets", "CLOSE_WAITs held now by the owner's cgroup.", cgroupLabels, nil)
 	d.portConns = prometheus.NewDesc("tcptrace_port_connections_total", "New server connections by listening port (--ports); past the first ports, \"other\".", []string{"port"}, nil)
 	d.portTW = prometheus.NewDesc("tcptrace_port_timewait_entries_total", "Server connections that entered TIME_WAIT (the server closed first), by listening port.", []string{"port"}, nil)
 	d.portCW = prometheus.NewDesc("tcptrace_port_close_wait_sockets", "Server connections in CLOSE_WAIT now, by listening port.", []string{"port"}, nil)
@@ -327,7 +341,15 @@ func (x *Exporter) owners(e *events.Event, newConn bool) {
 	if e.PID == 0 {
 		comm = "unknown"
 	}
-	cg := x.cgroupPath(e.Cgroup)
+	ident := x.cgroupOf(e.Cgroup)
+	cg := ident.Name
+	if cg == cgroups.Unknown && e.Cgroup != 0 {
+		// a cgroup made since the last walk of the tree (a container
+		// just started): counted under its id, named at the scrape
+		cg = pendingPrefix + strconv.FormatUint(e.Cgroup, 10)
+	} else if _, ok := x.cgIdentity[cg]; !ok && len(x.cgIdentity) < maxOthers {
+		x.cgIdentity[cg] = ident
+	}
 	keys := [2]string{comm, cg}
 	if e.Old == events.CloseWait {
 		// the series it went up on when it entered
@@ -427,9 +449,42 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 			continue // ports not asked for
 		}
 		send := func(key string, o *owned) {
-			ch <- prometheus.MustNewConstMetric(t.conns, prometheus.CounterValue, float64(o.connections), key)
-			ch <- prometheus.MustNewConstMetric(t.tw, prometheus.CounterValue, float64(o.timeWaits), key)
-			ch <- prometheus.MustNewConstMetric(t.cw, prometheus.GaugeValue, float64(o.closeWaits), key)
+			labels := []string{key}
+			if t.table == x.cgroups {
+				ident := x.cgIdentity[key]
+				labels = append(labels, ident.ContainerID, ident.PodUID, ident.QoS)
+			}
+			ch <- prometheus.MustNewConstMetric(t.conns, prometheus.CounterValue, float64(o.connections), labels...)
+			ch <- prometheus.MustNewConstMetric(t.tw, prometheus.CounterValue, float64(o.timeWaits), labels...)
+			ch <- prometheus.MustNewConstMetric(t.cw, prometheus.GaugeValue, float64(o.closeWaits), labels...)
+		}
+		if t.table == x.cgroups {
+			// the cgroups counted by id, named now, added to the
+			// series of their name
+			merged := make(map[string]*owned, len(t.table.byKey))
+			for k, o := range t.table.byKey {
+				if id, ok := strings.CutPrefix(k, pendingPrefix); ok {
+					n, _ := strconv.ParseUint(id, 10, 64)
+					ident := x.cgroupOf(n)
+					k = ident.Name
+					if _, known := x.cgIdentity[k]; !known && k != cgroups.Unknown {
+						x.cgIdentity[k] = ident
+					}
+				}
+				sum := merged[k]
+				if sum == nil {
+					sum = &owned{}
+					merged[k] = sum
+				}
+				sum.connections += o.connections
+				sum.timeWaits += o.timeWaits
+				sum.closeWaits += o.closeWaits
+			}
+			for k, o := range merged {
+				send(k, o)
+			}
+			send(Other, &t.table.other)
+			continue
 		}
 		for k, o := range t.table.byKey {
 			send(k, o)

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
 )
 
@@ -18,7 +19,10 @@ func ev(sock uint64, comm string, cgroup uint64, old, new events.State, dwell ti
 	return e
 }
 
-func cgroupName(id uint64) string { return map[uint64]string{7: "web.service", 8: "db.service"}[id] }
+func cgroupName(id uint64) cgroups.Identity {
+	return map[uint64]cgroups.Identity{7: {Name: "web.service"}, 8: {Name: "db.service"},
+		9: {Name: "container:4f9c3b6a1d2e", ContainerID: "4f9c3b6a1d2e", PodUID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9", QoS: "burstable"}}[id]
+}
 
 // Counters per transition and cause, sockets per state, TIME_WAIT
 // entries and durations; per process name the first TopK have series
@@ -73,7 +77,10 @@ tcptrace_timewait_entries_total 1
 		for _, m := range mf.GetMetric() {
 			key := mf.GetName()
 			for _, l := range m.GetLabel() {
-				key += "," + l.GetName() + "=" + l.GetValue()
+				// an empty label is no label, as Prometheus takes it
+				if l.GetValue() != "" {
+					key += "," + l.GetName() + "=" + l.GetValue()
+				}
 			}
 			switch {
 			case m.Counter != nil:
@@ -201,6 +208,52 @@ tcptrace_kernel_feature{feature="btf_cast"} 1
 tcptrace_kernel_feature{feature="send_notes"} 0
 `
 	if err := testutil.GatherAndCompare(prometheusRegistry(x), strings.NewReader(want), "tcptrace_kernel_feature"); err != nil {
+		t.Error(err)
+	}
+}
+
+// A pod's container's series carry its id, the pod's UID and QoS class;
+// a unit's carry none (empty, which Prometheus drops).
+func TestCgroupLabels(t *testing.T) {
+	x := New(4, cgroupName)
+	x.Write(ev(1, "api", 9, events.Close, events.SynSent, 0, 0))
+	x.Write(ev(2, "curl", 7, events.Close, events.SynSent, 0, 0))
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(x)
+	want := `
+# HELP tcptrace_cgroup_connections_total New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, "other". A container's have its id and, in a Kubernetes pod, the pod's UID and QoS class.
+# TYPE tcptrace_cgroup_connections_total counter
+tcptrace_cgroup_connections_total{cgroup="container:4f9c3b6a1d2e",container_id="4f9c3b6a1d2e",pod_uid="0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9",qos_class="burstable"} 1
+tcptrace_cgroup_connections_total{cgroup="other",container_id="",pod_uid="",qos_class=""} 0
+tcptrace_cgroup_connections_total{cgroup="web.service",container_id="",pod_uid="",qos_class=""} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_cgroup_connections_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+// A cgroup made since the last walk of the tree is counted under its id
+// and named at the scrape: a container's first connections are its own.
+func TestCgroupNamedLate(t *testing.T) {
+	known := false
+	x := New(4, func(id uint64) cgroups.Identity {
+		if !known {
+			return cgroups.Identity{Name: cgroups.Unknown}
+		}
+		return cgroupName(id)
+	})
+	x.Write(ev(1, "api", 9, events.Close, events.SynSent, 0, 0))
+	known = true
+	x.Write(ev(2, "api", 9, events.Close, events.SynSent, 0, 0))
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(x)
+	want := `
+# HELP tcptrace_cgroup_connections_total New connections by the owner's cgroup (the systemd unit or container); past the first cgroups, "other". A container's have its id and, in a Kubernetes pod, the pod's UID and QoS class.
+# TYPE tcptrace_cgroup_connections_total counter
+tcptrace_cgroup_connections_total{cgroup="container:4f9c3b6a1d2e",container_id="4f9c3b6a1d2e",pod_uid="0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9",qos_class="burstable"} 2
+tcptrace_cgroup_connections_total{cgroup="other",container_id="",pod_uid="",qos_class=""} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tcptrace_cgroup_connections_total"); err != nil {
 		t.Error(err)
 	}
 }

@@ -140,7 +140,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("listen on %s: %w", c.listen, err)
 	}
 	names := cgroups.New()
-	x := metrics.New(c.topK, names.Name)
+	x := metrics.New(c.topK, names.Identity)
 	if c.ports > 0 {
 		x.CountPorts(c.ports)
 	}
