@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -561,4 +563,94 @@ func TestAgentNamesPods(t *testing.T) {
 		}
 	}
 	t.Errorf("the pods' series: %v", family(m, "tcptrace_cgroup_connections_total"))
+}
+
+// The agent under its scrapers: 200 scrapes at once all answer, while a
+// slow-loris client trickles a request's headers, and ten more hold
+// connections open idle; then SIGTERM during a scrape ends it cleanly:
+// status 0 and its exit line.
+func TestAgentHardToKnockOver(t *testing.T) {
+	t.Parallel()
+	requireBPF(t)
+	ns := newNetns(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(tcptraceBinary(t), "agent", "--netns", ns.path, "--listen", addr)
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitHealthy(t, addr, stderr)
+
+	// the slow and the idle: each holds one of the server's goroutines
+	for i := range 11 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 0 {
+			go func() {
+				for _, part := range []string{"GET /metrics HTTP/1.1\r\n", "Host: x\r\n", "X-Slow: 1\r\n"} {
+					if _, err := c.Write([]byte(part)); err != nil {
+						return
+					}
+					time.Sleep(time.Second)
+				}
+			}()
+		}
+	}
+	client := &http.Client{Timeout: patience}
+	errs := make(chan error, 200)
+	for range 200 {
+		go func() {
+			r, err := client.Get("http://" + addr + "/metrics")
+			if err == nil {
+				_, err = io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+				if err == nil && r.StatusCode != http.StatusOK {
+					err = fmt.Errorf("status %s", r.Status)
+				}
+			}
+			errs <- err
+		}()
+	}
+	failed := 0
+	for range 200 {
+		if err := <-errs; err != nil {
+			failed++
+			if failed < 4 {
+				t.Errorf("a scrape: %v", err)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of 200 concurrent scrapes failed", failed)
+	}
+
+	// SIGTERM with a scrape under way
+	go client.Get("http://" + addr + "/metrics")
+	time.Sleep(10 * time.Millisecond)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("after SIGTERM: %v; stderr: %s", err, stderr.String())
+		}
+	case <-time.After(patience):
+		t.Fatalf("the agent did not end after SIGTERM; stderr: %s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "events, 0 lost") {
+		t.Errorf("no exit line: %s", stderr.String())
+	}
 }
