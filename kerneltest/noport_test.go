@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -74,7 +75,8 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 	// the clients' TIME_WAITs follow the servers' FINs
 	for deadline := time.Now().Add(patience); timeWaitsTo(t, ns, "dport", exhaustPort) < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d TIME_WAIT toward port %d, want 2", timeWaitsTo(t, ns, "dport", exhaustPort), exhaustPort)
+			out, _ := exec.Command("ip", "netns", "exec", ns.name, "ss", "-tanoi").CombinedOutput()
+			t.Fatalf("%d TIME_WAIT toward port %d, want 2; the namespace's sockets:\n%s", timeWaitsTo(t, ns, "dport", exhaustPort), exhaustPort, out)
 		}
 	}
 	failConnects(t, ns, exhaustPort, failures)
