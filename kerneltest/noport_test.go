@@ -1,6 +1,7 @@
 package kerneltest
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/filter"
+	"github.com/tcptrace/tcptrace/netconf"
 )
 
 // exhaustPort is exhaust's listener: outside the two-port range, apart
@@ -76,7 +78,7 @@ func exhaust(t *testing.T, ns *netns, failures int) uint16 {
 	for deadline := time.Now().Add(patience); timeWaitsTo(t, ns, "dport", exhaustPort) < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			out, _ := exec.Command("ip", "netns", "exec", ns.name, "ss", "-tanoi").CombinedOutput()
-			t.Fatalf("%d TIME_WAIT toward port %d, want 2; the namespace's sockets:\n%s", timeWaitsTo(t, ns, "dport", exhaustPort), exhaustPort, out)
+			t.Fatalf("%d TIME_WAIT toward port %d, want 2 (%s); the namespace's sockets:\n%s", timeWaitsTo(t, ns, "dport", exhaustPort), exhaustPort, twCounters(t, ns), out)
 		}
 	}
 	failConnects(t, ns, exhaustPort, failures)
@@ -125,4 +127,16 @@ func TestNoPortCause(t *testing.T) {
 	if established != 2 {
 		t.Errorf("%d connects succeeded, want 2 ", established)
 	}
+}
+
+// twCounters are ns's TcpExt counters of timewait sockets, for a failure
+// to say whether the kernel made, recycled, killed or could not make one.
+func twCounters(t *testing.T, ns *netns) string {
+	t.Helper()
+	_, c, err := netconf.Read(ns.ino, 0)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("TW %d, TWRecycled %d, TWKilled %d, TCPTimeWaitOverflow %d, TCPAbortOnData %d",
+		c["TW"], c["TWRecycled"], c["TWKilled"], c["TCPTimeWaitOverflow"], c["TCPAbortOnData"])
 }

@@ -137,12 +137,12 @@ func TestLookupMany(t *testing.T) {
 		after := listed()
 		if found == len(before) && foundTW == found && found >= n-n/100 && len(wrong) == 0 && len(after) == len(before) {
 			if found < n {
-				t.Logf("ss lists %d of the %d TIME_WAITs: the kernel ended %d early", found, n, n-found)
+				t.Logf("ss lists %d of the %d TIME_WAITs: the kernel ended %d early (%s)", found, n, n-found, twCounters(t, ns))
 			}
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("found %d of the %d TIME_WAITs ss lists (of %d made), %d with 50-60 s left; wrong answers for %v", found, len(before), n, foundTW, wrong)
+			t.Fatalf("found %d of the %d TIME_WAITs ss lists (of %d made), %d with 50-60 s left; wrong answers for %v (%s)", found, len(before), n, foundTW, wrong, twCounters(t, ns))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
