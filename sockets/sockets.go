@@ -23,6 +23,7 @@ package sockets
 
 import (
 	"cmp"
+	"os"
 	"net/netip"
 	"slices"
 	"time"
@@ -154,6 +155,8 @@ type Table struct {
 	spare     []*events.Event
 	sparePend []*pending
 	lastDump  uint64
+	// self is the tracer's own pid (see Observe)
+	self uint32
 	// processes the last dump saw holding any socket
 	alive map[uint32]bool
 	// sockets older than the tracer with no cookie, until their first
@@ -188,6 +191,7 @@ func New(opts Options) *Table {
 		listeners: make(map[uint64]*listener),
 		byPort:    make(map[portKey]uint64),
 		pend:      make(map[uint64]*pending),
+		self:      uint32(os.Getpid()),
 	}
 }
 
@@ -340,6 +344,13 @@ func (t *Table) Observe(e *events.Event, next func(*events.Event) error) error {
 	}
 	final := e.New == events.Close || e.New == events.TimeWait || e.Kind == events.Parked
 	kept := false
+	if e.PID == t.self && en.pid != 0 && en.pid != t.self {
+		// the tracer's holders dump held a reference to the socket's
+		// file when its holder closed it, and so made the last close
+		// (iter/task_file takes one per file it visits): the close is
+		// the holder's
+		e.PID = 0
+	}
 	switch {
 	case e.PID != 0:
 		// a system call on the socket: its caller holds it

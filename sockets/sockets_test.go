@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -594,4 +595,16 @@ func TestEmptyDumpWaits(t *testing.T) {
 		t.Fatalf("got %d events after %d dumps, want the handshake after 3", len(out), dumps)
 	}
 	checkOwners(t, out, 200, "service")
+}
+
+// The tracer's holders dump can make a socket's last close itself (it
+// held the file when the holder closed it): such a close is named for the
+// holder, not the tracer.
+func TestDumpsCloseIsTheHolders(t *testing.T) {
+	tab := New(Options{})
+	self := uint32(os.Getpid())
+	var out sink
+	observe(t, tab, &out, rec(1, 10*ms, events.Close, events.Listen, 100, "worker"),
+		rec(1, 20*ms, events.Listen, events.Close, self, "kerneltest"))
+	checkOwners(t, out, 100, "worker")
 }
