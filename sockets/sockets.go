@@ -23,8 +23,8 @@ package sockets
 
 import (
 	"cmp"
-	"os"
 	"net/netip"
+	"os"
 	"slices"
 	"time"
 
