@@ -89,12 +89,6 @@ func (f *Filter) Match(e *events.Event) bool {
 	if len(f.NotPIDs) > 0 && slices.Contains(f.NotPIDs, e.PID) {
 		return false
 	}
-	if len(f.LPorts) > 0 && !slices.Contains(f.LPorts, e.LPort) {
-		return false
-	}
-	if len(f.RPorts) > 0 && !slices.Contains(f.RPorts, e.RPort) {
-		return false
-	}
 	if !f.PortsMatch(e.LPort, e.RPort) {
 		return false
 	}
@@ -104,9 +98,12 @@ func (f *Filter) Match(e *events.Event) bool {
 	return f.Comm == "" || string(e.CommBytes()) == f.Comm // compared without a copy
 }
 
-// PortsMatch says whether a socket with these ports passes Ports.
+// PortsMatch says whether a socket with these ports passes the port
+// filters (LPorts, RPorts, Ports): what a socket dump can apply too.
 func (f *Filter) PortsMatch(lport, rport uint16) bool {
-	return len(f.Ports) == 0 || slices.Contains(f.Ports, lport) || slices.Contains(f.Ports, rport)
+	return (len(f.LPorts) == 0 || slices.Contains(f.LPorts, lport)) &&
+		(len(f.RPorts) == 0 || slices.Contains(f.RPorts, rport)) &&
+		(len(f.Ports) == 0 || slices.Contains(f.Ports, lport) || slices.Contains(f.Ports, rport))
 }
 
 // All says whether f keeps everything.

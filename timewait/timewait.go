@@ -330,24 +330,15 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 	// of a mini-socket (before 6.10, tcp_v4_send_reset traces full
 	// sockets only), this is when it ended
 	if !f.opts.NoPeerMatch && e.New == events.Close && e.Cause == events.CauseResetReceived {
-		if en, ok := f.byTuple[peerOf(e)]; ok && en.ev.New != events.TimeWait {
-			ev := f.transition(en, e.Mono, events.Close, events.CauseResetSent)
-			f.remove(en)
-			if err := emit(ev); err != nil {
-				return false, err
-			}
+		if err := f.resetSent(peerOf(e), e.Mono, emit); err != nil {
+			return false, err
 		}
 	}
 	switch {
 	case e.Kind == events.MiniReset:
 		// a parked FIN_WAIT2 took data and answered with a reset: it
 		// ends now, by the reset it sent
-		if en, ok := f.byTuple[tupleOf(e)]; ok && en.ev.New != events.TimeWait {
-			ev := f.transition(en, e.Mono, events.Close, events.CauseResetSent)
-			f.remove(en)
-			return false, emit(ev)
-		}
-		return false, nil
+		return false, f.resetSent(tupleOf(e), e.Mono, emit)
 	case e.Kind == events.Parked:
 		first := firstCheck
 		if e.RAddr.IsLoopback() && !f.opts.NoPeerMatch {
@@ -364,6 +355,30 @@ func (f *Follower) Observe(e *events.Event, emit func(*events.Event) error) (boo
 		f.add(e, e.Mono, f.timeWaitCheck(e.Mono))
 	}
 	return e.Kind == events.Transition, nil
+}
+
+// resetSent ends the parked FIN_WAIT2 followed on tuple k, if there is
+// one, at now: it sent a reset and is gone.
+func (f *Follower) resetSent(k tuple, now uint64, emit func(*events.Event) error) error {
+	en, ok := f.byTuple[k]
+	if !ok || en.ev.New == events.TimeWait {
+		return nil
+	}
+	ev := f.transition(en, now, events.Close, events.CauseResetSent)
+	f.remove(en)
+	return emit(ev)
+}
+
+// failedAsk counts a sock_diag failure in asking about en at now: it is
+// asked again a second later, until maxFailed in a row give it up.
+func (f *Follower) failedAsk(en *entry, now uint64) {
+	if en.failed++; en.failed < maxFailed {
+		en.next = now + uint64(time.Second)
+		f.due.push(en)
+		return
+	}
+	f.Unfollowable++
+	f.remove(en)
 }
 
 // enterTimeWait moves a parked FIN_WAIT2 to TIME_WAIT at now.
@@ -434,13 +449,7 @@ func (f *Follower) checkParked(en *entry, now uint64, emit func(*events.Event) e
 	s, found, err := f.diag.Lookup(&f.made, en.ev.PID)
 	if err != nil {
 		f.LastErr = err
-		if en.failed++; en.failed < maxFailed {
-			en.next = now + uint64(time.Second)
-			f.due.push(en)
-			return nil
-		}
-		f.Unfollowable++
-		f.remove(en)
+		f.failedAsk(en, now)
 		return nil
 	}
 	en.failed = 0
@@ -507,13 +516,7 @@ func (f *Follower) checkGroup(group []*entry, now uint64, emit func(*events.Even
 	if err != nil {
 		f.LastErr = err
 		for _, en := range group {
-			if en.failed++; en.failed < maxFailed {
-				en.next = now + uint64(time.Second)
-				f.due.push(en)
-				continue
-			}
-			f.Unfollowable++
-			f.remove(en)
+			f.failedAsk(en, now)
 		}
 		return nil
 	}

@@ -88,19 +88,10 @@ func CountSockets(f filter.Filter) (*Census, error) {
 func dumpStates(p *sockdiag.Prober, f filter.Filter, ns sockdiag.Namespace, family events.Family) ([aggregate.States]int64, error) {
 	var per [aggregate.States]int64
 	err := p.Sockets(ns.Inode, ns.PID, uint8(family), func(s sockdiag.Listed) {
-		if (len(f.LPorts) == 0 || contains(f.LPorts, s.LPort)) && (len(f.RPorts) == 0 || contains(f.RPorts, s.RPort)) && f.PortsMatch(s.LPort, s.RPort) &&
+		if f.PortsMatch(s.LPort, s.RPort) &&
 			s.State < aggregate.States && s.State != events.Close {
 			per[s.State]++
 		}
 	})
 	return per, err
-}
-
-func contains(list []uint16, v uint16) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
