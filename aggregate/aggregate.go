@@ -180,19 +180,30 @@ func (a *Aggregate) reset(now time.Time) {
 // counted.
 func (a *Aggregate) Sockets() [States]int64 { return a.Census.Total() }
 
-// SeedHolders counts the CLOSE_WAITs each process held when tracing
-// began, from the holders dump (loader.Tracer.Holders), of the sockets
-// keep passes: a leak older than tcptrace is named from the start, and
-// its sockets' later transitions, named for the same holder (package
-// sockets), take it down again.
-func (a *Aggregate) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
+// HeldCloseWaits are the sockets in CLOSE_WAIT of a holders dump
+// (loader.Tracer.Holders) that keep passes, each as a record of its
+// youngest holder's (sockets.YoungestPerSocket), in its state: the
+// CLOSE_WAITs held when tracing began.
+func HeldCloseWaits(hs []events.Holder, keep func(*events.Event) bool) []events.Event {
+	var out []events.Event
 	for _, h := range sockets.YoungestPerSocket(hs) {
 		if h.State != events.CloseWait {
 			continue
 		}
 		if e := h.InState(); keep(&e) {
-			a.closeWaits(&e)
+			out = append(out, e)
 		}
+	}
+	return out
+}
+
+// SeedHolders counts the CLOSE_WAITs each process held when tracing
+// began (HeldCloseWaits): a leak older than tcptrace is named from the
+// start, and its sockets' later transitions, named for the same holder
+// (package sockets), take it down again.
+func (a *Aggregate) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
+	for _, e := range HeldCloseWaits(hs, keep) {
+		a.closeWaits(&e)
 	}
 }
 

@@ -62,12 +62,15 @@ func (c *Census) Forget(keep map[uint32]bool) {
 	}
 }
 
-// Family is the sum over the namespaces of one family's counts.
-func (c *Census) Family(f events.Family) [States]int64 {
-	var out [States]int64
+// Families is the sum over the namespaces of each family's counts: IPv4
+// first, then IPv6.
+func (c *Census) Families() [2][States]int64 {
+	var out [2][States]int64
 	for _, n := range c.byNetns {
-		for st, v := range n[family(f)] {
-			out[st] += v
+		for f := range n {
+			for st, v := range n[f] {
+				out[f][st] += v
+			}
 		}
 	}
 	return out
@@ -75,9 +78,9 @@ func (c *Census) Family(f events.Family) [States]int64 {
 
 // Total is the sum over the namespaces and families.
 func (c *Census) Total() [States]int64 {
-	out := c.Family(4)
-	for st, v := range c.Family(6) {
-		out[st] += v
+	both := c.Families()
+	for st, v := range both[1] {
+		both[0][st] += v
 	}
-	return out
+	return both[0]
 }

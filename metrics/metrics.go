@@ -21,7 +21,6 @@ import (
 	"github.com/tcptrace/tcptrace/aggregate"
 	"github.com/tcptrace/tcptrace/cgroups"
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/sockets"
 )
 
 // Other is the label of what is past the first TopK.
@@ -55,14 +54,6 @@ var cgroupLabels = []string{"cgroup", "container_id", "pod_uid", "qos_class"}
 // node_tcp_connection_states has it (established, time_wait, fin_wait1)
 // and as tcptrace_state_duration_seconds does.
 func stateLabel(s events.State) string { return strings.ToLower(s.String()) }
-
-// famOf is the family of families[f].
-func famOf(f int) events.Family {
-	if f == 1 {
-		return 6
-	}
-	return 4
-}
 
 // owned is what is counted per process name or cgroup.
 type owned struct {
@@ -303,8 +294,7 @@ func (x *Exporter) Write(e *events.Event) error {
 }
 
 // SeedHolders counts the CLOSE_WAITs each process held when tracing
-// began, from the holders dump (loader.Tracer.Holders), of the sockets
-// keep passes: a leak older than the agent is in
+// began (aggregate.HeldCloseWaits): a leak older than the agent is in
 // tcptrace_process_close_wait_sockets from the start, as it is in
 // tcptrace_close_wait_stuck_sockets.
 func (x *Exporter) SeedHolders(hs []events.Holder, keep func(*events.Event) bool) {
@@ -320,15 +310,11 @@ func (x *Exporter) SeedHolders(hs []events.Holder, keep func(*events.Event) bool
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for _, h := range sockets.YoungestPerSocket(hs) {
-		e := h.InState()
-		if h.State != events.CloseWait || !keep(&e) {
-			continue
-		}
-		if x.ports != nil && h.Sock != 0 && listening[port{h.Netns, h.LPort}] && len(x.servers) < maxOthers {
+	for _, e := range aggregate.HeldCloseWaits(hs, keep) {
+		if x.ports != nil && e.Sock != 0 && listening[port{e.Netns, e.LPort}] && len(x.servers) < maxOthers {
 			// a server's connection: its listener's port
-			key := strconv.Itoa(int(h.LPort))
-			x.servers[h.Sock] = key
+			key := strconv.Itoa(int(e.LPort))
+			x.servers[e.Sock] = key
 			x.ports.get(key).count(&e, false)
 		}
 		x.owners(&e, false)
@@ -397,6 +383,7 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	d := &x.descs
+	census := x.census.Families()
 	for f := range 2 {
 		for o := range aggregate.States {
 			for n := range aggregate.States {
@@ -409,7 +396,7 @@ func (x *Exporter) Collect(ch chan<- prometheus.Metric) {
 		for c := 1; c < aggregate.Causes; c++ {
 			ch <- prometheus.MustNewConstMetric(d.closes, prometheus.CounterValue, float64(x.closes[f][c]), families[f], events.Cause(c).String())
 		}
-		sockets := x.census.Family(famOf(f))
+		sockets := census[f]
 		for st := 1; st < aggregate.States; st++ {
 			if events.State(st) == events.Close {
 				continue

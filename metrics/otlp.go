@@ -151,9 +151,10 @@ func (x *Exporter) register(m metric.Meter) error {
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		x.mu.Lock()
 		defer x.mu.Unlock()
+		census := x.census.Families()
 		for f := range 2 {
 			fam := attribute.String("network.type", families[f])
-			sockets := x.census.Family(famOf(f))
+			sockets := census[f]
 			for st := 1; st < aggregate.States; st++ {
 				if events.State(st) == events.Close {
 					continue
