@@ -23,6 +23,17 @@ func podman(t *testing.T, args ...string) (string, error) {
 	return string(out), err
 }
 
+// buildStatic builds the project's package pkg (cmd/tcptrace) into dir,
+// statically (CGO_ENABLED=0), for an image FROM scratch.
+func buildStatic(t *testing.T, dir, pkg string) {
+	t.Helper()
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, filepath.Base(pkg)), "github.com/tcptrace/tcptrace/"+pkg)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v: %s", pkg, err, out)
+	}
+}
+
 // daemonSetCapabilities are the capabilities deploy/daemonset.yaml adds.
 func daemonSetCapabilities(t *testing.T) []string {
 	t.Helper()
@@ -59,13 +70,8 @@ func TestImage(t *testing.T) {
 		t.Skip("no podman")
 	}
 	dir := t.TempDir()
-	for _, cmd := range []string{"tcptrace", "tcptrace-agent"} {
-		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "github.com/tcptrace/tcptrace/cmd/"+cmd)
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v: %s", cmd, err, out)
-		}
-	}
+	buildStatic(t, dir, "cmd/tcptrace")
+	buildStatic(t, dir, "cmd/tcptrace-agent")
 	image := fmt.Sprintf("localhost/tcptrace-test:%d", os.Getpid())
 	if out, err := podman(t, "build", "-q", "-f", "../deploy/Dockerfile", "-t", image, dir); err != nil {
 		t.Fatalf("podman build: %v: %s", err, out)
@@ -107,11 +113,7 @@ func TestImage(t *testing.T) {
 	// a container making connections in that namespace is named by its
 	// id, as podman inspect gives it
 	churnDir := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(churnDir, "churn"), "github.com/tcptrace/tcptrace/bench/churn")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build churn: %v: %s", err, out)
-	}
+	buildStatic(t, churnDir, "bench/churn")
 	if err := os.WriteFile(filepath.Join(churnDir, "Dockerfile"), []byte("FROM scratch\nCOPY churn /\nENTRYPOINT [\"/churn\"]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
